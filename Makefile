@@ -1,0 +1,39 @@
+# make run   — set up and run the daemon in the foreground on config/rules.yaml
+# make test  — set up and run every test (lint included)
+# make bench — set up and run the benchmarks
+
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# What systemd-python needs to build, and what the tests and benchmarks use.
+APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev inotify-tools
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint deps clean
+
+run: $(STAMP)
+	mkdir -p /tmp/watchd-demo/incoming
+	$(VENV)/bin/watchd run --config config/rules.yaml
+
+test: $(STAMP) lint
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check watchd tests
+
+deps:
+	@missing=""; for package in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

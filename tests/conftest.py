@@ -1,0 +1,176 @@
+"""Test helpers: a real daemon in a subprocess, a recorder command, waiting with deadlines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+RECORDER = Path(__file__).with_name("recorder.py")
+PYTHON = sys.executable
+DEADLINE = 15.0
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> object:
+    """Poll ``predicate`` until it is truthy; fail the test past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def recorder(out: Path, *args: str) -> list[str]:
+    """The argv of a command that records its own argv and environment into ``out``."""
+    return [PYTHON, "-I", "-S", str(RECORDER), str(out), *args]
+
+
+def records(out: Path) -> list[dict]:
+    if not out.exists():
+        return []
+    lines = out.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def argv_of(record: dict) -> list[bytes]:
+    return [bytes.fromhex(arg) for arg in record["argv"]]
+
+
+def env_of(record: dict) -> dict[str, bytes]:
+    return {key: bytes.fromhex(value) for key, value in record["env"].items()}
+
+
+class Daemon:
+    """``watchd run`` as a real subprocess, with its log in a file."""
+
+    def __init__(self, config: Path, log: Path, extra_args: tuple[str, ...] = (),
+                 env_extra: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+        env.update(env_extra or {})
+        self.process = subprocess.Popen(
+            [PYTHON, *extra_args, "-m", "watchd", "run", "--config", str(config)],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_bytes().decode("utf-8", "replace")
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = DEADLINE) -> None:
+        wait_for(lambda: self.log().count(text) >= count or self.process.poll() is not None,
+                 timeout, f"{text!r} x{count} in the daemon's log")
+        assert self.log().count(text) >= count, f"daemon exited:\n{self.log()}"
+
+    def started(self) -> Daemon:
+        self.wait_log(" started ")
+        return self
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = DEADLINE) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def write_rules(tmp_path: Path) -> Callable[[str], Path]:
+    """Write a rules file (dedented YAML) and return its path."""
+    config = tmp_path / "etc" / "rules.yaml"
+    config.parent.mkdir(exist_ok=True)
+
+    def write(text: str) -> Path:
+        config.write_text(textwrap.dedent(text))
+        return config
+
+    return write
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons on a rules file; each is stopped (and must exit 0) at the end of the test."""
+    started: list[Daemon] = []
+
+    def start(config: Path, *extra_args: str, wait: bool = True,
+              env: dict[str, str] | None = None) -> Daemon:
+        process = Daemon(config, tmp_path / f"daemon{len(started)}.log", extra_args, env)
+        started.append(process)
+        return process.started() if wait else process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            code = process.stop()
+            assert code == 0, f"daemon exited {code}:\n{process.log()}"
+        else:
+            process.kill()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def zombie_children(pid: int) -> list[int]:
+    zombies = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == pid:
+                zombies.append(int(entry))
+    return zombies
+
+
+def kernel_watches(pid: int, only_fd: int | None = None) -> dict[int, int]:
+    """The kernel's own view of a process's inotify watches: wd -> inode."""
+    watches = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if only_fd is not None and int(fd) != only_fd:
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                lines = info.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("inotify wd:"):
+                fields = dict(item.split(":", 1) for item in line.split()[1:])
+                watches[int(fields["wd"])] = int(fields["ino"], 16)
+    return watches

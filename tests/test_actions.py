@@ -1,0 +1,173 @@
+"""Command actions: environment, failure reporting, timeouts that kill the whole group, users."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import alive, env_of, recorder, records, wait_for, zombie_children
+
+
+def one_rule(watched, command, **action_keys) -> str:
+    extra = "".join(f", {key}: {value}" for key, value in action_keys.items())
+    return f"""\
+        rules:
+          - name: act
+            paths: [{watched}]
+            actions: [{{command: {command}{extra}}}]
+        """
+
+
+def test_environment_of_a_command(tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = write_rules(one_rule(watched, recorder(out), env="{MODE: prod}", cwd=tmp_path))
+    daemon(config, env={"NOTIFY_SOCKET": "/run/nowhere", "WATCHDOG_USEC": "1000000"})
+    (watched / "f").write_bytes(b"x")
+    wait_for(lambda: records(out))
+    record = records(out)[0]
+    assert env_of(record) == {
+        "WATCHD_PATH": os.fsencode(watched / "f"),
+        "WATCHD_NAME": b"f",
+        "WATCHD_DIR": os.fsencode(watched),
+        "WATCHD_ROOT": os.fsencode(watched),
+        "WATCHD_EVENT": b"close_write",
+        "WATCHD_RULE": b"act",
+        "WATCHD_SRC_PATH": b"",
+        "WATCHD_IS_DIR": b"0",
+        "MODE": b"prod",
+        **{key: value for key, value in env_of(record).items() if key in ("HOME", "USER")},
+    }
+    assert record["cwd"] == str(tmp_path)
+
+
+def test_a_failure_is_logged_with_status_and_stderr_and_stops_the_chain(
+    tmp_path, write_rules, daemon
+):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = write_rules(f"""\
+        rules:
+          - name: chain
+            paths: [{watched}]
+            actions:
+              - command: {recorder(out, "first")}
+                env: {{RECORD_EXIT: "3", RECORD_STDERR: "disk on fire"}}
+              - command: {recorder(out, "second")}
+        """)
+    process = daemon(config)
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("action failed")
+    line = next(ln for ln in process.log().splitlines() if "action failed" in ln)
+    assert "ERROR action failed: exited with status; 1 later action(s) skipped" in line
+    assert "rule=chain" in line and "status=3" in line and 'stderr="disk on fire"' in line
+    assert len(records(out)) == 1
+
+
+def test_a_program_that_cannot_start_is_a_failure(tmp_path, write_rules, daemon):
+    watched = tmp_path / "in"
+    watched.mkdir()
+    process = daemon(write_rules(one_rule(watched, ["/nonexistent/program"])))
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("action failed: cannot start: No such file or directory")
+
+
+def test_timeout_kills_the_whole_group_even_when_it_ignores_sigterm(tmp_path, write_rules, daemon):
+    watched, pids = tmp_path / "in", tmp_path / "pids"
+    watched.mkdir()
+    script = f"trap '' TERM; (trap '' TERM; exec sleep 300) & echo $$ $! > {pids}; wait"
+    process = daemon(write_rules(one_rule(watched, ["/bin/sh", "-c", script], timeout="500ms")))
+    (watched / "f").write_bytes(b"x")
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+    shell, child = (int(pid) for pid in pids.read_text().split())
+    assert alive(shell) and alive(child)
+    process.wait_log("timed out; process group killed")
+    assert not alive(shell) and not alive(child)
+    assert zombie_children(process.pid) == []
+
+
+def test_what_a_command_leaves_running_is_killed_when_it_exits(tmp_path, write_rules, daemon):
+    watched, pids = tmp_path / "in", tmp_path / "pids"
+    watched.mkdir()
+    script = f"sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {pids}"
+    process = daemon(write_rules(one_rule(watched, ["/bin/sh", "-c", script])))
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("action ok")
+    orphan = int(pids.read_text())
+    wait_for(lambda: not alive(orphan), what="the left-behind sleep to be killed")
+
+
+def test_many_short_commands_leave_no_zombies(tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    process = daemon(write_rules(one_rule(watched, recorder(out))))
+    for index in range(30):
+        (watched / str(index)).write_bytes(b"x")
+    wait_for(lambda: len(records(out)) == 30)
+    process.wait_log("action ok", count=30)
+    assert zombie_children(process.pid) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_user_runs_as_that_user_with_its_groups(tmp_path, write_rules, daemon):
+    watched = tmp_path / "in"
+    watched.mkdir()
+    # pytest's own temporary directories are private to root: nobody records elsewhere.
+    shared = Path(tempfile.mkdtemp(prefix="watchd-test-"))
+    shared.chmod(0o777)
+    out = shared / "out.jsonl"
+    nobody = pwd.getpwnam("nobody")
+    daemon(write_rules(one_rule(watched, recorder(out), user="nobody")))
+    (watched / "f").write_bytes(b"x")
+    wait_for(lambda: records(out))
+    record = records(out)[0]
+    assert (record["uid"], record["gid"]) == (nobody.pw_uid, nobody.pw_gid)
+    assert sorted(record["groups"]) == sorted(os.getgrouplist("nobody", nobody.pw_gid))
+    env = env_of(record)
+    assert env["USER"] == b"nobody" and env["HOME"] == os.fsencode(nobody.pw_dir)
+    shutil.rmtree(shared)
+
+
+def test_stop_lets_a_running_action_finish(tmp_path, write_rules, daemon):
+    watched, done = tmp_path / "in", tmp_path / "done"
+    watched.mkdir()
+    script = f"sleep 1; echo finished > {done}"
+    process = daemon(write_rules(one_rule(watched, ["/bin/sh", "-c", script])))
+    (watched / "f").write_bytes(b"x")
+    wait_for(lambda: "sleep 1" in " ".join(_children_cmdlines(process.pid)))
+    assert process.stop() == 0
+    assert done.read_text() == "finished\n"
+
+
+def test_stop_kills_an_action_past_the_grace_period(tmp_path, write_rules, daemon):
+    watched, pids = tmp_path / "in", tmp_path / "pids"
+    watched.mkdir()
+    script = f"trap '' TERM; echo $$ > {pids}; sleep 300"
+    config = write_rules(one_rule(watched, ["/bin/sh", "-c", script]))
+    config.write_text("settings: {stop_grace: 1s}\n" + config.read_text())
+    process = daemon(config)
+    (watched / "f").write_bytes(b"x")
+    wait_for(lambda: pids.exists() and pids.read_text().strip())
+    shell = int(pids.read_text())
+    started = time.monotonic()
+    assert process.stop() == 0
+    assert time.monotonic() - started < 8
+    assert not alive(shell)
+
+
+def _children_cmdlines(pid: int) -> list[str]:
+    lines = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                lines.append(cmdline.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return lines

@@ -1,0 +1,286 @@
+"""The rules loader: every bad input is refused whole, with file:line:column and a clear message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from watchd.cli import main
+from watchd.config import ConfigError, drop_in_files, load
+from watchd.events import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_FROM, IN_MOVED_TO, event_mask
+from watchd.models import parse_duration
+from watchd.placeholders import parse_template, render
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD_RULE = """\
+rules:
+  - name: good
+    paths: [/tmp]
+    actions:
+      - command: [/bin/true]
+"""
+
+# (YAML, line, column, a fragment of the message)
+BAD_FILES = [
+    pytest.param("rules: [\n", 2, 1, "YAML:", id="yaml-syntax"),
+    pytest.param("- a\n- b\n", 1, 1, "must be a mapping", id="not-a-mapping"),
+    pytest.param("bogus: 1\n" + GOOD_RULE, 1, 1, "unknown key 'bogus'", id="unknown-top-key"),
+    pytest.param("version: 2\n" + GOOD_RULE, 1, 10, "version", id="unknown-version"),
+    pytest.param("settings:\n  workerz: 4\n" + GOOD_RULE, 2, 3, "unknown key 'workerz'",
+                 id="unknown-settings-key"),
+    pytest.param("settings:\n  workers: four\n" + GOOD_RULE, 2, 12, "settings.workers",
+                 id="wrong-type"),
+    pytest.param("settings:\n  workers: 0\n" + GOOD_RULE, 2, 12, "greater than or equal to 1",
+                 id="out-of-range"),
+    pytest.param("settings:\n  log_level: loud\n" + GOOD_RULE, 2, 14, "log_level",
+                 id="bad-log-level"),
+    pytest.param(GOOD_RULE + "    colour: red\n", 6, 5, "unknown key 'colour'",
+                 id="unknown-rule-key"),
+    pytest.param(GOOD_RULE + "        shell: true\n", 6, 9, "unknown key 'shell'",
+                 id="unknown-action-key"),
+    pytest.param("rules:\n  - name: x\n    actions: [{command: [/bin/true]}]\n", 2, 5,
+                 "missing required key 'paths'", id="missing-paths"),
+    pytest.param("rules:\n  - paths: [/tmp]\n    actions: [{command: [/bin/true]}]\n", 2, 5,
+                 "missing required key 'name'", id="missing-name"),
+    pytest.param("rules:\n  - name: x\n    paths: [/tmp]\n", 2, 5,
+                 "missing required key 'actions'", id="missing-actions"),
+    pytest.param("rules:\n  - name: x\n    paths: [/tmp]\n    actions: []\n", 4, 14,
+                 "at least 1 item", id="no-actions"),
+    pytest.param(GOOD_RULE.replace("name: good", "name: 'a b'"), 2, 11, "should match pattern",
+                 id="bad-name"),
+    pytest.param(GOOD_RULE.replace("[/tmp]", "[tmp/in]"), 3, 13, "path must be absolute",
+                 id="relative-path"),
+    pytest.param(GOOD_RULE.replace("[/tmp]", "[/tmp]\n    events: [close_write, changed]"), 4, 27,
+                 "unknown event 'changed'", id="unknown-event"),
+    pytest.param(GOOD_RULE.replace("[/bin/true]", "[/bin/echo, '{file}']"), 5, 30,
+                 "unknown placeholder '{file}'", id="unknown-placeholder"),
+    pytest.param(GOOD_RULE.replace("[/bin/true]", "[/bin/echo, 'a}b']"), 5, 30,
+                 "unmatched '}'", id="unmatched-brace"),
+    pytest.param(GOOD_RULE.replace("[/bin/true]", "[echo]"), 5, 9,
+                 "command[0] must be an absolute path", id="relative-program"),
+    pytest.param(GOOD_RULE + "        timeout: soon\n", 6, 18, "invalid duration 'soon'",
+                 id="bad-duration"),
+    pytest.param(GOOD_RULE + "        timeout: -5\n", 6, 18, "cannot be negative",
+                 id="negative-duration"),
+    pytest.param(GOOD_RULE + "        user: no-such-user-here\n", 6, 15, "no such user",
+                 id="unknown-user"),
+    pytest.param(GOOD_RULE + "        env: {WATCHD_PATH: x}\n", 6, 15, "set by watchd itself",
+                 id="reserved-env"),
+    pytest.param(GOOD_RULE + "        cwd: relative\n", 6, 14, "path must be absolute",
+                 id="relative-cwd"),
+    pytest.param(GOOD_RULE + "    recursive: 'yes'\n", 6, 16, "valid boolean",
+                 id="string-for-bool"),
+    pytest.param(GOOD_RULE + "    include: []\n", 6, 14, "at least 1 item", id="empty-include"),
+    pytest.param(GOOD_RULE + "    kind: socket\n", 6, 11, "kind", id="bad-kind"),
+    pytest.param(GOOD_RULE + "    debounce: 1s\n", 6, 15, "not supported by this version",
+                 id="debounce-not-yet"),
+    pytest.param(GOOD_RULE + "      - webhook: {url: 'http://127.0.0.1/'}\n", 6, 9,
+                 "webhook actions are not supported", id="webhook-not-yet"),
+    pytest.param(GOOD_RULE + GOOD_RULE.removeprefix("rules:\n"), 6, 5,
+                 "duplicate rule name 'good' (first at", id="duplicate-name"),
+    pytest.param(GOOD_RULE + "    paths: [/var]\n", 6, 5, "duplicate key 'paths'",
+                 id="duplicate-key"),
+    pytest.param("rules:\n  - name: x\n    paths: [\"/tmp/\\0\"]\n    actions: [{command: "
+                 "[/bin/true]}]\n", 3, 13, "NUL", id="nul-in-path"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "column", "fragment"), BAD_FILES)
+def test_bad_input_is_refused_with_its_location(tmp_path, capsys, text, line, column, fragment):
+    config = tmp_path / "rules.yaml"
+    config.write_text(text)
+    assert main(["check", "--config", str(config)]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    located = [e for e in errors if e.startswith(f"{config}:{line}:{column}: ")]
+    assert any(fragment in error for error in located), errors
+    assert errors[-1].endswith("nothing applied")
+
+
+def test_every_error_of_every_file_is_reported(tmp_path, capsys):
+    config = tmp_path / "rules.yaml"
+    config.write_text(GOOD_RULE + "    colour: red\n    kind: socket\n")
+    (tmp_path / "rules.d").mkdir()
+    (tmp_path / "rules.d" / "10-more.yaml").write_text("rules:\n  - name: y\n")
+    assert main(["check", "--config", str(config)]) == 1
+    errors = capsys.readouterr().err
+    assert f"{config}:6:5: rules[0]: unknown key 'colour'" in errors
+    assert f"{config}:7:11: rules[0].kind" in errors
+    assert f"{tmp_path}/rules.d/10-more.yaml:2:5: rules[0]: missing required key 'paths'" in errors
+
+
+def test_check_exits_1_as_a_command(tmp_path):
+    config = tmp_path / "rules.yaml"
+    config.write_text("rules: {}\n")
+    result = subprocess.run([sys.executable, "-m", "watchd", "check", "--config", str(config)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert f"{config}:1:8: rules: Input should be a valid list" in result.stderr
+
+
+def test_missing_file_is_a_located_error(tmp_path, capsys):
+    assert main(["check", "--config", str(tmp_path / "nope.yaml")]) == 1
+    assert f"{tmp_path}/nope.yaml:1:1: cannot read: No such file or directory" in (
+        capsys.readouterr().err
+    )
+
+
+def test_oversized_and_non_utf8_files_are_refused(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (1024 * 1024 + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        load(big)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"rules: []\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin.yaml:2:1: not valid UTF-8"):
+        load(latin)
+
+
+def test_the_shipped_example_is_valid(capsys):
+    assert main(["check", "--config", str(REPO / "config" / "rules.yaml")]) == 0
+    assert "OK: 2 rule(s)" in capsys.readouterr().out
+
+
+def test_drop_ins_are_read_in_name_order_and_leftovers_skipped(tmp_path):
+    config = tmp_path / "rules.yaml"
+    config.write_text(GOOD_RULE)
+    drop_ins = tmp_path / "rules.d"
+    drop_ins.mkdir()
+    for name in ["20-b.yaml", "10-a.yaml", "30-c.yaml.dpkg-old", "40-d.yaml~", "50-e.yaml.swp",
+                 "60-f.yaml.dpkg-dist", "70-g.yaml.dpkg-new", "README"]:
+        rule_name = name.split(".")[0]
+        (drop_ins / name).write_text(GOOD_RULE.replace("good", rule_name))
+    assert [p.name for p in drop_in_files(config)] == ["10-a.yaml", "20-b.yaml"]
+    assert [r.model.name for r in load(config).rules] == ["good", "10-a", "20-b"]
+
+
+def test_a_drop_in_may_not_hold_settings(tmp_path):
+    config = tmp_path / "rules.yaml"
+    config.write_text(GOOD_RULE)
+    (tmp_path / "rules.d").mkdir()
+    (tmp_path / "rules.d" / "a.yaml").write_text("settings: {workers: 2}\n")
+    with pytest.raises(ConfigError, match="settings belong in the main file"):
+        load(config)
+
+
+def test_duplicate_names_across_files(tmp_path):
+    config = tmp_path / "rules.yaml"
+    config.write_text(GOOD_RULE)
+    (tmp_path / "rules.d").mkdir()
+    (tmp_path / "rules.d" / "a.yaml").write_text(GOOD_RULE)
+    with pytest.raises(ConfigError) as error:
+        load(config)
+    assert str(error.value) == (
+        f"{tmp_path}/rules.d/a.yaml:2:5: duplicate rule name 'good' (first at {config}:2:5)"
+    )
+
+
+def test_an_empty_file_has_no_rules(tmp_path):
+    config = tmp_path / "rules.yaml"
+    config.write_text("# nothing yet\n")
+    assert load(config).rules == ()
+
+
+@pytest.mark.parametrize(("spelling", "mask"), [
+    ("close_write", IN_CLOSE_WRITE), ("IN_CLOSE_WRITE", IN_CLOSE_WRITE),
+    ("In_Create", IN_CREATE), ("move", IN_MOVED_FROM | IN_MOVED_TO), ("CREATE", IN_CREATE),
+])
+def test_event_spellings(spelling, mask):
+    assert event_mask(spelling) == mask
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    (5, 5.0), (0.25, 0.25), ("250ms", 0.25), ("10s", 10.0), ("5m", 300.0), ("1h", 3600.0),
+    ("1.5s", 1.5), ("30", 30.0),
+])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 parsecs", "", "s", True, None, "-1s", [1]])
+def test_bad_durations(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_placeholders_render_bytes_per_element():
+    template = parse_template("{{literal}} {name} in {dir}{{")
+    values = {"name": b"\xff\n;$(x)", "dir": b"/d"}
+    assert render(template, values) == b"{literal} \xff\n;$(x) in /d{"
+
+
+def test_schema_is_json_schema_of_the_whole_file(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["properties"]) == {"version", "settings", "rules"}
+    assert schema["additionalProperties"] is False
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("watchd 0.")
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["check", "--nope"], ["explain"],
+                                  ["explain", "/x", "--event", "changed"]])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+
+
+def test_run_exits_78_on_invalid_config(tmp_path):
+    config = tmp_path / "rules.yaml"
+    config.write_text("rules: [{name: x}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "watchd", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 78
+    assert f"invalid configuration; not starting: {config}:1:9:" in result.stderr
+
+
+def test_explain_says_which_rules_fire_and_why_not(tmp_path, capsys):
+    config = tmp_path / "rules.yaml"
+    watched = tmp_path / "in"
+    config.write_text(textwrap.dedent(f"""\
+        rules:
+          - name: csv
+            paths: [{watched}]
+            include: ["*.csv"]
+            actions: [{{command: [/bin/echo, "{{path}}", "{{event}}"]}}]
+          - name: nested
+            paths: [{watched}]
+            events: [create]
+            actions: [{{command: [/bin/true]}}]
+          - name: elsewhere
+            paths: [/srv/other]
+            actions: [{{command: [/bin/true]}}]
+          - name: idle
+            paths: [{watched}]
+            enabled: false
+            actions: [{{command: [/bin/true]}}]
+    """))
+    assert main(["explain", str(watched / "a.csv"), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "rule csv (" in out and "fires on close_write, moved_to" in out
+    assert f"1. command: /bin/echo {watched}/a.csv close_write" in out
+    assert "rule elsewhere" in out and "not under its paths (/srv/other)" in out
+    assert "rule idle" in out and "disabled" in out
+    assert main(["explain", str(watched / "a.txt"), "--event", "IN_CLOSE_WRITE", "--config",
+                 str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "no include pattern matches 'a.txt'" in out
+    assert "event close_write is not among its events (create)" in out
+    assert main(["explain", str(watched / "a.txt"), "--event", "create", "--config",
+                 str(config)]) == 0
+    assert "rule nested" in capsys.readouterr().out.split("fires on create")[0]
+    assert main(["explain", str(watched / "sub" / "a.csv"), "--config", str(config)]) == 0
+    assert "is in a subdirectory and the rule is not recursive" in capsys.readouterr().out

@@ -1,0 +1,218 @@
+"""The notifier thread against pyinotify 0.9.6's defects, each forced with real inotify."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import kernel_watches, wait_for
+
+from watchd.config import load
+from watchd.counters import Counters
+from watchd.dispatch import Dispatcher
+from watchd.jobs import JobQueue
+from watchd.notifier import Notifier
+from watchd.rules import compile_rules
+from watchd.watches import WatchManager, WatchTable
+
+
+class Harness:
+    """A notifier on real inotify, its matched jobs collected instead of run."""
+
+    def __init__(self, config: Path, dispatcher_class: type[Dispatcher] = Dispatcher) -> None:
+        self.counters = Counters()
+        self.jobs = JobQueue(10**7)
+        self.manager = WatchManager()
+        ruleset = compile_rules(load(config))
+        self.table = WatchTable(self.manager, ruleset)
+        dispatcher = dispatcher_class(self.jobs, self.counters, lambda: None)
+        self.notifier = Notifier(self.manager, self.table, dispatcher, self.counters)
+        with self.table.lock:
+            self.table.apply(ruleset)
+        self.notifier.start()
+        self.seen: list[tuple[str, str, bytes, bool]] = []
+
+    def events(self) -> list[tuple[str, str, bytes, bool]]:
+        while len(self.jobs):
+            job = self.jobs.get()
+            assert job is not None
+            self.seen.append((job.rule.name, job.event.event, job.event.path,
+                              job.event.synthetic))
+        return self.seen
+
+    def paths(self, rule: str | None = None, event: str | None = None) -> list[bytes]:
+        return [path for name, kind, path, _ in self.events()
+                if rule in (None, name) and event in (None, kind)]
+
+    def kernel_watches(self) -> dict[int, int]:
+        return kernel_watches(os.getpid(), self.manager.get_fd())
+
+    def stop(self) -> None:
+        self.notifier.stop()
+
+
+@pytest.fixture
+def watch(tmp_path):
+    harnesses: list[Harness] = []
+
+    def start(rules: str, dispatcher_class: type[Dispatcher] = Dispatcher) -> Harness:
+        config = tmp_path / f"rules{len(harnesses)}.yaml"
+        config.write_text(textwrap.dedent(rules))
+        harness = Harness(config, dispatcher_class)
+        harnesses.append(harness)
+        return harness
+
+    yield start
+    for harness in harnesses:
+        assert harness.notifier.is_alive(), "the notifier thread died"
+        harness.stop()
+
+
+def tree_rule(root: Path, events: str = "[create, close_write, moved_to]", **keys: str) -> str:
+    extra = "".join(f"\n    {key}: {value}" for key, value in keys.items())
+    return f"""\
+rules:
+  - name: tree
+    paths: [{root}]
+    recursive: true
+    events: {events}{extra}
+    actions: [{{command: [/bin/true]}}]
+"""
+
+
+def test_names_that_are_not_utf8_arrive_as_bytes(tmp_path, watch):
+    root = tmp_path / "root"
+    root.mkdir()
+    harness = watch(tree_rule(root))
+    base = os.fsencode(root)
+    with open(base + b"/bad\xff\xfe", "wb"):
+        pass
+    os.mkdir(base + b"/dir\xff")
+    with open(base + b"/dir\xff/inner\xfe", "wb"):
+        pass
+    wait_for(lambda: base + b"/dir\xff/inner\xfe" in harness.paths(event="close_write"))
+    assert base + b"/bad\xff\xfe" in harness.paths(event="close_write")
+    assert base + b"/dir\xff" in harness.paths(event="create")
+
+
+def test_an_exception_in_a_handler_does_not_kill_the_thread(tmp_path, watch):
+    class Exploding(Dispatcher):
+        def submit(self, event, scope):
+            if b"boom" in event.path:
+                raise RuntimeError("a bug in a handler")
+            super().submit(event, scope)
+
+    root = tmp_path / "root"
+    root.mkdir()
+    harness = watch(tree_rule(root), Exploding)
+    (root / "boom").write_bytes(b"x")
+    (root / "after").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(root / "after") in harness.paths(event="close_write"))
+    assert harness.notifier.is_alive()
+    assert harness.counters.reader_errors >= 1
+
+
+def test_a_directory_filled_before_its_watch_reports_create_and_close_write(tmp_path, watch):
+    root = tmp_path / "root"
+    root.mkdir()
+    harness = watch(tree_rule(root, kind="file"))
+    writer = textwrap.dedent(f"""\
+        import os
+        for i in range(1000):
+            d = os.path.join({str(root)!r}, f"d{{i}}")
+            os.mkdir(d)
+            with open(os.path.join(d, "f"), "wb") as f:
+                f.write(b"data")
+    """)
+    subprocess.run([sys.executable, "-c", writer], check=True)
+    expected = sorted(os.fsencode(root / f"d{i}" / "f") for i in range(1000))
+    wait_for(lambda: len(set(harness.paths(event="close_write"))) >= 1000, timeout=60)
+    wait_for(lambda: len(harness.paths(event="create")) >= 1000, timeout=60)
+    creates = harness.paths(event="create")
+    assert sorted(creates) == expected, "each file created exactly once"
+    assert sorted(set(harness.paths(event="close_write"))) == expected
+
+
+def test_a_symlink_is_never_followed_into_a_watch(tmp_path, watch):
+    root, staging, target = tmp_path / "root", tmp_path / "staging", tmp_path / "target"
+    root.mkdir()
+    (target / "deep").mkdir(parents=True)
+    harness = watch(tree_rule(root))
+    (staging / "copied").mkdir(parents=True)
+    os.symlink("/etc", staging / "copied" / "link")
+    os.symlink(target, staging / "copied" / "link2")
+    os.rename(staging / "copied", root / "copied")
+    (root / "copied" / "marker").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(root / "copied" / "marker") in harness.paths())
+    inodes = set(harness.kernel_watches().values())
+    assert inodes == {os.stat(root).st_ino, os.stat(root / "copied").st_ino}
+    assert b"/etc" not in harness.table.by_path
+
+
+def test_a_directory_moved_out_loses_its_watches(tmp_path, watch):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    harness = watch(tree_rule(root))
+    baseline = len(harness.kernel_watches())
+    (root / "sub" / "a" / "b").mkdir(parents=True)
+    wait_for(lambda: len(harness.kernel_watches()) == baseline + 3)
+    os.rename(root / "sub", outside / "sub")
+    wait_for(lambda: len(harness.kernel_watches()) == baseline, what="watches to be removed")
+    (outside / "sub" / "a" / "late").write_bytes(b"x")
+    (root / "marker").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(root / "marker") in harness.paths())
+    assert not [p for p in harness.paths() if b"late" in p]
+    assert set(harness.table.by_path) == {os.fsencode(root)}
+
+
+def test_a_directory_renamed_inside_reports_its_new_path(tmp_path, watch):
+    root = tmp_path / "root"
+    (root / "old" / "deep").mkdir(parents=True)
+    harness = watch(tree_rule(root))
+    os.rename(root / "old", root / "new")
+    (root / "new" / "deep" / "f").write_bytes(b"x")
+    wait_for(lambda: harness.paths(event="close_write"))
+    assert harness.paths(event="close_write") == [os.fsencode(root / "new" / "deep" / "f")]
+    assert sorted(harness.table.by_path) == sorted(
+        os.fsencode(p) for p in [root, root / "new", root / "new" / "deep"])
+
+
+def test_a_directory_moved_in_is_watched_and_its_files_reported(tmp_path, watch):
+    root, staging = tmp_path / "root", tmp_path / "staging"
+    root.mkdir()
+    (staging / "batch" / "inner").mkdir(parents=True)
+    (staging / "batch" / "one").write_bytes(b"1")
+    (staging / "batch" / "inner" / "two").write_bytes(b"2")
+    harness = watch(tree_rule(root))
+    os.rename(staging / "batch", root / "batch")
+    one, two = os.fsencode(root / "batch" / "one"), os.fsencode(root / "batch" / "inner" / "two")
+    wait_for(lambda: {one, two} <= set(harness.paths(event="close_write")))
+    assert {one, two} <= set(harness.paths(event="create"))
+    (root / "batch" / "inner" / "three").write_bytes(b"3")
+    wait_for(lambda: os.fsencode(root / "batch" / "inner" / "three") in harness.paths())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering max_queued_events needs root")
+def test_an_overflow_is_counted_and_new_directories_are_watched_again(tmp_path, watch):
+    root = tmp_path / "root"
+    root.mkdir()
+    limit = Path("/proc/sys/fs/inotify/max_queued_events")
+    saved = limit.read_text()
+    limit.write_text("16\n")
+    try:
+        harness = watch(tree_rule(root, events="[close_write]"))
+    finally:
+        limit.write_text(saved)
+    with harness.table.lock:  # hold the reader back so that the kernel queue overflows
+        for index in range(50):
+            (root / f"d{index}").mkdir()
+            (root / f"f{index}").write_bytes(b"x")
+    wait_for(lambda: harness.counters.overflows >= 1)
+    wait_for(lambda: len(harness.table.by_path) == 51, what="every new directory watched")
+    (root / "d49" / "after").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(root / "d49" / "after") in harness.paths())

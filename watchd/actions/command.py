@@ -1,0 +1,150 @@
+"""The command action: run an argv (never a shell) in its own session, bounded in time.
+
+The process group is the unit: past the timeout it gets SIGTERM, then SIGKILL;
+when the command exits, whatever it left running in its group is killed too, so
+an action never outlives its log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from watchd.jobs import Job
+from watchd.placeholders import render
+from watchd.rules import Command
+
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a command past its timeout
+OUTPUT_TAIL = 2048  # bytes of stdout and of stderr kept for the log
+# Variables of the daemon's own supervisor that must not leak into commands.
+PRIVATE_ENV_PREFIXES = (b"NOTIFY_SOCKET", b"WATCHDOG_", b"LISTEN_", b"WATCHD_", b"INVOCATION_ID",
+                        b"JOURNAL_STREAM")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """How one run ended. ``status`` is the exit status, or minus the signal that ended it."""
+
+    status: int | None
+    duration: float
+    timed_out: bool
+    stdout: bytes
+    stderr: bytes
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0 and not self.timed_out
+
+
+def environment(job: Job, command: Command, base: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    values = job.values()
+    env = {k: v for k, v in base.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
+    for name in ("path", "name", "dir", "root", "event", "rule", "src_path"):
+        env[b"WATCHD_" + name.upper().encode()] = values[name]
+    env[b"WATCHD_IS_DIR"] = b"1" if job.event.is_dir else b"0"
+    if command.user is not None:
+        env[b"HOME"] = os.fsencode(command.user.home)
+        env[b"USER"] = env[b"LOGNAME"] = command.user.name.encode()
+    env.update(command.env)
+    return env
+
+
+class RunningCommand:
+    """One command run; ``kill`` may be called from another thread (daemon stop)."""
+
+    def __init__(self, job: Job, command: Command) -> None:
+        self.job = job
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def run(self) -> CommandResult:
+        values = self.job.values()
+        argv = [render(template, values) for template in self.command.argv]
+        user = self.command.user
+        started = time.monotonic()
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                env=environment(self.job, self.command, os.environb),
+                cwd=self.command.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=list(user.groups) if user else None,
+            )
+        except (OSError, subprocess.SubprocessError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            if getattr(error, "filename", None):
+                reason += f": {error.filename!r}"  # type: ignore[attr-defined]
+            return CommandResult(None, time.monotonic() - started, False, b"", b"",
+                                 f"cannot start: {reason}")
+        stdout, stderr, timed_out = self._collect(started + self.command.timeout)
+        # The exited leader still holds the group id, so this cannot hit a recycled group.
+        self.kill()
+        status = self.process.wait()
+        return CommandResult(status, time.monotonic() - started, timed_out, stdout, stderr)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (the command and anything it started)."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, sig)
+
+    def _collect(self, deadline: float) -> tuple[bytes, bytes, bool]:
+        """Keep the pipes' tails until the command exits; past the deadline TERM, then KILL.
+
+        The exit is seen through a pidfd, which does not reap: the leader stays a
+        zombie, holding its process group id, until ``run`` has killed the group.
+        """
+        process = self.process
+        assert process is not None and process.stdout and process.stderr
+        out, err = process.stdout.fileno(), process.stderr.fileno()
+        tails = {out: b"", err: b""}
+        timed_out = False
+        exited = False
+        pidfd = os.pidfd_open(process.pid)
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(pidfd, selectors.EVENT_READ)
+                for fd in tails:
+                    os.set_blocking(fd, False)
+                    selector.register(fd, selectors.EVENT_READ)
+                while not exited:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self.kill(signal.SIGKILL if timed_out else signal.SIGTERM)
+                        timed_out, deadline = True, time.monotonic() + KILL_GRACE
+                        continue
+                    for key, _ in selector.select(remaining):
+                        if key.fd == pidfd:
+                            exited = True
+                        else:
+                            _read_tail(key.fd, tails, selector)
+                for fd in set(selector.get_map()) - {pidfd}:
+                    _read_tail(fd, tails, selector)
+        finally:
+            os.close(pidfd)
+            process.stdout.close()
+            process.stderr.close()
+        return tails[out], tails[err], timed_out
+
+
+def _read_tail(fd: int, tails: dict[int, bytes], selector: selectors.BaseSelector) -> None:
+    try:
+        chunk = os.read(fd, 65536)
+    except BlockingIOError:
+        return
+    if chunk:
+        tails[fd] = (tails[fd] + chunk)[-OUTPUT_TAIL:]
+    else:
+        selector.unregister(fd)

@@ -1,0 +1,107 @@
+"""The command line: ``watchd run | check | explain | schema``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from watchd import __version__, logs
+from watchd.config import DEFAULT_CONFIG, ConfigError, load
+from watchd.daemon import Daemon, read_rules
+from watchd.events import event_mask
+from watchd.explain import explain, resolve
+from watchd.logs import escape
+from watchd.models import RulesFile
+from watchd.rules import compile_rules
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="watchd", description="Run commands when files change, by rules written in YAML."
+    )
+    parser.add_argument("--version", action="version", version=f"watchd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="PATH",
+                         help=f"the main rules file (default: {DEFAULT_CONFIG})")
+        return sub
+
+    with_config(commands.add_parser("run", help="run the daemon in the foreground"))
+    with_config(commands.add_parser("check", help="validate the rules and drop-ins"))
+    explain_parser = with_config(
+        commands.add_parser("explain", help="which rules an event on PATH would fire, and why")
+    )
+    explain_parser.add_argument("path", metavar="PATH")
+    explain_parser.add_argument("--event", metavar="NAME", type=_event_name,
+                                help="the event (default: each rule's own events)")
+    commands.add_parser("schema", help="print the JSON Schema of the rules file")
+    return parser
+
+
+def _event_name(name: str) -> str:
+    try:
+        event_mask(name)
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"unknown event {name!r}") from None
+    return name.lower().removeprefix("in_")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        logs.setup()
+        try:
+            return Daemon(args.config).run()
+        finally:
+            logs.shutdown()
+    if args.command == "check":
+        return _check(args.config)
+    if args.command == "explain":
+        return _explain(args.config, args.path, args.event)
+    print(json.dumps(RulesFile.model_json_schema(), indent=2))
+    return 0
+
+
+def _check(path: Path) -> int:
+    try:
+        config = load(path)
+        ruleset = compile_rules(config)
+    except ConfigError as error:
+        _print_problems(error)
+        print(f"{len(error.problems)} error(s): nothing applied", file=sys.stderr)
+        return 1
+    enabled = sum(rule.enabled for rule in ruleset.rules)
+    print(f"{path}: OK: {len(ruleset.rules)} rule(s), {enabled} enabled, "
+          f"from {len(config.files)} file(s)")
+    for rule, sourced in zip(ruleset.rules, config.rules, strict=True):
+        state = "" if rule.enabled else " (disabled)"
+        print(f"  {rule.name}{state}  {rule.source}")
+        print(f"    paths: {', '.join(sourced.model.paths)}"
+              + (" (recursive)" if rule.recursive else ""))
+        print(f"    events: {', '.join(rule.events)}; actions: {len(rule.actions)}")
+    for root in ruleset.roots:
+        if not os.path.lexists(root.path):
+            print(f"  note: {escape(root.path)} does not exist yet; it is watched once it appears")
+    return 0
+
+
+def _explain(path: Path, target: str, event: str | None) -> int:
+    try:
+        ruleset = read_rules(path)
+    except ConfigError as error:
+        _print_problems(error)
+        return 1
+    resolved, is_dir = resolve(target)
+    for line in explain(ruleset, resolved, is_dir, event):
+        print(line)
+    return 0
+
+
+
+def _print_problems(error: ConfigError) -> None:
+    for problem in error.problems:
+        print(problem, file=sys.stderr)

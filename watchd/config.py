@@ -1,0 +1,262 @@
+"""Read the rules file and its drop-ins: YAML (safe), validated, every error with file:line:column.
+
+Nothing here is partial: ``load`` returns a complete, validated ``Config`` or
+raises ``ConfigError`` listing every problem found in every file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from watchd.models import DropIn, RulesFile, Settings
+from watchd.models import Rule as RuleModel
+
+DEFAULT_CONFIG = Path("/etc/watchd/rules.yaml")
+MAX_FILE_BYTES = 1024 * 1024
+SKIPPED_SUFFIXES = (".dpkg-old", ".dpkg-new", ".dpkg-dist", "~", ".swp")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error, located in a file."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The rules cannot be used; ``problems`` says where and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(problem) for problem in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class SourcedRule:
+    """A validated rule and where it was written."""
+
+    model: RuleModel
+    file: str
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """A fully validated set of rules: the main file's settings and every file's rules."""
+
+    path: str
+    settings: Settings
+    rules: tuple[SourcedRule, ...]
+    files: tuple[str, ...] = field(default=())
+
+
+def drop_in_files(main: Path) -> list[Path]:
+    """``rules.d/*.yaml`` beside the main file, in name order, package-manager leftovers skipped."""
+    directory = main.parent / "rules.d"
+    if not directory.is_dir():
+        return []
+    return sorted(
+        entry
+        for entry in directory.iterdir()
+        if entry.name.endswith(".yaml") and not entry.name.endswith(SKIPPED_SUFFIXES)
+    )
+
+
+def load(path: Path | str = DEFAULT_CONFIG) -> Config:
+    """Load and validate the main rules file and its drop-ins, all or nothing."""
+    main = Path(path)
+    drop_ins = drop_in_files(main)
+    problems: list[Problem] = []
+    main_file = _validated(main, RulesFile, problems)
+    rules = list(main_file.rules) if main_file else []
+    for drop_in in drop_ins:
+        validated = _validated(drop_in, DropIn, problems)
+        rules.extend(validated.rules if validated else ())
+    problems.extend(_duplicate_names(rules))
+    if problems or main_file is None:
+        raise ConfigError(problems)
+    settings = main_file.model.settings
+    assert isinstance(settings, Settings)
+    return Config(str(main), settings, tuple(rules), tuple(str(p) for p in [main, *drop_ins]))
+
+
+@dataclass(frozen=True)
+class _ValidatedFile:
+    model: RulesFile | DropIn
+    rules: tuple[SourcedRule, ...]
+
+
+class _Document:
+    """A YAML document's data together with its node tree, for locating errors."""
+
+    def __init__(self, file: str, node: yaml.Node | None, data: Any) -> None:
+        self.file = file
+        self.node = node
+        self.data = data
+
+    def locate(self, loc: tuple[int | str, ...], at_key: bool = False) -> tuple[int, int]:
+        """Line and column (1-based) of the node that ``loc`` names, or of its nearest parent."""
+        node = self.node
+        if node is None:
+            return 1, 1
+        mark = node.start_mark
+        for step in loc:
+            child = _child(node, step)
+            if child is None:
+                break
+            key_node, node = child
+            mark = key_node.start_mark if (at_key and step == loc[-1]) else node.start_mark
+        return mark.line + 1, mark.column + 1
+
+
+def _child(node: yaml.Node, step: int | str) -> tuple[yaml.Node, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.value == str(step):
+                return key_node, value_node
+    elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+        return node.value[step], node.value[step]
+    return None
+
+
+def _read_document(path: Path) -> _Document:
+    """Parse one file safely; a ConfigError for anything unreadable or not YAML."""
+    file = str(path)
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise ConfigError([Problem(file, 1, 1, f"cannot read: {error.strerror}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(file, 1, 1, f"larger than {MAX_FILE_BYTES} bytes")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError([Problem(file, line, 1, "not valid UTF-8")]) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _reject_duplicate_keys(file, node)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        message = " ".join(filter(None, [error.context, error.problem]))
+        raise ConfigError([Problem(file, line, column, f"YAML: {message}")]) from None
+    except yaml.YAMLError as error:
+        raise ConfigError([Problem(file, 1, 1, f"YAML: {error}")]) from None
+    finally:
+        loader.dispose()
+    return _Document(file, node, data)
+
+
+def _reject_duplicate_keys(file: str, node: yaml.Node) -> None:
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in current.value:
+                key = str(key_node.value)
+                if key in seen:
+                    mark = key_node.start_mark
+                    raise ConfigError(
+                        [Problem(file, mark.line + 1, mark.column + 1, f"duplicate key {key!r}")]
+                    )
+                seen.add(key)
+                pending.append(value_node)
+        elif isinstance(current, yaml.SequenceNode):
+            pending.extend(current.value)
+
+
+def _validated(
+    path: Path, model: type[RulesFile] | type[DropIn], problems: list[Problem]
+) -> _ValidatedFile | None:
+    """The file, validated, its rules located; None (``problems`` extended) if it is invalid."""
+    try:
+        document = _read_document(path)
+    except ConfigError as error:
+        problems.extend(error.problems)
+        return None
+    data = {} if document.data is None else document.data
+    if not isinstance(data, dict):
+        problems.append(Problem(document.file, *document.locate(()), "the file must be a mapping"))
+        return None
+    try:
+        validated = model.model_validate(data)
+    except pydantic.ValidationError as error:
+        problems.extend(_problem(document, detail, model) for detail in error.errors())
+        return None
+    rules = tuple(
+        SourcedRule(rule, document.file, *document.locate(("rules", index)))
+        for index, rule in enumerate(validated.rules)
+    )
+    return _ValidatedFile(validated, rules)
+
+
+def _problem(document: _Document, detail: Any, model: type[pydantic.BaseModel]) -> Problem:
+    loc = tuple(step for step in detail["loc"] if isinstance(step, int) or not _is_tag(step))
+    kind = detail["type"]
+    at_key = kind == "extra_forbidden" or detail["loc"][-1:] == ("[key]",)
+    where = _dotted(loc)
+    if kind == "extra_forbidden":
+        key = loc[-1] if loc else "?"
+        hint = ""
+        if model is DropIn and key == "settings":
+            hint = " (drop-ins hold only 'rules'; settings belong in the main file)"
+        message = f"unknown key {key!r}{hint}"
+        where = _dotted(loc[:-1])
+    elif kind == "missing":
+        message = f"missing required key {loc[-1]!r}"
+        where = _dotted(loc[:-1])
+    else:
+        message = str(detail["msg"]).removeprefix("Value error, ")
+    line, column = document.locate(loc, at_key)
+    return Problem(document.file, line, column, f"{where}: {message}" if where else message)
+
+
+_TYPE_TAGS = frozenset({"bool", "float", "int", "none", "str", "dict", "list"})
+
+
+def _is_tag(step: str) -> bool:
+    # pydantic puts validator and union-member names into error locations; they are not YAML keys.
+    return "[" in step or step.startswith("function-") or step in _TYPE_TAGS
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for step in loc:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else step)
+    return text
+
+
+def _duplicate_names(rules: list[SourcedRule]) -> list[Problem]:
+    first: dict[str, SourcedRule] = {}
+    problems = []
+    for rule in rules:
+        earlier = first.setdefault(rule.model.name, rule)
+        if earlier is not rule:
+            problems.append(
+                Problem(
+                    rule.file,
+                    rule.line,
+                    rule.column,
+                    f"duplicate rule name {rule.model.name!r} "
+                    f"(first at {earlier.file}:{earlier.line}:{earlier.column})",
+                )
+            )
+    return problems

@@ -1,0 +1,163 @@
+"""The daemon: set everything up, then a main loop that owns all real work.
+
+Signal handlers do nothing but make Python write the signal's number to a
+self-pipe (``signal.set_wakeup_fd``); the main loop reads the pipe and reloads,
+reports or stops. The notifier thread only reads and dispatches; workers only
+run actions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import time
+from pathlib import Path
+
+from watchd import __version__, logs
+from watchd.config import ConfigError, load
+from watchd.counters import Counters
+from watchd.dispatch import Dispatcher
+from watchd.jobs import JobQueue
+from watchd.logs import log
+from watchd.notifier import Notifier
+from watchd.rules import RuleSet, compile_rules
+from watchd.watches import WatchManager, WatchTable
+from watchd.workers import WorkerPool
+
+EX_OK = 0
+EX_FATAL = 3
+EX_CONFIG = 78  # sysexits' EX_CONFIG: the unit's RestartPreventExitStatus
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+_DROPS = 0  # the byte the dispatcher writes to wake the loop: events were dropped
+DROP_REPORT_INTERVAL = 1.0
+
+
+def read_rules(path: Path) -> RuleSet:
+    """Load, validate and compile the rules; ConfigError if any of it is wrong."""
+    return compile_rules(load(path))
+
+
+class Daemon:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.counters = Counters()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._drops_reported = 0
+        self._next_drop_report = 0.0
+        self._stopping = False
+        self._drop_wake_sent = False
+
+    def run(self) -> int:
+        try:
+            ruleset = read_rules(self.config_path)
+        except ConfigError as error:
+            _log_problems("invalid configuration; not starting", error)
+            return EX_CONFIG
+        logs.set_level(ruleset.settings.log_level)
+        try:
+            self._start(ruleset)
+        except OSError as error:
+            log(logging.CRITICAL, f"cannot start: {error}")
+            return EX_FATAL
+        log(logging.INFO, f"watchd {__version__} started", rules=len(ruleset.rules),
+            watches=len(self.table), config=str(self.config_path))
+        try:
+            self._loop()
+        except Exception:
+            log(logging.CRITICAL, "fatal error in the main loop", exc_info=True)
+            self._stop()
+            return EX_FATAL
+        return self._stop()
+
+    def _start(self, ruleset: RuleSet) -> None:
+        self.jobs = JobQueue(ruleset.settings.queue_size)
+        self.manager = WatchManager()
+        self.table = WatchTable(self.manager, ruleset)
+        self.dispatcher = Dispatcher(self.jobs, self.counters, self._wake_for_drops)
+        self.notifier = Notifier(self.manager, self.table, self.dispatcher, self.counters)
+        self.workers = WorkerPool(self.jobs, self.counters)
+        self.workers.resize(ruleset.settings.workers)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, _wake_only)
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        with self.table.lock:
+            self.table.apply(ruleset)
+        self.notifier.start()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            timeout = None
+            if self.counters.dropped > self._drops_reported:
+                timeout = max(0.0, self._next_drop_report - time.monotonic())
+            select.select([self._wake_read], [], [], timeout)
+            try:
+                woken_by = os.read(self._wake_read, 512)
+            except BlockingIOError:
+                woken_by = b""
+            self._drop_wake_sent = False
+            for signum in woken_by:
+                self._handle(signum)
+            self._report_drops()
+
+    def _handle(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            log(logging.INFO, f"stopping on {signal.Signals(signum).name}")
+            self._stopping = True
+        elif signum == signal.SIGHUP:
+            self.reload()
+        elif signum == signal.SIGUSR1:
+            self.report()
+
+    def reload(self) -> None:
+        started = time.monotonic()
+        try:
+            ruleset = read_rules(self.config_path)
+        except ConfigError as error:
+            _log_problems("reload failed: the current rules stay in force", error)
+            return
+        with self.table.lock:
+            self.table.apply(ruleset)
+        self.jobs.maxsize = ruleset.settings.queue_size
+        self.workers.resize(ruleset.settings.workers)
+        logs.set_level(ruleset.settings.log_level)
+        log(logging.INFO, "reloaded", rules=len(ruleset.rules), watches=len(self.table),
+            duration_ms=round((time.monotonic() - started) * 1000))
+
+    def report(self) -> None:
+        log(logging.INFO, "counters", watches=len(self.table), rules=len(self.table.ruleset.rules),
+            queued=len(self.jobs), running=self.workers.busy(), **self.counters.summary())
+
+    def _wake_for_drops(self) -> None:
+        # Called on the notifier thread for each drop: at most one byte until the loop wakes.
+        if not self._drop_wake_sent:
+            self._drop_wake_sent = True
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_write, bytes([_DROPS]))
+
+    def _report_drops(self) -> None:
+        dropped = self.counters.dropped
+        now = time.monotonic()
+        if dropped > self._drops_reported and now >= self._next_drop_report:
+            log(logging.WARNING, "queue full: events dropped",
+                dropped=dropped - self._drops_reported, total=dropped, queue_size=self.jobs.maxsize)
+            self._drops_reported = dropped
+            self._next_drop_report = now + DROP_REPORT_INTERVAL
+
+    def _stop(self) -> int:
+        self.notifier.stop()
+        abandoned = self.workers.stop(self.table.ruleset.settings.stop_grace)
+        self._report_drops()
+        log(logging.INFO, "stopped", abandoned=abandoned or None, **self.counters.summary())
+        return EX_OK
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """The C-level handler has already written ``signum`` to the wakeup pipe."""
+
+
+def _log_problems(message: str, error: ConfigError) -> None:
+    for problem in error.problems:
+        log(logging.ERROR, f"{message}: {problem}")

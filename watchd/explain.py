@@ -1,0 +1,85 @@
+"""``watchd explain``: which rules an event on a path would fire, and why the others would not."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+from collections.abc import Iterator
+
+from watchd.events import EVENT_BITS, FileEvent, event_mask
+from watchd.jobs import Job
+from watchd.logs import escape
+from watchd.placeholders import render
+from watchd.rules import (
+    REASON_DEPTH,
+    REASON_EVENT,
+    REASON_EXCLUDE,
+    REASON_INCLUDE,
+    REASON_KIND,
+    Rule,
+    RuleSet,
+)
+
+
+def resolve(path: str) -> tuple[bytes, bool]:
+    """The path as events would name it (its directory resolved, the name itself not followed),
+    and whether it is a directory."""
+    raw = os.fsencode(path)
+    absolute = os.path.abspath(raw)
+    resolved = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(resolved).st_mode)
+    except OSError:
+        is_dir = raw.endswith(b"/")
+    return resolved, is_dir
+
+
+def explain(ruleset: RuleSet, path: bytes, is_dir: bool, event: str | None) -> Iterator[str]:
+    yield f"{escape(path)} ({'directory' if is_dir else 'file'})" + (
+        f", event {event}" if event else ""
+    )
+    if not ruleset.rules:
+        yield "no rules are configured"
+    for rule in ruleset.rules:
+        yield from _explain_rule(ruleset, rule, path, is_dir, event)
+
+
+def _explain_rule(
+    ruleset: RuleSet, rule: Rule, path: bytes, is_dir: bool, event: str | None
+) -> Iterator[str]:
+    title = f"rule {rule.name} ({rule.source})"
+    if not rule.enabled:
+        yield f"{title}: does not fire: the rule is disabled (enabled: false)"
+        return
+    roots = [root for root in ruleset.roots if rule in root.rules]
+    under = [(root, rel) for root in roots if (rel := root.relative(path)) is not None]
+    if not under:
+        watched = ", ".join(escape(root.path) for root in roots)
+        yield f"{title}: does not fire: the path is not under its paths ({watched})"
+        return
+    root, relative = under[0]
+    bit = event_mask(event) if event else rule.mask
+    reason = rule.refusal(bit, is_dir, relative)
+    if reason is not None:
+        yield f"{title}: does not fire: {_reason(reason, rule, relative, event)}"
+        return
+    names = [event] if event else [n for n, b in EVENT_BITS.items() if b & rule.mask]
+    yield f"{title}: fires on {', '.join(names)}"
+    sample = FileEvent(path, names[0], bit, is_dir)
+    values = Job(rule, root, sample).values()
+    for index, command in enumerate(rule.actions, 1):
+        argv = [escape(render(template, values)) for template in command.argv]
+        yield f"  {index}. command: {shlex.join(argv)}"
+
+
+def _reason(reason: str, rule: Rule, relative: bytes, event: str | None) -> str:
+    shown = escape(relative)
+    return {
+        REASON_EVENT: f"event {event} is not among its events ({', '.join(rule.events)})",
+        REASON_KIND: f"it takes only kind: {rule.kind}",
+        REASON_DEPTH: f"{shown!r} is in a subdirectory and the rule is not recursive",
+        REASON_INCLUDE: f"no include pattern matches {shown!r}",
+        REASON_EXCLUDE: f"an exclude pattern matches {shown!r}",
+    }[reason]
+

@@ -1,0 +1,238 @@
+"""inotify → event: pyinotify's ThreadedNotifier, subclassed so that its thread cannot die or lie.
+
+What pyinotify 0.9.6 gets wrong, and what this subclass does instead:
+
+- names are decoded strictly as UTF-8 (a name like ``b"bad\\xff"`` kills the
+  thread): records are parsed here and names stay bytes;
+- an exception in a handler kills the thread: each record is handled under its
+  own guard, and the thread's loop is restarted if anything else escapes;
+- its own per-event processing (``_SysProcessEvent``, ``Watch`` lookups by
+  path) is bypassed: records go straight to the watch table and the dispatcher;
+- a directory created and filled before its watch exists loses events: every
+  new directory is watched, then listed, and what is found in it is reported
+  as ``create`` (and ``close_write`` for a regular file, which was written
+  before anyone could see it), without reporting it twice when the kernel's own
+  events for it arrive after all;
+- a directory moved out of the watched tree keeps its watches: an unpaired
+  ``moved_from`` of a directory removes them;
+- symlinks are followed: watches are added with IN_DONT_FOLLOW | IN_ONLYDIR
+  and directory listings never follow links;
+- ``Event.isSet()`` warns on every turn of its loop: that one warning is
+  filtered, by module.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import logging
+import os
+import select
+import struct
+import termios
+from dataclasses import dataclass, field
+
+from watchd._pyinotify import pyinotify
+from watchd.counters import Counters
+from watchd.dispatch import Dispatcher
+from watchd.events import (
+    ALL_EVENTS,
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    IN_UNMOUNT,
+    FileEvent,
+    event_name,
+)
+from watchd.logs import log
+from watchd.rules import EMPTY_SCOPE
+from watchd.watches import WatchedDir, WatchManager, WatchTable
+
+_HEADER = struct.Struct("iIII")
+_SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
+_MOVE_SETTLE_MS = 5
+
+
+@dataclass(slots=True)
+class _Scanned:
+    """Names reported by listing a new directory, until the kernel's backlog for it is read."""
+
+    generation: int
+    names: set[bytes] = field(default_factory=set)
+    unclosed: dict[bytes, None] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _MoveOut:
+    generation: int
+    path: bytes
+    is_dir: bool
+
+
+def _seen_by_scan(scanned: _Scanned, mask: int, name: bytes) -> bool:
+    """Whether a kernel event is one the listing of a new directory already reported."""
+    if mask & (IN_CREATE | IN_CLOSE_WRITE) and name in scanned.unclosed:
+        # The writer's own close_write is still to come (or just came): do not fake one.
+        del scanned.unclosed[name]
+    return bool(mask & IN_CREATE)
+
+
+class Notifier(pyinotify.ThreadedNotifier):
+    """Reads inotify records, keeps the watch table true, and hands events to the dispatcher."""
+
+    def __init__(self, manager: WatchManager, table: WatchTable, dispatcher: Dispatcher,
+                 counters: Counters) -> None:
+        super().__init__(manager, default_proc_fun=pyinotify.ProcessEvent())
+        self.name = "watchd-notifier"
+        self.daemon = True
+        self.table = table
+        self.dispatcher = dispatcher
+        self.counters = counters
+        self._generation = 0
+        self._scanned: dict[int, _Scanned] = {}
+        self._moves: dict[int, _MoveOut] = {}
+        table.report = self._report_found
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self.loop()
+            except Exception:
+                self.counters.reader_errors += 1
+                log(logging.ERROR, "event reader failed; carrying on", exc_info=True)
+                self._stop_event.wait(0.1)
+
+    def read_events(self) -> None:
+        """Read every record queued now; names stay bytes."""
+        size = array.array("i", [0])
+        fcntl.ioctl(self._fd, termios.FIONREAD, size, True)
+        if size[0] <= 0:
+            return
+        data = os.read(self._fd, size[0])
+        offset, end = 0, len(data)
+        append = self._eventq.append
+        unpack = _HEADER.unpack_from
+        while offset < end:
+            wd, mask, cookie, length = unpack(data, offset)
+            offset += 16
+            name = data[offset : offset + length].rstrip(b"\0") if length else b""
+            offset += length
+            append((wd, mask, cookie, name))
+
+    def process_events(self) -> None:
+        """Handle what was read; then settle new directories and moves against the backlog."""
+        with self.table.lock:
+            self._handle_queued()
+            while (self._scanned or self._moves) and not self._stop_event.is_set():
+                settled = self._generation
+                self._generation += 1
+                if self._moves:
+                    # The two halves of a rename are queued together, but a read can split them.
+                    select.select([self._fd], [], [], _MOVE_SETTLE_MS / 1000)
+                self.read_events()
+                self._handle_queued()
+                self._settle(settled)
+
+    def _handle_queued(self) -> None:
+        queued = self._eventq
+        while queued:
+            record = queued.popleft()
+            self.counters.events += 1
+            try:
+                self._handle(*record)
+            except Exception:
+                self.counters.reader_errors += 1
+                log(logging.ERROR, "cannot handle an inotify event; skipped", exc_info=True,
+                    wd=record[0], mask=hex(record[1]), name=record[3])
+
+    # -- one record ------------------------------------------------------------------------
+
+    def _handle(self, wd: int, mask: int, cookie: int, name: bytes) -> None:
+        if mask & IN_Q_OVERFLOW:
+            self._overflowed()
+            return
+        entry = self.table.by_wd.get(wd)
+        if entry is None:
+            return
+        if mask & IN_IGNORED:
+            self.table.forget(wd)
+            return
+        scanned = self._scanned.get(wd)
+        if scanned is not None and name in scanned.names and _seen_by_scan(scanned, mask, name):
+            return
+        path = entry.path + b"/" + name if name else entry.path
+        is_dir = bool(mask & IN_ISDIR)
+        src_path = b""
+        if mask & IN_MOVED_FROM:
+            self._moves[cookie] = _MoveOut(self._generation, path, is_dir)
+        elif mask & IN_MOVED_TO and cookie in self._moves:
+            src_path = self._moves.pop(cookie).path
+        # A directory's own events come twice (from it and from its parent): keep the parent's.
+        if mask & entry.scope.mask and (
+            name or mask & _SELF_EVENTS or os.path.dirname(path) not in self.table.by_path
+        ):
+            event = FileEvent(path, event_name(mask), mask & ALL_EVENTS, is_dir, src_path)
+            self._emit(entry, event)
+        if name and mask & (IN_CREATE | IN_MOVED_TO):
+            self._arrived(entry, name, path, is_dir, src_path)
+        elif not name and mask & IN_MOVE_SELF and os.path.dirname(path) not in self.table.by_path:
+            # A root directory itself was renamed away; its parent is not watched to say where.
+            self.table.unwatch_tree(entry.path)
+
+    def _arrived(self, entry: WatchedDir, name: bytes, path: bytes, is_dir: bool,
+                 src_path: bytes) -> None:
+        if entry.waiting:
+            self.table.appeared(entry, name)
+        if not is_dir:
+            return
+        if src_path and self.table.rename_tree(src_path, path):
+            return
+        scope = self.table.child_scope(entry, path)
+        if scope is not EMPTY_SCOPE:
+            for parent, found in self.table.walk(path, scope):
+                self._report_found(parent, found)
+
+    def _report_found(self, parent: WatchedDir, found: os.DirEntry[bytes]) -> None:
+        """An entry found by listing a directory that appeared: report it as new."""
+        scanned = self._scanned.get(parent.wd)
+        if scanned is None:
+            scanned = self._scanned[parent.wd] = _Scanned(self._generation)
+        scanned.names.add(found.name)
+        is_dir = found.is_dir(follow_symlinks=False)
+        self._emit(parent, FileEvent(found.path, "create", IN_CREATE, is_dir, synthetic=True))
+        if found.is_file(follow_symlinks=False):
+            scanned.unclosed[found.name] = None
+
+    def _settle(self, generation: int) -> None:
+        """Everything up to ``generation`` has met the kernel's backlog: finish it."""
+        for wd, scanned in list(self._scanned.items()):
+            if scanned.generation > generation:
+                continue
+            del self._scanned[wd]
+            entry = self.table.by_wd.get(wd)
+            for name in scanned.unclosed if entry is not None else ():
+                event = FileEvent(entry.path + b"/" + name, "close_write", IN_CLOSE_WRITE, False,
+                                  synthetic=True)
+                self._emit(entry, event)
+        for cookie, move in list(self._moves.items()):
+            if move.generation <= generation:
+                del self._moves[cookie]
+                if move.is_dir:
+                    self.table.unwatch_tree(move.path)
+
+    def _emit(self, entry: WatchedDir, event: FileEvent) -> None:
+        self.dispatcher.submit(event, entry.scope)
+
+    def _overflowed(self) -> None:
+        self.counters.overflows += 1
+        log(logging.WARNING, "inotify queue overflowed: events were lost; re-watching every root")
+        for root in self.table.ruleset.roots:
+            self.table.establish(root, report=False)

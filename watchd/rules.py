@@ -1,0 +1,231 @@
+"""Rules compiled for the daemon: immutable objects, grouped by the root they watch.
+
+``compile_rules`` turns a validated ``Config`` into a ``RuleSet``; a reload builds
+a new ``RuleSet`` and swaps it in whole. ``match`` is the hot path: it runs on the
+notifier thread for every event, so each rule is checked cheapest test first.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pathspec
+
+from watchd.config import Config, SourcedRule
+from watchd.events import FileEvent, event_mask
+from watchd.models import CommandAction, Settings
+from watchd.placeholders import Template, parse_template
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """A user to run commands as, resolved when the rules load."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        entry = pwd.getpwnam(name)
+        groups = tuple(os.getgrouplist(name, entry.pw_gid))
+        return cls(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command action ready to run: argv templates and how to run them."""
+
+    argv: tuple[Template, ...]
+    text: tuple[str, ...]
+    timeout: float
+    user: RunAs | None
+    cwd: bytes | None
+    env: tuple[tuple[bytes, bytes], ...]
+
+    @classmethod
+    def compile(cls, model: CommandAction) -> Command:
+        return cls(
+            argv=tuple(parse_template(arg) for arg in model.command),
+            text=tuple(model.command),
+            timeout=model.timeout,
+            user=RunAs.lookup(model.user) if model.user else None,
+            cwd=os.fsencode(model.cwd) if model.cwd else None,
+            env=tuple((os.fsencode(k), os.fsencode(v)) for k, v in model.env.items()),
+        )
+
+
+# Why a rule does not fire for an event; ``match`` returns these constants, ``explain`` words them.
+REASON_EVENT = "event"
+REASON_KIND = "kind"
+REASON_DEPTH = "depth"
+REASON_INCLUDE = "include"
+REASON_EXCLUDE = "exclude"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rule:
+    name: str
+    mask: int
+    events: tuple[str, ...]
+    recursive: bool
+    kind: str
+    include: pathspec.PathSpec | None
+    exclude: pathspec.PathSpec | None
+    enabled: bool
+    actions: tuple[Command, ...]
+    source: str
+
+    @classmethod
+    def compile(cls, sourced: SourcedRule) -> Rule:
+        model = sourced.model
+        mask = 0
+        for name in model.events:
+            mask |= event_mask(name)
+        return cls(
+            name=model.name,
+            mask=mask,
+            events=tuple(model.events),
+            recursive=model.recursive,
+            kind=model.kind,
+            include=pathspec.GitIgnoreSpec.from_lines(model.include) if model.include else None,
+            exclude=pathspec.GitIgnoreSpec.from_lines(model.exclude) if model.exclude else None,
+            enabled=model.enabled,
+            actions=tuple(Command.compile(action) for action in model.actions),
+            source=f"{sourced.file}:{sourced.line}",
+        )
+
+    def refusal(self, bit: int, is_dir: bool, relative: bytes) -> str | None:
+        """None if this rule fires for the event, else the reason it does not."""
+        if not bit & self.mask:
+            return REASON_EVENT
+        if self.kind != "any" and (self.kind == "dir") != is_dir:
+            return REASON_KIND
+        if not relative:
+            return None
+        if not self.recursive and b"/" in relative:
+            return REASON_DEPTH
+        if self.include is None and self.exclude is None:
+            return None
+        subject = os.fsdecode(relative) + ("/" if is_dir else "")
+        if self.include is not None and not self.include.match_file(subject):
+            return REASON_INCLUDE
+        if self.exclude is not None and self.exclude.match_file(subject):
+            return REASON_EXCLUDE
+        return None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Root:
+    """A path some rules watch, with those rules. Events under it are matched against them."""
+
+    path: bytes
+    prefix: bytes
+    rules: tuple[Rule, ...]
+    recursive: bool
+    mask: int
+
+    def relative(self, path: bytes) -> bytes | None:
+        """``path`` relative to this root: ``b""`` for the root itself, None if outside it."""
+        if path == self.path:
+            return b""
+        if path.startswith(self.prefix):
+            return path[len(self.prefix) :]
+        return None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Scope:
+    """The roots whose rules apply to events in one watched directory."""
+
+    roots: tuple[Root, ...]
+    mask: int
+    recursive: tuple[Root, ...]
+
+    @classmethod
+    def of(cls, roots: tuple[Root, ...]) -> Scope:
+        mask = 0
+        for root in roots:
+            mask |= root.mask
+        return cls(roots, mask, tuple(root for root in roots if root.recursive))
+
+
+EMPTY_SCOPE = Scope.of(())
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Everything the daemon runs on, from one load of the rules: replaced whole on reload."""
+
+    settings: Settings
+    rules: tuple[Rule, ...]
+    roots: tuple[Root, ...]
+    roots_by_path: dict[bytes, Root]
+    files: tuple[str, ...]
+    _scopes: dict[tuple[Root, ...], Scope] = field(default_factory=dict, repr=False)
+
+    def scope(self, roots: tuple[Root, ...]) -> Scope:
+        """The one shared ``Scope`` for these roots (directories share them, to save memory)."""
+        scope = self._scopes.get(roots)
+        if scope is None:
+            scope = self._scopes[roots] = Scope.of(roots) if roots else EMPTY_SCOPE
+        return scope
+
+
+def compile_rules(config: Config) -> RuleSet:
+    """Compile a validated config; the roots are resolved (symlinks followed) here, once."""
+    rules = tuple(Rule.compile(sourced) for sourced in config.rules)
+    grouped: dict[bytes, list[Rule]] = {}
+    for rule, sourced in zip(rules, config.rules, strict=True):
+        for path in sourced.model.paths if rule.enabled else ():
+            members = grouped.setdefault(os.fsencode(os.path.realpath(path)), [])
+            if rule not in members:
+                members.append(rule)
+    roots = tuple(_root(path, tuple(members)) for path, members in grouped.items())
+    return RuleSet(
+        settings=config.settings,
+        rules=rules,
+        roots=roots,
+        roots_by_path={root.path: root for root in roots},
+        files=config.files,
+    )
+
+
+def _root(path: bytes, rules: tuple[Rule, ...]) -> Root:
+    mask = 0
+    for rule in rules:
+        mask |= rule.mask
+    return Root(
+        path=path,
+        prefix=path.rstrip(b"/") + b"/",
+        rules=rules,
+        recursive=any(rule.recursive for rule in rules),
+        mask=mask,
+    )
+
+
+def match(scope: Scope, event: FileEvent) -> Iterator[tuple[Rule, Root]]:
+    """Each rule (once, with the root it came under) that fires for ``event`` in ``scope``."""
+    if not event.bit & scope.mask:
+        return
+    # A rule listed under two nested roots fires once, for the first (the deepest).
+    fired: set[str] | None = set() if len(scope.roots) > 1 else None
+    for root in scope.roots:
+        if not event.bit & root.mask:
+            continue
+        relative = root.relative(event.path)
+        if relative is None:
+            continue
+        for rule in root.rules:
+            if rule.refusal(event.bit, event.is_dir, relative) is not None:
+                continue
+            if fired is not None:
+                if rule.name in fired:
+                    continue
+                fired.add(rule.name)
+            yield rule, root

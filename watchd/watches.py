@@ -1,0 +1,361 @@
+"""The watch table: which directories are watched, for which roots, indexed both ways.
+
+pyinotify keeps watches by descriptor only (finding one by path scans them all)
+and adds them by ``str`` path (a name that is not UTF-8 cannot be watched). This
+table keeps its own path → watch index, adds watches by ``bytes`` path on the
+``WatchManager``'s inotify fd, never follows a symlink, and knows why each
+directory is watched: the roots whose rules apply there (its ``Scope``) and the
+roots that do not exist yet and wait for a name to appear in it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from watchd._pyinotify import pyinotify
+from watchd.events import (
+    IN_CREATE,
+    IN_DELETE_SELF,
+    IN_DONT_FOLLOW,
+    IN_EXCL_UNLINK,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+)
+from watchd.logs import log
+from watchd.rules import EMPTY_SCOPE, Root, RuleSet, Scope
+
+# What every watch needs to keep the table true, whatever its rules ask for.
+STRUCTURE_MASK = IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
+WAITING_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
+FLAGS = IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+class WatchManager(pyinotify.WatchManager):
+    """pyinotify's WatchManager, for its inotify fd, with watches added by bytes path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        flags = fcntl.fcntl(self.get_fd(), fcntl.F_GETFD)
+        fcntl.fcntl(self.get_fd(), fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+
+    def add(self, path: bytes, mask: int) -> int:
+        wd: int = _libc.inotify_add_watch(self.get_fd(), path, mask | FLAGS)
+        if wd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return wd
+
+    def remove(self, wd: int) -> None:
+        # EINVAL: the kernel already dropped it (directory deleted); nothing to do.
+        _libc.inotify_rm_watch(self.get_fd(), wd)
+
+
+@dataclass(slots=True, eq=False)
+class WatchedDir:
+    path: bytes
+    wd: int
+    mask: int
+    scope: Scope
+    waiting: tuple[Root, ...] = ()
+
+
+class WatchTable:
+    """All watches of the daemon. Every method must be called with ``lock`` held."""
+
+    def __init__(self, manager: WatchManager, ruleset: RuleSet) -> None:
+        self.manager = manager
+        self.ruleset = ruleset
+        self.lock = threading.RLock()
+        self.by_wd: dict[int, WatchedDir] = {}
+        self.by_path: dict[bytes, WatchedDir] = {}
+        self.attached: dict[bytes, tuple[Root, ...]] = {}  # parent dir -> roots that are files
+        self._warned: set[bytes] = set()
+        self.refused_for_limit = 0  # directories not watched for want of inotify watches
+        # Called for each entry found in a directory that appeared while running.
+        self.report: Callable[[WatchedDir, os.DirEntry[bytes]], None] = lambda parent, entry: None
+
+    def __len__(self) -> int:
+        return len(self.by_wd)
+
+    # -- what a directory is watched for ------------------------------------------------
+
+    def scope_for(self, path: bytes) -> Scope:
+        """The roots whose rules apply to events in directory ``path``, the deepest first."""
+        roots_by_path = self.ruleset.roots_by_path
+        found: list[Root] = []
+        here = roots_by_path.get(path)
+        if here is not None:
+            found.append(here)
+        found.extend(self.attached.get(path, ()))
+        parent = path
+        while parent != b"/":
+            parent = os.path.dirname(parent)
+            ancestor = roots_by_path.get(parent)
+            if ancestor is not None and ancestor.recursive:
+                found.append(ancestor)
+        return self.ruleset.scope(tuple(found))
+
+    def child_scope(self, parent: WatchedDir, path: bytes) -> Scope:
+        """The scope of a new subdirectory: its parent's recursive roots and any rooted here."""
+        here = self.ruleset.roots_by_path.get(path)
+        if not parent.scope.recursive and here is None:
+            return EMPTY_SCOPE
+        roots = ((here,) if here is not None else ()) + parent.scope.recursive
+        return self.ruleset.scope(roots)
+
+    # -- adding and removing ---------------------------------------------------------------
+
+    def watch(self, path: bytes, scope: Scope, waiting: tuple[Root, ...] = ()) -> WatchedDir | None:
+        """Watch directory ``path`` (or update its watch); None if it cannot be watched."""
+        entry = self.by_path.get(path)
+        mask = _mask(scope, waiting or (entry.waiting if entry else ()))
+        if entry is not None and entry.mask == mask:
+            entry.scope = scope
+            entry.waiting = waiting or entry.waiting
+            return entry
+        try:
+            wd = self.manager.add(path, mask)
+        except OSError as error:
+            self._refused(path, error)
+            return None
+        if entry is None:
+            entry = WatchedDir(path, wd, mask, scope)
+        stale = self.by_wd.get(wd)
+        if stale is not None and stale is not entry:
+            # Same inode under another path: the old path was renamed without our seeing it.
+            self.by_path.pop(stale.path, None)
+        entry.wd, entry.mask, entry.scope = wd, mask, scope
+        entry.waiting = waiting or entry.waiting
+        self.by_wd[wd] = entry
+        self.by_path[path] = entry
+        return entry
+
+    def unwatch(self, entry: WatchedDir) -> list[Root]:
+        """Stop watching one directory; the roots that must be looked for again."""
+        if self.by_wd.get(entry.wd) is entry:
+            del self.by_wd[entry.wd]
+            self.manager.remove(entry.wd)
+        if self.by_path.get(entry.path) is entry:
+            del self.by_path[entry.path]
+        lost = [root for root in entry.scope.roots if root.path == entry.path]
+        lost.extend(self.attached.pop(entry.path, ()))
+        lost.extend(entry.waiting)
+        return lost
+
+    def forget(self, wd: int) -> None:
+        """The kernel dropped watch ``wd`` (its directory is gone): look for its roots again."""
+        entry = self.by_wd.get(wd)
+        if entry is not None:
+            self.by_wd.pop(wd)
+            if self.by_path.get(entry.path) is entry:
+                del self.by_path[entry.path]
+            entry.wd = -1
+            for root in self.unwatch(entry):
+                self.establish(root)
+
+    def subtree(self, path: bytes) -> list[WatchedDir]:
+        prefix = path + b"/"
+        return [e for p, e in self.by_path.items() if p == path or p.startswith(prefix)]
+
+    def unwatch_tree(self, path: bytes) -> None:
+        """Stop watching ``path`` and everything below it (it left the watched tree)."""
+        lost: list[Root] = []
+        for entry in self.subtree(path):
+            lost.extend(self.unwatch(entry))
+        for root in lost:
+            self.establish(root)
+
+    def rename_tree(self, old: bytes, new: bytes) -> bool:
+        """A watched directory was renamed within watched space; False if it was not watched."""
+        moved = self.subtree(old)
+        if not moved:
+            return False
+        lost: list[Root] = []
+        for entry in sorted(moved, key=lambda e: len(e.path)):
+            del self.by_path[entry.path]
+            lost.extend(r for r in entry.scope.roots if r.path == entry.path)
+            lost.extend(entry.waiting)
+            entry.waiting = ()
+            entry.path = new + entry.path[len(old) :]
+        for entry in moved:
+            self.by_path[entry.path] = entry
+        for entry in moved:
+            scope = self.scope_for(entry.path)
+            if scope is EMPTY_SCOPE:
+                self.unwatch(entry)
+            else:
+                self.watch(entry.path, scope)
+        for root in lost:
+            self.establish(root)
+        return True
+
+    # -- roots -------------------------------------------------------------------------
+
+    def establish(self, root: Root, report: bool = True) -> None:
+        """Watch a root as it is now: a directory tree, a file (via its directory), or missing.
+
+        With ``report``, what is found in a root directory is reported: it appeared
+        while the daemon ran, so its contents are new.
+        """
+        try:
+            mode = os.lstat(root.path).st_mode
+        except OSError:
+            self._wait_for(root)
+            return
+        if stat.S_ISDIR(mode):
+            for parent, entry in self.walk(root.path, self.scope_for(root.path), report):
+                if report:
+                    self.report(parent, entry)
+            return
+        parent = os.path.dirname(root.path)
+        if root not in self.attached.get(parent, ()):
+            self.attached[parent] = (*self.attached.get(parent, ()), root)
+        if self.watch(parent, self.scope_for(parent)) is None:
+            self._wait_for(root)
+
+    def _wait_for(self, root: Root) -> None:
+        """Watch the nearest existing ancestor of a missing root for the next name to appear."""
+        ancestor = root.path
+        while ancestor != b"/":
+            ancestor = os.path.dirname(ancestor)
+            if not _is_dir(ancestor):
+                continue
+            known = self.by_path.get(ancestor)
+            waiting = (*(known.waiting if known else ()), root)
+            scope = known.scope if known else self.scope_for(ancestor)
+            entry = self.watch(ancestor, scope, waiting)
+            if entry is not None:
+                # The next name may have appeared before the watch did: look once more.
+                name = root.path[len(ancestor.rstrip(b"/")) + 1 :].split(b"/", 1)[0]
+                child = ancestor.rstrip(b"/") + b"/" + name
+                if (child == root.path and os.path.lexists(child)) or _is_dir(child):
+                    self.appeared(entry, name)
+                return
+        log(logging.ERROR, "cannot watch for a missing path", path=root.path)
+
+    def appeared(self, entry: WatchedDir, name: bytes) -> None:
+        """A name appeared in a directory that missing roots wait in: are they here now?"""
+        path = entry.path.rstrip(b"/") + b"/" + name
+        arrived = [r for r in entry.waiting if r.path == path or r.path.startswith(path + b"/")]
+        if not arrived:
+            return
+        entry.waiting = tuple(r for r in entry.waiting if r not in arrived)
+        if not entry.waiting and entry.scope is EMPTY_SCOPE:
+            self.unwatch(entry)
+        elif not entry.waiting:
+            self.watch(entry.path, entry.scope)
+        for root in arrived:
+            self.establish(root)
+
+    def apply(self, ruleset: RuleSet) -> None:
+        """Switch to a new rule set: keep the watches both share, add and drop the rest."""
+        in_place = {
+            root.path
+            for root in self.ruleset.roots
+            if root.path in self.by_path and _same_reach(root, ruleset.roots_by_path.get(root.path))
+        }
+        self.ruleset = ruleset
+        new_paths = set(ruleset.roots_by_path)
+        self.attached = {
+            parent: kept
+            for parent, roots in self.attached.items()
+            if (kept := tuple(ruleset.roots_by_path[r.path] for r in roots if r.path in new_paths))
+        }
+        for entry in list(self.by_wd.values()):
+            entry.waiting = ()
+            scope = self.scope_for(entry.path)
+            if scope is EMPTY_SCOPE:
+                self.unwatch(entry)
+            else:
+                self.watch(entry.path, scope)
+        for root in ruleset.roots:
+            if root.path not in in_place:
+                self.establish(root, report=False)
+
+    # -- walking ---------------------------------------------------------------------------
+
+    def walk(
+        self, top: bytes, scope: Scope, every_entry: bool = False
+    ) -> Iterator[tuple[WatchedDir, os.DirEntry[bytes]]]:
+        """Watch ``top`` and, where its scope is recursive, every directory below it.
+
+        Each directory is watched before it is listed, so nothing created in it is
+        missed; each entry found is yielded with the watched directory it is in
+        (with ``every_entry``, also the entries of directories not recursed into).
+        Symlinks are never followed.
+        """
+        first = self.watch(top, scope)
+        pending = [first] if first is not None else []
+        while pending:
+            parent = pending.pop()
+            if not (every_entry or parent.scope.recursive):
+                continue
+            for entry in self._list(parent.path):
+                if entry.is_dir(follow_symlinks=False):
+                    child_scope = self.child_scope(parent, entry.path)
+                    if child_scope is not EMPTY_SCOPE:
+                        child = self.watch(entry.path, child_scope)
+                        if child is not None:
+                            pending.append(child)
+                yield parent, entry
+
+    def _list(self, path: bytes) -> list[os.DirEntry[bytes]]:
+        try:
+            with os.scandir(path) as entries:
+                return list(entries)
+        except OSError as error:
+            self._refused(path, error)
+            return []
+
+    def _refused(self, path: bytes, error: OSError) -> None:
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return  # gone already: its parent's events tell the rest
+        if error.errno == errno.ENOSPC:
+            self.refused_for_limit += 1
+            if self.refused_for_limit == 1:
+                log(logging.ERROR, "inotify watch limit reached: raise fs.inotify.max_user_watches "
+                    "(sysctl -w fs.inotify.max_user_watches=N); some directories are not watched",
+                    path=path, limit=_read_limit("max_user_watches"))
+        elif path not in self._warned:
+            self._warned.add(path)
+            log(logging.WARNING, f"cannot watch: {error.strerror}", path=path)
+
+
+def _is_dir(path: bytes) -> bool:
+    """Whether ``path`` is a directory itself, not a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _mask(scope: Scope, waiting: tuple[Root, ...]) -> int:
+    mask = scope.mask | STRUCTURE_MASK if scope is not EMPTY_SCOPE else 0
+    return mask | (WAITING_MASK if waiting else 0)
+
+
+def _same_reach(old: Root, new: Root | None) -> bool:
+    """Whether a root watched under the old rules needs the same watches under the new."""
+    return new is not None and new.recursive == old.recursive and bool(new.mask) == bool(old.mask)
+
+
+def _read_limit(name: str) -> str:
+    try:
+        with open(f"/proc/sys/fs/inotify/{name}") as limit:
+            return limit.read().strip()
+    except OSError:
+        return "?"

@@ -1,0 +1,116 @@
+"""Queue → worker → action → log: threads that take jobs and run their rule's actions in order."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from watchd.actions.command import CommandResult, RunningCommand
+from watchd.counters import Counters
+from watchd.jobs import Job, JobQueue
+from watchd.logs import log
+
+
+class WorkerPool:
+    def __init__(self, jobs: JobQueue, counters: Counters) -> None:
+        self.jobs = jobs
+        self.counters = counters
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[threading.Thread, RunningCommand] = {}
+        self._lock = threading.Lock()
+
+    def resize(self, count: int) -> None:
+        """Have ``count`` workers: start more, or send the extra ones away once idle."""
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        surplus = len(self._threads) - count
+        if surplus > 0:
+            self.jobs.retire(surplus)
+        for _ in range(-surplus):
+            thread = threading.Thread(target=self._work, name="watchd-worker", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, grace: float) -> int:
+        """Run nothing new; wait up to ``grace`` for running actions, then kill them.
+
+        Returns how many queued jobs were not run.
+        """
+        self.stopping.set()
+        abandoned = self.jobs.close()
+        if not self._join(grace):
+            with self._lock:
+                for command in self._running.values():
+                    command.kill()
+            self._join(grace)
+        return abandoned
+
+    def busy(self) -> int:
+        return len(self._running)
+
+    def _join(self, timeout: float) -> bool:
+        """Wait for every worker, ``timeout`` seconds in all; True if all have ended."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                self._run_actions(job)
+            except Exception:
+                # A bug here must cost one job, not a worker: the pool would shrink unseen.
+                self.counters.actions_failed += 1
+                log(logging.ERROR, "action failed: internal error", exc_info=True,
+                    rule=job.rule.name, path=job.event.path)
+
+    def _run_actions(self, job: Job) -> None:
+        me = threading.current_thread()
+        for index, command in enumerate(job.rule.actions):
+            if self.stopping.is_set():
+                return
+            running = RunningCommand(job, command)
+            with self._lock:
+                self._running[me] = running
+            try:
+                result = running.run()
+            finally:
+                with self._lock:
+                    del self._running[me]
+            _log_result(job, index, result)
+            if not result.ok:
+                self.counters.actions_failed += 1
+                return
+            self.counters.actions_ok += 1
+
+
+def _log_result(job: Job, index: int, result: CommandResult) -> None:
+    fields: dict[str, object] = {
+        "rule": job.rule.name,
+        "event": job.event.event,
+        "path": job.event.path,
+        "action": "command",
+        "step": index + 1,
+        "status": result.status,
+        "duration_ms": round(result.duration * 1000),
+    }
+    if result.ok:
+        log(logging.INFO, "action ok", **fields)
+        return
+    if result.timed_out:
+        reason = "timed out; process group killed"
+    elif result.error:
+        reason = result.error
+    else:
+        reason = "exited with status" if (result.status or 0) > 0 else "killed by signal"
+    remaining = len(job.rule.actions) - index - 1
+    if remaining:
+        reason += f"; {remaining} later action(s) skipped"
+    log(
+        logging.ERROR,
+        f"action failed: {reason}",
+        **fields,
+        stderr=result.stderr.strip()[-512:] or None,
+    )
