@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev inotify-tools
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint deps clean
+.PHONY: run test lint bench deps clean
 
 run: $(STAMP)
 	mkdir -p /tmp/watchd-demo/incoming
@@ -19,7 +19,7 @@ test: $(STAMP) lint
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check watchd tests
+	$(VENV)/bin/ruff check watchd tests bench
 
 deps:
 	@missing=""; for package in $(APT_PACKAGES); do \
@@ -37,3 +37,6 @@ $(STAMP): pyproject.toml | deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/intake.py

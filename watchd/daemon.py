@@ -128,7 +128,8 @@ class Daemon:
 
     def report(self) -> None:
         log(logging.INFO, "counters", watches=len(self.table), rules=len(self.table.ruleset.rules),
-            queued=len(self.jobs), running=self.workers.busy(), **self.counters.summary())
+            unwatched=self.table.refused_for_limit, queued=len(self.jobs),
+            running=self.workers.busy(), **self.counters.summary())
 
     def _wake_for_drops(self) -> None:
         # Called on the notifier thread for each drop: at most one byte until the loop wakes.

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from watchd.events import event_mask
+from watchd.events import EVENT_NAMES, event_mask
 from watchd.placeholders import parse_template
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -77,10 +77,7 @@ def _event_name(name: str) -> str:
     try:
         event_mask(name)
     except KeyError:
-        raise ValueError(
-            f"unknown event {name!r}; known: access modify attrib close_write close_nowrite "
-            "close open moved_from moved_to move create delete delete_self move_self unmount all"
-        ) from None
+        raise ValueError(f"unknown event {name!r}; known: {' '.join(EVENT_NAMES)}") from None
     return name
 
 

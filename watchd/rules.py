@@ -42,7 +42,6 @@ class Command:
     """A command action ready to run: argv templates and how to run them."""
 
     argv: tuple[Template, ...]
-    text: tuple[str, ...]
     timeout: float
     user: RunAs | None
     cwd: bytes | None
@@ -52,7 +51,6 @@ class Command:
     def compile(cls, model: CommandAction) -> Command:
         return cls(
             argv=tuple(parse_template(arg) for arg in model.command),
-            text=tuple(model.command),
             timeout=model.timeout,
             user=RunAs.lookup(model.user) if model.user else None,
             cwd=os.fsencode(model.cwd) if model.cwd else None,

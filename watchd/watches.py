@@ -134,6 +134,9 @@ class WatchTable:
             return None
         if entry is None:
             entry = WatchedDir(path, wd, mask, scope)
+        elif entry.wd != wd and self.by_wd.get(entry.wd) is entry:
+            # A new directory at a watched path: the old one's watch is the kernel's to drop.
+            del self.by_wd[entry.wd]
         stale = self.by_wd.get(wd)
         if stale is not None and stale is not entry:
             # Same inode under another path: the old path was renamed without our seeing it.
@@ -144,11 +147,12 @@ class WatchTable:
         self.by_path[path] = entry
         return entry
 
-    def unwatch(self, entry: WatchedDir) -> list[Root]:
+    def unwatch(self, entry: WatchedDir, in_kernel: bool = True) -> list[Root]:
         """Stop watching one directory; the roots that must be looked for again."""
         if self.by_wd.get(entry.wd) is entry:
             del self.by_wd[entry.wd]
-            self.manager.remove(entry.wd)
+            if in_kernel:
+                self.manager.remove(entry.wd)
         if self.by_path.get(entry.path) is entry:
             del self.by_path[entry.path]
         lost = [root for root in entry.scope.roots if root.path == entry.path]
@@ -160,11 +164,7 @@ class WatchTable:
         """The kernel dropped watch ``wd`` (its directory is gone): look for its roots again."""
         entry = self.by_wd.get(wd)
         if entry is not None:
-            self.by_wd.pop(wd)
-            if self.by_path.get(entry.path) is entry:
-                del self.by_path[entry.path]
-            entry.wd = -1
-            for root in self.unwatch(entry):
+            for root in self.unwatch(entry, in_kernel=False):
                 self.establish(root)
 
     def subtree(self, path: bytes) -> list[WatchedDir]:

@@ -95,6 +95,7 @@ def _log_result(job: Job, index: int, result: CommandResult) -> None:
         "step": index + 1,
         "status": result.status,
         "duration_ms": round(result.duration * 1000),
+        "found_by_scan": True if job.event.synthetic else None,
     }
     if result.ok:
         log(logging.INFO, "action ok", **fields)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from watchd.jobs import Job
-from watchd.placeholders import render
+from watchd.placeholders import PLACEHOLDERS, render
 from watchd.rules import Command
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a command past its timeout
@@ -43,10 +43,11 @@ class CommandResult:
         return self.status == 0 and not self.timed_out
 
 
-def environment(job: Job, command: Command, base: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
-    values = job.values()
+def environment(
+    job: Job, command: Command, values: Mapping[str, bytes], base: Mapping[bytes, bytes]
+) -> dict[bytes, bytes]:
     env = {k: v for k, v in base.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
-    for name in ("path", "name", "dir", "root", "event", "rule", "src_path"):
+    for name in PLACEHOLDERS:
         env[b"WATCHD_" + name.upper().encode()] = values[name]
     env[b"WATCHD_IS_DIR"] = b"1" if job.event.is_dir else b"0"
     if command.user is not None:
@@ -72,7 +73,7 @@ class RunningCommand:
         try:
             self.process = subprocess.Popen(
                 argv,
-                env=environment(self.job, self.command, os.environb),
+                env=environment(self.job, self.command, values, os.environb),
                 cwd=self.command.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
