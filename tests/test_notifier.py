@@ -216,3 +216,46 @@ def test_an_overflow_is_counted_and_new_directories_are_watched_again(tmp_path, 
     wait_for(lambda: len(harness.table.by_path) == 51, what="every new directory watched")
     (root / "d49" / "after").write_bytes(b"x")
     wait_for(lambda: os.fsencode(root / "d49" / "after") in harness.paths())
+
+
+def test_a_directory_made_again_before_its_events_are_read_is_watched_again(tmp_path, watch):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    harness = watch(tree_rule(root))
+    with harness.table.lock:  # the reader sees the deletion only after the new directory exists
+        (root / "sub").rmdir()
+        (root / "sub").mkdir()
+        (root / "sub" / "early").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(root / "sub" / "early") in harness.paths(event="close_write"))
+    (root / "sub" / "late").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(root / "sub" / "late") in harness.paths(event="close_write"))
+    watched = {os.stat(root).st_ino, os.stat(root / "sub").st_ino}
+    wait_for(lambda: set(harness.kernel_watches().values()) == watched)
+    assert set(harness.table.by_path) == {os.fsencode(root), os.fsencode(root / "sub")}
+
+
+def test_the_late_drop_of_an_old_watch_leaves_the_new_one_at_its_path(tmp_path):
+    """A path watched again (new directory, new wd) before the kernel's IN_IGNORED for the old
+    directory is read: handling that IN_IGNORED must not unwatch the new directory."""
+    config = tmp_path / "rules.yaml"
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    config.write_text(tree_rule(root))
+    ruleset = compile_rules(load(config))
+    manager = WatchManager()
+    table = WatchTable(manager, ruleset)
+    try:
+        with table.lock:
+            table.apply(ruleset)
+            sub = os.fsencode(root / "sub")
+            old_wd = table.by_path[sub].wd
+            (root / "sub").rmdir()
+            (root / "sub").mkdir()
+            table.establish(ruleset.roots[0], report=False)
+            new_wd = table.by_path[sub].wd
+            assert new_wd != old_wd
+            table.forget(old_wd)
+            assert table.by_path[sub].wd == new_wd
+            assert table.by_wd[new_wd] is table.by_path[sub]
+    finally:
+        manager.close()

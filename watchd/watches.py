@@ -120,13 +120,14 @@ class WatchTable:
     # -- adding and removing ---------------------------------------------------------------
 
     def watch(self, path: bytes, scope: Scope, waiting: tuple[Root, ...] = ()) -> WatchedDir | None:
-        """Watch directory ``path`` (or update its watch); None if it cannot be watched."""
+        """Watch directory ``path`` (or update its watch); None if it cannot be watched.
+
+        The kernel is asked even for a path already in the table: its answer (the same
+        watch descriptor, or a new one) says whether the directory there is still the
+        one that was watched.
+        """
         entry = self.by_path.get(path)
         mask = _mask(scope, waiting or (entry.waiting if entry else ()))
-        if entry is not None and entry.mask == mask:
-            entry.scope = scope
-            entry.waiting = waiting or entry.waiting
-            return entry
         try:
             wd = self.manager.add(path, mask)
         except OSError as error:
