@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import alive, env_of, recorder, records, wait_for, zombie_children
+from conftest import RECORDER, alive, env_of, recorder, records, wait_for, zombie_children
+
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def one_rule(watched, command, **action_keys) -> str:
@@ -114,15 +116,20 @@ def test_many_short_commands_leave_no_zombies(tmp_path, write_rules, daemon):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+@pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK), reason=f"no {SYSTEM_PYTHON}")
 def test_user_runs_as_that_user_with_its_groups(tmp_path, write_rules, daemon):
     watched = tmp_path / "in"
     watched.mkdir()
-    # pytest's own temporary directories are private to root: nobody records elsewhere.
+    # pytest's temporary directories (and maybe this checkout) are private to root: nobody
+    # runs the system's python on a copy of the recorder, and records, in a directory of its own.
     shared = Path(tempfile.mkdtemp(prefix="watchd-test-"))
     shared.chmod(0o777)
     out = shared / "out.jsonl"
+    shutil.copy(RECORDER, shared / "recorder.py")
+    (shared / "recorder.py").chmod(0o644)
+    command = [SYSTEM_PYTHON, "-I", "-S", str(shared / "recorder.py"), str(out)]
     nobody = pwd.getpwnam("nobody")
-    daemon(write_rules(one_rule(watched, recorder(out), user="nobody")))
+    daemon(write_rules(one_rule(watched, command, user="nobody")))
     (watched / "f").write_bytes(b"x")
     wait_for(lambda: records(out))
     record = records(out)[0]

@@ -130,7 +130,7 @@ class Notifier(pyinotify.ThreadedNotifier):
     def process_events(self) -> None:
         """Handle what was read; then settle new directories and moves against the backlog."""
         with self.table.lock:
-            self._handle_queued()
+            self._translate_queued()
             while (self._scanned or self._moves) and not self._stop_event.is_set():
                 settled = self._generation
                 self._generation += 1
@@ -138,16 +138,16 @@ class Notifier(pyinotify.ThreadedNotifier):
                     # The two halves of a rename are queued together, but a read can split them.
                     select.select([self._fd], [], [], _MOVE_SETTLE_MS / 1000)
                 self.read_events()
-                self._handle_queued()
+                self._translate_queued()
                 self._settle(settled)
 
-    def _handle_queued(self) -> None:
+    def _translate_queued(self) -> None:
         queued = self._eventq
         while queued:
             record = queued.popleft()
             self.counters.events += 1
             try:
-                self._handle(*record)
+                self._translate(*record)
             except Exception:
                 self.counters.reader_errors += 1
                 log(logging.ERROR, "cannot handle an inotify event; skipped", exc_info=True,
@@ -155,7 +155,7 @@ class Notifier(pyinotify.ThreadedNotifier):
 
     # -- one record ------------------------------------------------------------------------
 
-    def _handle(self, wd: int, mask: int, cookie: int, name: bytes) -> None:
+    def _translate(self, wd: int, mask: int, cookie: int, name: bytes) -> None:
         if mask & IN_Q_OVERFLOW:
             self._overflowed()
             return
