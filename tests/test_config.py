@@ -284,3 +284,15 @@ def test_explain_says_which_rules_fire_and_why_not(tmp_path, capsys):
     assert "rule nested" in capsys.readouterr().out.split("fires on create")[0]
     assert main(["explain", str(watched / "sub" / "a.csv"), "--config", str(config)]) == 0
     assert "is in a subdirectory and the rule is not recursive" in capsys.readouterr().out
+
+
+def test_an_unreadable_drop_in_directory_is_a_located_error(tmp_path):
+    config = tmp_path / "rules.yaml"
+    config.write_text(GOOD_RULE)
+    (tmp_path / "rules.d").write_text("not a directory, but in the way")
+    assert [r.model.name for r in load(config).rules] == ["good"]
+    (tmp_path / "rules.d").unlink()
+    (tmp_path / "rules.d").mkdir()
+    (tmp_path / "rules.d" / "dir.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"rules.d/dir.yaml:1:1: cannot read: Is a directory"):
+        load(config)

@@ -77,8 +77,13 @@ def drop_in_files(main: Path) -> list[Path]:
 def load(path: Path | str = DEFAULT_CONFIG) -> Config:
     """Load and validate the main rules file and its drop-ins, all or nothing."""
     main = Path(path)
-    drop_ins = drop_in_files(main)
     problems: list[Problem] = []
+    try:
+        drop_ins = drop_in_files(main)
+    except OSError as error:
+        drop_ins = []
+        problems.append(Problem(str(main.parent / "rules.d"), 1, 1,
+                                f"cannot list: {error.strerror}"))
     main_file = _validated(main, RulesFile, problems)
     rules = list(main_file.rules) if main_file else []
     for drop_in in drop_ins:
@@ -112,12 +117,12 @@ class _Document:
         if node is None:
             return 1, 1
         mark = node.start_mark
-        for step in loc:
+        for depth, step in enumerate(loc, 1):
             child = _child(node, step)
             if child is None:
                 break
             key_node, node = child
-            mark = key_node.start_mark if (at_key and step == loc[-1]) else node.start_mark
+            mark = key_node.start_mark if (at_key and depth == len(loc)) else node.start_mark
         return mark.line + 1, mark.column + 1
 
 
