@@ -68,7 +68,6 @@ class WatchManager(pyinotify.WatchManager):
 class WatchedDir:
     path: bytes
     wd: int
-    mask: int
     scope: Scope
     waiting: tuple[Root, ...] = ()
 
@@ -134,7 +133,7 @@ class WatchTable:
             self._refused(path, error)
             return None
         if entry is None:
-            entry = WatchedDir(path, wd, mask, scope)
+            entry = WatchedDir(path, wd, scope)
         elif entry.wd != wd and self.by_wd.get(entry.wd) is entry:
             # A new directory at a watched path: the old one's watch is the kernel's to drop.
             del self.by_wd[entry.wd]
@@ -142,7 +141,7 @@ class WatchTable:
         if stale is not None and stale is not entry:
             # Same inode under another path: the old path was renamed without our seeing it.
             self.by_path.pop(stale.path, None)
-        entry.wd, entry.mask, entry.scope = wd, mask, scope
+        entry.wd, entry.scope = wd, scope
         entry.waiting = waiting or entry.waiting
         self.by_wd[wd] = entry
         self.by_path[path] = entry
