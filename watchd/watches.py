@@ -349,8 +349,12 @@ def _mask(scope: Scope, waiting: tuple[Root, ...]) -> int:
 
 
 def _same_reach(old: Root, new: Root | None) -> bool:
-    """Whether a root watched under the old rules needs the same watches under the new."""
-    return new is not None and new.recursive == old.recursive and bool(new.mask) == bool(old.mask)
+    """Whether a root watched under the old rules needs the same watches under the new.
+
+    A root holds only enabled rules, each with at least one event, so only its reach
+    (the directory alone, or the whole tree) decides which directories it needs.
+    """
+    return new is not None and new.recursive == old.recursive
 
 
 def _read_limit(name: str) -> str:
