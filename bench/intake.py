@@ -34,7 +34,6 @@ from watchd.dispatch import Dispatcher
 from watchd.jobs import JobQueue
 from watchd.notifier import Notifier
 from watchd.rules import compile_rules
-from watchd.watches import WatchManager, WatchTable
 
 EVENTS = pyinotify.IN_CREATE | pyinotify.IN_CLOSE_WRITE
 QUIET = 3.0
@@ -107,14 +106,9 @@ class Watchd:
                 include: ["*.matches-nothing"]
                 actions: [{{command: [/bin/true]}}]
             """))
-        ruleset = compile_rules(load(config))
         self.counters = Counters()
-        manager = WatchManager()
-        self.table = WatchTable(manager, ruleset)
         dispatcher = Dispatcher(JobQueue(10**6), self.counters, lambda: None)
-        self.notifier = Notifier(manager, self.table, dispatcher, self.counters)
-        with self.table.lock:
-            self.table.apply(ruleset)
+        self.notifier = Notifier.watching(compile_rules(load(config)), dispatcher, self.counters)
 
     @property
     def count(self) -> int:

@@ -26,13 +26,9 @@ class Harness:
     def __init__(self, config: Path, dispatcher_class: type[Dispatcher] = Dispatcher) -> None:
         self.counters = Counters()
         self.jobs = JobQueue(10**7)
-        self.manager = WatchManager()
-        ruleset = compile_rules(load(config))
-        self.table = WatchTable(self.manager, ruleset)
         dispatcher = dispatcher_class(self.jobs, self.counters, lambda: None)
-        self.notifier = Notifier(self.manager, self.table, dispatcher, self.counters)
-        with self.table.lock:
-            self.table.apply(ruleset)
+        self.notifier = Notifier.watching(compile_rules(load(config)), dispatcher, self.counters)
+        self.table = self.notifier.table
         self.notifier.start()
         self.seen: list[tuple[str, str, bytes, bool]] = []
 
@@ -49,7 +45,7 @@ class Harness:
                 if rule in (None, name) and event in (None, kind)]
 
     def kernel_watches(self) -> dict[int, int]:
-        return kernel_watches(os.getpid(), self.manager.get_fd())
+        return kernel_watches(os.getpid(), self.table.manager.get_fd())
 
     def stop(self) -> None:
         self.notifier.stop()

@@ -24,7 +24,6 @@ from watchd.jobs import JobQueue
 from watchd.logs import log
 from watchd.notifier import Notifier
 from watchd.rules import RuleSet, compile_rules
-from watchd.watches import WatchManager, WatchTable
 from watchd.workers import WorkerPool
 
 EX_OK = 0
@@ -73,18 +72,16 @@ class Daemon:
         return self._stop()
 
     def _start(self, ruleset: RuleSet) -> None:
-        self.jobs = JobQueue(ruleset.settings.queue_size)
-        self.manager = WatchManager()
-        self.table = WatchTable(self.manager, ruleset)
-        self.dispatcher = Dispatcher(self.jobs, self.counters, self._wake_for_drops)
-        self.notifier = Notifier(self.manager, self.table, self.dispatcher, self.counters)
-        self.workers = WorkerPool(self.jobs, self.counters)
-        self.workers.resize(ruleset.settings.workers)
+        # Signals first: a stop asked for during a long first walk is not lost.
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, _wake_only)
         signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
-        with self.table.lock:
-            self.table.apply(ruleset)
+        self.jobs = JobQueue(ruleset.settings.queue_size)
+        self.workers = WorkerPool(self.jobs, self.counters)
+        self.workers.resize(ruleset.settings.workers)
+        dispatcher = Dispatcher(self.jobs, self.counters, self._wake_for_drops)
+        self.notifier = Notifier.watching(ruleset, dispatcher, self.counters)
+        self.table = self.notifier.table
         self.notifier.start()
 
     def _loop(self) -> None:

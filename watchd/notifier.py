@@ -51,7 +51,7 @@ from watchd.events import (
     event_name,
 )
 from watchd.logs import log
-from watchd.rules import EMPTY_SCOPE
+from watchd.rules import EMPTY_SCOPE, RuleSet
 from watchd.watches import WatchedDir, WatchManager, WatchTable
 
 _HEADER = struct.Struct("iIII")
@@ -98,6 +98,18 @@ class Notifier(pyinotify.ThreadedNotifier):
         self._scanned: dict[int, _Scanned] = {}
         self._moves: dict[int, _MoveOut] = {}
         table.report = self._report_found
+
+    @classmethod
+    def watching(cls, ruleset: RuleSet, dispatcher: Dispatcher, counters: Counters) -> Notifier:
+        """A notifier on an inotify instance of its own, every root of ``ruleset`` watched.
+
+        Not started: events wait in the kernel's queue until ``start``.
+        """
+        manager = WatchManager()
+        table = WatchTable(manager, ruleset)
+        with table.lock:
+            table.apply(ruleset)
+        return cls(manager, table, dispatcher, counters)
 
     # -- the thread ------------------------------------------------------------------------
 
