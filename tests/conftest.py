@@ -172,5 +172,5 @@ def kernel_watches(pid: int, only_fd: int | None = None) -> dict[int, int]:
         for line in lines:
             if line.startswith("inotify wd:"):
                 fields = dict(item.split(":", 1) for item in line.split()[1:])
-                watches[int(fields["wd"])] = int(fields["ino"], 16)
+                watches[int(fields["wd"], 16)] = int(fields["ino"], 16)
     return watches

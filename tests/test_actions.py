@@ -67,7 +67,7 @@ def test_a_failure_is_logged_with_status_and_stderr_and_stops_the_chain(
     process.wait_log("action failed")
     line = next(ln for ln in process.log().splitlines() if "action failed" in ln)
     assert "ERROR action failed: exited with status; 1 later action(s) skipped" in line
-    assert "rule=chain" in line and "status=3" in line and 'stderr="disk on fire"' in line
+    assert "rule=chain" in line and "exit_status=3" in line and 'stderr="disk on fire"' in line
     assert len(records(out)) == 1
 
 

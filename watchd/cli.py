@@ -30,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"the main rules file (default: {DEFAULT_CONFIG})")
         return sub
 
-    with_config(commands.add_parser("run", help="run the daemon in the foreground"))
+    run_parser = with_config(commands.add_parser("run", help="run the daemon in the foreground"))
+    run_parser.add_argument("--log-target", choices=["auto", "journal", "stderr"], default="auto",
+                            help="where to log (default auto: the journal when stderr is "
+                                 "connected to it, else stderr)")
     with_config(commands.add_parser("check", help="validate the rules and drop-ins"))
     explain_parser = with_config(
         commands.add_parser("explain", help="which rules an event on PATH would fire, and why")
@@ -53,7 +56,7 @@ def _event_name(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
-        logs.setup()
+        logs.setup(target=args.log_target)
         try:
             return Daemon(args.config).run()
         finally:

@@ -21,9 +21,11 @@ from watchd.config import ConfigError, load
 from watchd.counters import Counters
 from watchd.dispatch import Dispatcher
 from watchd.jobs import JobQueue
+from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.notifier import Notifier
 from watchd.rules import RuleSet, compile_rules
+from watchd.service import ServiceManager
 from watchd.workers import WorkerPool
 
 EX_OK = 0
@@ -48,12 +50,14 @@ class Daemon:
         self._next_drop_report = 0.0
         self._stopping = False
         self._drop_wake_sent = False
+        self._reload_failure = ""
+        self.service = ServiceManager()
 
     def run(self) -> int:
         try:
             ruleset = read_rules(self.config_path)
         except ConfigError as error:
-            _log_problems("invalid configuration; not starting", error)
+            _log_problems("invalid configuration; not starting", error, MessageId.CONFIG_INVALID)
             return EX_CONFIG
         logs.set_level(ruleset.settings.log_level)
         try:
@@ -61,15 +65,16 @@ class Daemon:
         except OSError as error:
             log(logging.CRITICAL, f"cannot start: {error}")
             return EX_FATAL
-        log(logging.INFO, f"watchd {__version__} started", rules=len(ruleset.rules),
-            watches=len(self.table), config=str(self.config_path))
+        log(logging.INFO, f"watchd {__version__} started", message_id=MessageId.STARTED,
+            rules=len(ruleset.rules), watches=len(self.table), config=str(self.config_path))
+        self.service.ready(self.status_line())
         try:
-            self._loop()
+            status = self._loop()
         except Exception:
             log(logging.CRITICAL, "fatal error in the main loop", exc_info=True)
-            self._stop()
-            return EX_FATAL
-        return self._stop()
+            status = EX_FATAL
+        self._stop()
+        return status
 
     def _start(self, ruleset: RuleSet) -> None:
         # Signals first: a stop asked for during a long first walk is not lost.
@@ -84,12 +89,9 @@ class Daemon:
         self.table = self.notifier.table
         self.notifier.start()
 
-    def _loop(self) -> None:
+    def _loop(self) -> int:
         while not self._stopping:
-            timeout = None
-            if self.counters.dropped > self._drops_reported:
-                timeout = max(0.0, self._next_drop_report - time.monotonic())
-            select.select([self._wake_read], [], [], timeout)
+            select.select([self._wake_read], [], [], self._timeout(time.monotonic()))
             try:
                 woken_by = os.read(self._wake_read, 512)
             except BlockingIOError:
@@ -98,6 +100,20 @@ class Daemon:
             for signum in woken_by:
                 self._handle(signum)
             self._report_drops()
+            if not self.notifier.is_alive():
+                # Deaf is worse than down: exit, and let the service manager restart us.
+                log(logging.CRITICAL, "the event reader thread has stopped; exiting")
+                return EX_FATAL
+            self.service.status(self.status_line())
+            self.service.pet_watchdog(time.monotonic())
+        return EX_OK
+
+    def _timeout(self, now: float) -> float | None:
+        """How long the loop may sleep: until a drop report or a watchdog ping is due."""
+        due = [self.service.watchdog_timeout(now)]
+        if self.counters.dropped > self._drops_reported:
+            due.append(max(0.0, self._next_drop_report - now))
+        return min((t for t in due if t is not None), default=None)
 
     def _handle(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -110,18 +126,42 @@ class Daemon:
 
     def reload(self) -> None:
         started = time.monotonic()
+        self.service.reloading()
         try:
             ruleset = read_rules(self.config_path)
         except ConfigError as error:
-            _log_problems("reload failed: the current rules stay in force", error)
+            _log_problems("reload failed: the current rules stay in force", error,
+                          MessageId.RELOAD_FAILED)
+            self._reload_failure = f"{error.problems[0]}" + (
+                f" (and {len(error.problems) - 1} more)" if len(error.problems) > 1 else "")
+            self.service.ready(self.status_line())
             return
         with self.table.lock:
             self.table.apply(ruleset)
         self.jobs.maxsize = ruleset.settings.queue_size
         self.workers.resize(ruleset.settings.workers)
         logs.set_level(ruleset.settings.log_level)
-        log(logging.INFO, "reloaded", rules=len(ruleset.rules), watches=len(self.table),
-            duration_ms=round((time.monotonic() - started) * 1000))
+        self._reload_failure = ""
+        log(logging.INFO, "reloaded", message_id=MessageId.RELOADED, rules=len(ruleset.rules),
+            watches=len(self.table), duration_ms=round((time.monotonic() - started) * 1000))
+        self.service.ready(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for STATUS=: what is watched, what happened, what is wrong."""
+        counters = self.counters
+        parts = [f"{len(self.table.ruleset.rules)} rules", f"{len(self.table)} watches",
+                 f"{counters.events} events", f"{counters.actions_ok} actions ok",
+                 f"{counters.actions_failed} failed"]
+        if counters.dropped:
+            parts.append(f"{counters.dropped} dropped")
+        if counters.overflows:
+            parts.append(f"{counters.overflows} overflows")
+        if self.table.refused_for_limit:
+            parts.append(f"DEGRADED: {self.table.refused_for_limit} directories not watched "
+                         "(inotify watch limit)")
+        if self._reload_failure:
+            parts.append(f"last reload FAILED, previous rules in force: {self._reload_failure}")
+        return ", ".join(parts)
 
     def report(self) -> None:
         log(logging.INFO, "counters", watches=len(self.table), rules=len(self.table.ruleset.rules),
@@ -139,23 +179,25 @@ class Daemon:
         dropped = self.counters.dropped
         now = time.monotonic()
         if dropped > self._drops_reported and now >= self._next_drop_report:
-            log(logging.WARNING, "queue full: events dropped",
+            log(logging.WARNING, "queue full: events dropped", message_id=MessageId.EVENTS_DROPPED,
                 dropped=dropped - self._drops_reported, total=dropped, queue_size=self.jobs.maxsize)
             self._drops_reported = dropped
             self._next_drop_report = now + DROP_REPORT_INTERVAL
 
-    def _stop(self) -> int:
+    def _stop(self) -> None:
+        grace = self.table.ruleset.settings.stop_grace
+        self.service.stopping(grace)
         self.notifier.stop()
-        abandoned = self.workers.stop(self.table.ruleset.settings.stop_grace)
+        abandoned = self.workers.stop(grace)
         self._report_drops()
-        log(logging.INFO, "stopped", abandoned=abandoned or None, **self.counters.summary())
-        return EX_OK
+        log(logging.INFO, "stopped", message_id=MessageId.STOPPED, abandoned=abandoned or None,
+            **self.counters.summary())
 
 
 def _wake_only(signum: int, frame: object) -> None:
     """The C-level handler has already written ``signum`` to the wakeup pipe."""
 
 
-def _log_problems(message: str, error: ConfigError) -> None:
+def _log_problems(message: str, error: ConfigError, message_id: MessageId) -> None:
     for problem in error.problems:
-        log(logging.ERROR, f"{message}: {problem}")
+        log(logging.ERROR, f"{message}: {problem}", message_id=message_id)

@@ -1,8 +1,8 @@
 """Logging: one line per happening, with its fields; names escaped so they cannot forge lines.
 
 Every message goes through ``log(level, message, **fields)``. On stderr a line
-reads ``LEVEL message key=value …``; the fields are kept on the record so that a
-journal handler can send them as structured fields. Records pass through a
+reads ``time LEVEL message key=value …``; in the journal, MESSAGE is
+``message key=value …`` and each field is also a structured field of its own. Records pass through a
 bounded queue to a writer thread, so that no thread that logs (the notifier
 least of all) ever waits on a slow stderr.
 """
@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import queue
 import sys
+
+from watchd.journal import JournalHandler, MessageId
 
 LOGGER = logging.getLogger("watchd")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -42,13 +45,12 @@ def _quoted(value: object) -> str:
 
 
 class FieldsFormatter(logging.Formatter):
-    default_time_format = "%Y-%m-%dT%H:%M:%S"
-    default_msec_format = "%s.%03d"
+    """``message key=value …``: what the journal gets as MESSAGE (it keeps time and level)."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, object] = getattr(record, "fields", {})
         text = " ".join(
-            [self.formatTime(record), record.levelname, escape(record.getMessage())]
+            [escape(record.getMessage())]
             + [f"{key}={_quoted(value)}" for key, value in fields.items() if value is not None]
         )
         if record.exc_info and not record.exc_text:
@@ -56,6 +58,16 @@ class FieldsFormatter(logging.Formatter):
         if record.exc_text:
             text += "\n" + record.exc_text
         return text
+
+
+class StderrFormatter(FieldsFormatter):
+    """``time LEVEL message key=value …``"""
+
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03d"
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.formatTime(record)} {record.levelname} {super().format(record)}"
 
 
 class _NonBlockingHandler(logging.handlers.QueueHandler):
@@ -81,18 +93,36 @@ class _NonBlockingHandler(logging.handlers.QueueHandler):
 _listener: logging.handlers.QueueListener | None = None
 
 
-def setup(level: str = "info") -> None:
-    """Log to stderr through the writer thread; call ``shutdown`` to flush before exit."""
+def setup(level: str = "info", target: str = "auto") -> str:
+    """Log to ``target`` (journal, stderr, or auto: the journal when stderr is connected to it)
+    through the writer thread; returns the target chosen. Call ``shutdown`` before exit."""
     global _listener
     shutdown()
+    if target == "auto":
+        target = "journal" if stderr_is_journal() else "stderr"
+    writer: logging.Handler
+    if target == "journal":
+        writer = JournalHandler(FieldsFormatter())
+    else:
+        writer = logging.StreamHandler(sys.stderr)
+        writer.setFormatter(StderrFormatter())
     records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10000)
-    writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(FieldsFormatter())
     _listener = logging.handlers.QueueListener(records, writer)
     _listener.start()
     LOGGER.handlers[:] = [_NonBlockingHandler(records)]
     LOGGER.propagate = False
     set_level(level)
+    return target
+
+
+def stderr_is_journal() -> bool:
+    """systemd's test: JOURNAL_STREAM names the device and inode of the stream stderr is."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def shutdown() -> None:
@@ -106,6 +136,8 @@ def set_level(level: str) -> None:
     LOGGER.setLevel(LEVELS[level])
 
 
-def log(level: int, message: str, exc_info: bool = False, **fields: object) -> None:
+def log(level: int, message: str, exc_info: bool = False, message_id: MessageId | None = None,
+        **fields: object) -> None:
     if LOGGER.isEnabledFor(level):
-        LOGGER.log(level, message, exc_info=exc_info, extra={"fields": fields})
+        LOGGER.log(level, message, exc_info=exc_info,
+                   extra={"fields": fields, "message_id": message_id})

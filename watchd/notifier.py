@@ -50,6 +50,7 @@ from watchd.events import (
     FileEvent,
     event_name,
 )
+from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.rules import EMPTY_SCOPE, RuleSet
 from watchd.watches import WatchedDir, WatchManager, WatchTable
@@ -245,6 +246,7 @@ class Notifier(pyinotify.ThreadedNotifier):
 
     def _overflowed(self) -> None:
         self.counters.overflows += 1
-        log(logging.WARNING, "inotify queue overflowed: events were lost; re-watching every root")
+        log(logging.WARNING, "inotify queue overflowed: events were lost; re-watching every root",
+            message_id=MessageId.QUEUE_OVERFLOW, overflows=self.counters.overflows)
         for root in self.table.ruleset.roots:
             self.table.establish(root, report=False)

@@ -31,6 +31,7 @@ from watchd.events import (
     IN_MOVED_TO,
     IN_ONLYDIR,
 )
+from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.rules import EMPTY_SCOPE, Root, RuleSet, Scope
 
@@ -329,7 +330,8 @@ class WatchTable:
             if self.refused_for_limit == 1:
                 log(logging.ERROR, "inotify watch limit reached: raise fs.inotify.max_user_watches "
                     "(sysctl -w fs.inotify.max_user_watches=N); some directories are not watched",
-                    path=path, limit=_read_limit("max_user_watches"))
+                    message_id=MessageId.WATCH_LIMIT, path=path,
+                    limit=_read_limit("max_user_watches"))
         elif path not in self._warned:
             self._warned.add(path)
             log(logging.WARNING, f"cannot watch: {error.strerror}", path=path)

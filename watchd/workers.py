@@ -9,6 +9,7 @@ import time
 from watchd.actions.command import CommandResult, RunningCommand
 from watchd.counters import Counters
 from watchd.jobs import Job, JobQueue
+from watchd.journal import MessageId
 from watchd.logs import log
 
 
@@ -93,7 +94,7 @@ def _log_result(job: Job, index: int, result: CommandResult) -> None:
         "path": job.event.path,
         "action": "command",
         "step": index + 1,
-        "status": result.status,
+        "exit_status": result.status,
         "duration_ms": round(result.duration * 1000),
         "found_by_scan": True if job.event.synthetic else None,
     }
@@ -112,6 +113,7 @@ def _log_result(job: Job, index: int, result: CommandResult) -> None:
     log(
         logging.ERROR,
         f"action failed: {reason}",
+        message_id=MessageId.ACTION_FAILED,
         **fields,
         stderr=result.stderr.strip()[-512:] or None,
     )

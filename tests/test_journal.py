@@ -1,0 +1,116 @@
+"""What reaches the journal: fields, MESSAGE_IDs, raw name bytes, and the catalog explaining them.
+
+journald itself is exercised by the system test (tests/system); here the entries are checked as
+built, and the choice of target as systemd makes it (JOURNAL_STREAM against stderr's inode).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from watchd import logs
+from watchd.journal import MessageId, fields_of
+
+CATALOG = Path(__file__).parents[1] / "packaging" / "systemd" / "watchd.catalog"
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def captured():
+    capture = Capture()
+    saved = logs.LOGGER.handlers[:], logs.LOGGER.level
+    logs.LOGGER.handlers[:] = [capture]
+    logs.LOGGER.setLevel(logging.DEBUG)
+    yield capture.records
+    logs.LOGGER.handlers[:], level = saved
+    logs.LOGGER.setLevel(level)
+
+
+def entry_of(record: logging.LogRecord) -> dict[str, str | bytes]:
+    return fields_of(record, logs.FieldsFormatter().format(record))
+
+
+def test_an_action_failure_as_the_journal_gets_it(captured):
+    hostile = b"/srv/in/\xff bad\nname\x1b[31m"
+    logs.log(logging.ERROR, "action failed: exited with status", message_id=MessageId.ACTION_FAILED,
+             rule="ingest", event="close_write", path=hostile, action="command", exit_status=3,
+             duration_ms=12, found_by_scan=None)
+    entry = entry_of(captured[0])
+    assert entry["MESSAGE_ID"] == "3dcd49a4ec2442ee945fd086eee85464"
+    assert entry["PRIORITY"] == "3"
+    assert entry["SYSLOG_IDENTIFIER"] == "watchd"
+    assert entry["WATCHD_PATH"] == hostile  # the name's own bytes, for scripts
+    assert entry["WATCHD_RULE"] == b"ingest"
+    assert entry["WATCHD_EVENT"] == b"close_write"
+    assert entry["WATCHD_ACTION"] == b"command"
+    assert entry["WATCHD_EXIT_STATUS"] == "3"
+    assert entry["WATCHD_DURATION_MS"] == "12"
+    assert "WATCHD_FOUND_BY_SCAN" not in entry
+    # MESSAGE is one printable line a human reads: the name escaped, nothing forged.
+    message = entry["MESSAGE"]
+    assert "\n" not in message and "\x1b" not in message
+    assert "path=\"/srv/in/\\xff bad\\nname\\x1b[31m\"" in message
+    assert message.startswith("action failed: exited with status rule=ingest ")
+
+
+def test_a_name_decoded_with_surrogateescape_keeps_its_bytes(captured):
+    logs.log(logging.INFO, "x", path=os.fsdecode(b"/in/\xfe"))
+    assert entry_of(captured[0])["WATCHD_PATH"] == b"/in/\xfe"
+
+
+def test_priorities_follow_syslog(captured):
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
+        logs.log(level, "x")
+    assert [entry_of(r)["PRIORITY"] for r in captured] == ["7", "6", "4", "3", "2"]
+
+
+def test_a_traceback_stays_in_the_entry(captured):
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logs.log(logging.ERROR, "cannot handle an inotify event; skipped", exc_info=True)
+    message = entry_of(captured[0])["MESSAGE"]
+    assert message.startswith("cannot handle an inotify event; skipped\nTraceback")
+    assert "ValueError: boom" in message
+
+
+def test_every_message_id_is_in_the_catalog_and_no_other():
+    text = CATALOG.read_text()
+    in_catalog = re.findall(r"^-- ([0-9a-f]{32})$", text, re.MULTILINE)
+    assert sorted(in_catalog) == sorted(m.value for m in MessageId)
+    subjects = re.findall(r"^Subject: (.+)$", text, re.MULTILINE)
+    assert len(subjects) == len(MessageId)
+
+
+def test_the_journal_is_chosen_when_stderr_is_the_journal_stream(tmp_path, monkeypatch):
+    stream = open(tmp_path / "stream", "w")  # noqa: SIM115 - closed below
+    stat = os.fstat(stream.fileno())
+    monkeypatch.setattr(sys, "stderr", stream)
+    try:
+        monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
+        assert logs.setup(target="auto") == "journal"
+        # Inherited from a parent whose stderr was the journal, while ours is not: stderr.
+        monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino + 1}")
+        assert logs.setup(target="auto") == "stderr"
+        monkeypatch.setenv("JOURNAL_STREAM", "garbage")
+        assert logs.setup(target="auto") == "stderr"
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert logs.setup(target="auto") == "stderr"
+        assert logs.setup(target="journal") == "journal"
+    finally:
+        logs.shutdown()
+        stream.close()
