@@ -5,8 +5,10 @@
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# What systemd-python needs to build, and what the tests and benchmarks use.
-APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev inotify-tools
+# What systemd-python needs to build, and what the tests and benchmarks use (the system test
+# boots Debian 13 with systemd-nspawn from an image debootstrap makes).
+APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev inotify-tools \
+                systemd-container debootstrap
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench deps clean

@@ -1,0 +1,218 @@
+"""watchd as its users meet it: the .deb built and installed on a booted Debian 13, driven by
+systemctl and read with journalctl.
+
+Needs root, systemd-nspawn and debootstrap (`make test` installs the last two when root); the
+first run makes the cached image (about a minute), each run then boots a volatile copy.
+The commands a user types are the README's "Install as a service" section, checked below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("debootstrap"),
+    reason="the system test boots Debian with systemd-nspawn: needs root, systemd-container "
+           "and debootstrap",
+)
+
+from machine import NOT_SOURCE, Machine, image  # noqa: E402
+
+REPO = Path(__file__).parents[2]
+DEADLINE = 20.0
+STARTED = "068b4e040e93426f8b3e83d413c3d593"
+RELOADED = "0b4317ae335b4a19b8afe5ef16a9a881"
+RELOAD_FAILED = "cdac17c011ec46c4ad1fc002220c2217"
+ACTION_FAILED = "3dcd49a4ec2442ee945fd086eee85464"
+STOPPED = "32ca5750e7b74d2b8cabb1664de3f322"
+
+# What a user types, in order; each line is in the README, as it is here.
+INSTALL = "apt install -y ./watchd_0.1.0_all.deb"
+ENABLE = "systemctl enable --now watchd"
+CHECK = "watchd check"
+RELOAD = "systemctl reload watchd"
+STATUS = "systemctl status watchd"
+JOURNAL = "journalctl -u watchd"
+STOP = "systemctl stop watchd"
+RULES = """\
+rules:
+  - name: incoming
+    paths: [/srv/incoming]
+    actions:
+      - command: [/usr/bin/cp, "--", "{path}", /srv/processed/]
+  - name: reject-bad
+    paths: [/srv/incoming]
+    include: ["*.bad"]
+    actions:
+      - command: [/usr/bin/false]
+"""
+
+
+def wait_until(machine: Machine, script: str, what: str, timeout: float = DEADLINE) -> None:
+    """Run ``script`` in the machine until it succeeds; fail past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while machine.run(["sh", "-c", script], check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory):
+    booted = Machine(image(), REPO, tmp_path_factory.mktemp("machine") / "console.log")
+    yield booted
+    booted.poweroff()
+
+
+@pytest.fixture(scope="module")
+def built(machine):
+    """Build the package from this tree, inside the machine, as a Debian developer would."""
+    excludes = " ".join(f"--exclude='{pattern}'" for pattern in NOT_SOURCE)
+    machine.sh(f"mkdir -p /build/watchd && tar -C /src {excludes} -cf - . "
+               "| tar -C /build/watchd -xf -")
+    build = machine.sh("cd /build/watchd && dpkg-buildpackage -us -uc -b 2>&1", check=False)
+    assert build.returncode == 0, build.stdout[-4000:]
+    return machine
+
+
+@pytest.fixture(scope="module")
+def installed(built):
+    built.sh(f"cd /build && {INSTALL}")
+    return built
+
+
+def journal(machine: Machine, *matches: str) -> list[dict]:
+    output = machine.run(["journalctl", "-u", "watchd", "-o", "json", "--no-pager",
+                          *matches]).stdout
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def field_bytes(value: str | list[int]) -> bytes:
+    """journalctl -o json gives a field that is not UTF-8 as an array of its bytes."""
+    return bytes(value) if isinstance(value, list) else value.encode()
+
+
+def test_lintian_finds_no_errors(built):
+    report = built.sh("cd /build && lintian --info --pedantic watchd_0.1.0_amd64.changes 2>&1")
+    tags = [line for line in report.stdout.splitlines() if re.match(r"^[EWIPX]: ", line)]
+    print("lintian:", *tags or ["(nothing)"], sep="\n  ")
+    assert not [tag for tag in tags if tag.startswith("E: ")]
+
+
+def test_installed_enabled_and_running(installed):
+    installed.sh(ENABLE)
+    assert installed.run(["systemctl", "is-active", "watchd"]).stdout.strip() == "active"
+    assert installed.run(["systemctl", "is-enabled", "watchd"]).stdout.strip() == "enabled"
+    shown = installed.run(["systemctl", "show", "watchd", "-p", "Type,NotifyAccess,WatchdogUSec,"
+                           "KillMode,StatusText"]).stdout
+    assert "Type=notify-reload" in shown and "NotifyAccess=main" in shown
+    assert "KillMode=mixed" in shown and "WatchdogUSec=30s" in shown
+    assert "StatusText=0 rules, 0 watches" in shown
+    assert any(entry.get("MESSAGE_ID") == STARTED for entry in journal(installed))
+    # The shipped rules file is a conffile: an admin's edits survive upgrades.
+    conffiles = installed.run(["dpkg-query", "-W", "-f=${Conffiles}", "watchd"]).stdout
+    assert "/etc/watchd/rules.yaml" in conffiles
+
+
+def test_reload_puts_new_rules_in_force(installed):
+    installed.sh("mkdir -p /srv/incoming /srv/processed")
+    installed.run(["tee", "/etc/watchd/rules.yaml"], input=RULES)
+    installed.sh(CHECK)
+    installed.sh(RELOAD)  # returns once the daemon has said READY=1 again
+    assert any(entry.get("MESSAGE_ID") == RELOADED for entry in journal(installed))
+    installed.sh("echo hello > /srv/incoming/report.csv")
+    wait_until(installed, "test -s /srv/processed/report.csv", "the new rule to copy the file")
+
+
+def test_journal_fields_carry_rule_path_and_message_ids(installed):
+    installed.sh("printf x > \"$(printf '/srv/incoming/na\\377me\\nwith newline.bad')\"")
+    hostile = b"/srv/incoming/na\xffme\nwith newline.bad"
+    wait_until(installed, f"journalctl -u watchd MESSAGE_ID={ACTION_FAILED} | grep -q bad",
+               "the failed action in the journal")
+    failed = journal(installed, f"MESSAGE_ID={ACTION_FAILED}")[-1]
+    assert failed["WATCHD_RULE"] == "reject-bad"
+    assert field_bytes(failed["WATCHD_PATH"]) == hostile  # the name's exact bytes
+    assert failed["WATCHD_EXIT_STATUS"] == "1" and failed["PRIORITY"] == "3"
+    assert failed["WATCHD_ACTION"] == "command" and failed["WATCHD_EVENT"] == "close_write"
+    assert "\n" not in failed["MESSAGE"]  # escaped for the human reader
+    wait_until(installed, f"{JOURNAL} -o cat | grep -q 'action ok rule=incoming.*with newline'",
+               "the copy of the hostile name")
+    ok = [e for e in journal(installed) if e.get("WATCHD_RULE") == "incoming"
+          and field_bytes(e.get("WATCHD_PATH", "")) == hostile]
+    assert ok and ok[-1]["WATCHD_DURATION_MS"].isdigit()
+    # The catalog is installed and explains the MESSAGE_IDs.
+    explained = installed.sh(f"journalctl --catalog --list-catalog | grep -c {ACTION_FAILED}")
+    assert explained.stdout.strip() == "1"
+
+
+def test_a_broken_rules_file_fails_the_reload_and_keeps_the_old_rules(installed):
+    installed.run(["tee", "/etc/watchd/rules.yaml"], input="rules:\n  - name: [\n")
+    assert installed.sh(CHECK, check=False).returncode == 1
+    assert installed.sh(RELOAD, check=False).returncode != 0
+    assert installed.run(["systemctl", "is-active", "watchd"]).stdout.strip() == "active"
+    wait_until(installed, f"journalctl -u watchd MESSAGE_ID={RELOAD_FAILED} | grep -q rules.yaml",
+               "the reload failure in the journal")
+    status = installed.sh(STATUS, check=False).stdout
+    assert "last reload FAILED, previous rules in force: /etc/watchd/rules.yaml:" in status
+    installed.sh("echo again > /srv/incoming/after-broken.csv")
+    wait_until(installed, "test -s /srv/processed/after-broken.csv", "the old rules to fire")
+    installed.run(["tee", "/etc/watchd/rules.yaml"], input=RULES)
+    installed.sh(RELOAD)
+
+
+def test_the_watchdog_restarts_a_daemon_that_stopped_answering(installed):
+    # A short watchdog so the test need not wait the shipped 30 s.
+    installed.sh("mkdir -p /etc/systemd/system/watchd.service.d && printf "
+                 "'[Service]\\nWatchdogSec=2s\\n' > /etc/systemd/system/watchd.service.d/t.conf"
+                 " && systemctl daemon-reload && systemctl restart watchd")
+    before = installed.run(["systemctl", "show", "-P", "MainPID", "watchd"]).stdout.strip()
+    installed.run(["kill", "-STOP", before])
+    wait_until(installed, f"test \"$(systemctl show -P MainPID watchd)\" != {before} -a "
+               "\"$(systemctl show -P MainPID watchd)\" != 0 && systemctl is-active -q watchd",
+               "systemd to restart the silent daemon", timeout=30)
+    assert installed.run(["systemctl", "show", "-P", "NRestarts", "watchd"]).stdout.strip() == "1"
+    assert "Failed with result 'watchdog'" in installed.sh(f"{JOURNAL} --no-pager").stdout
+    installed.sh("echo after > /srv/incoming/after-restart.csv")
+    wait_until(installed, "test -s /srv/processed/after-restart.csv", "the restarted daemon")
+    installed.sh("rm /etc/systemd/system/watchd.service.d/t.conf && systemctl daemon-reload")
+
+
+def test_the_hardened_drop_in_still_runs_reading_rules(installed):
+    installed.sh("cp /usr/share/doc/watchd/examples/hardened.conf "
+                 "/etc/systemd/system/watchd.service.d/ && systemctl daemon-reload "
+                 "&& systemctl restart watchd")
+    installed.run(["tee", "/etc/watchd/rules.yaml"], input=RULES.replace(
+        "/usr/bin/cp, \"--\", \"{path}\", /srv/processed/", "/usr/bin/md5sum, \"--\", \"{path}\""))
+    installed.sh(RELOAD)
+    installed.sh("echo read-me > /srv/incoming/read.csv")
+    wait_until(installed, f"{JOURNAL} -o cat | grep -q 'action ok rule=incoming.*read.csv'",
+               "a reading rule under the hardened sandbox")
+    score = installed.sh("systemd-analyze security watchd | tail -1").stdout
+    assert float(re.search(r"level for watchd.service: ([0-9.]+)", score)[1]) <= 2.5
+    installed.sh("rm -r /etc/systemd/system/watchd.service.d && systemctl daemon-reload "
+                 "&& systemctl restart watchd")
+    score = installed.sh("systemd-analyze security watchd | tail -1").stdout
+    assert float(re.search(r"level for watchd.service: ([0-9.]+)", score)[1]) <= 5.0
+
+
+def test_stop_is_clean(installed):
+    installed.sh(STOP)
+    assert installed.run(["systemctl", "is-active", "watchd"], check=False).stdout.strip() \
+        == "inactive"
+    shown = installed.run(["systemctl", "show", "watchd", "-p", "Result,ExecMainStatus"]).stdout
+    assert "Result=success" in shown and "ExecMainStatus=0" in shown
+    assert journal(installed, f"MESSAGE_ID={STOPPED}")
+
+
+def test_readme_shows_the_commands_run_here():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Install as a service", 1)[1].split("\n## ", 1)[0]
+    for command in (INSTALL, ENABLE, CHECK, RELOAD, STATUS, JOURNAL, STOP, *RULES.splitlines()):
+        assert command in section, f"README's Install as a service lacks {command!r}"
