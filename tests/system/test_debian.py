@@ -167,6 +167,17 @@ def test_a_broken_rules_file_fails_the_reload_and_keeps_the_old_rules(installed)
     installed.sh(RELOAD)
 
 
+def test_invalid_rules_at_start_fail_once_without_a_restart_loop(installed):
+    installed.run(["tee", "/etc/watchd/rules.yaml"], input="rules:\n  - name: [\n")
+    assert installed.sh("systemctl restart watchd", check=False).returncode != 0
+    wait_until(installed, "systemctl is-failed -q watchd", "the service to be failed, not looping")
+    shown = installed.run(["systemctl", "show", "watchd", "-p", "NRestarts,ExecMainStatus"]).stdout
+    assert "NRestarts=0" in shown and "ExecMainStatus=78" in shown
+    assert journal(installed, "MESSAGE_ID=6147e902439d4327be3df311bcd76e7b")
+    installed.run(["tee", "/etc/watchd/rules.yaml"], input=RULES)
+    installed.sh("systemctl start watchd")
+
+
 def test_the_watchdog_restarts_a_daemon_that_stopped_answering(installed):
     # A short watchdog so the test need not wait the shipped 30 s.
     installed.sh("mkdir -p /etc/systemd/system/watchd.service.d && printf "
