@@ -11,11 +11,13 @@ from pathlib import Path
 from watchd import __version__, logs
 from watchd.config import DEFAULT_CONFIG, ConfigError, load
 from watchd.daemon import Daemon, read_rules
+from watchd.deadletters import listing, replay
 from watchd.events import event_mask
 from watchd.explain import explain, resolve
 from watchd.logs import escape
 from watchd.models import RulesFile
 from watchd.rules import compile_rules
+from watchd.spool import Spool
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("--event", metavar="NAME", type=_event_name,
                                 help="the event (default: each rule's own events)")
     commands.add_parser("schema", help="print the JSON Schema of the rules file")
+    webhooks = commands.add_parser("webhooks", help="webhook deliveries waiting, and dead letters")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True,
+                                               metavar="COMMAND")
+    with_config(webhook_commands.add_parser(
+        "list", help="deliveries waiting in the spool, and every dead letter"))
+    replay_parser = with_config(webhook_commands.add_parser(
+        "replay", help="send dead letters again, one attempt each, with the rules as they are"))
+    chosen = replay_parser.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("ids", nargs="*", default=[], metavar="ID", help="dead letters to send")
+    chosen.add_argument("--all", action="store_true", help="every dead letter")
     return parser
 
 
@@ -65,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "explain":
         return _explain(args.config, args.path, args.event)
+    if args.command == "webhooks":
+        return _webhooks(args)
     print(json.dumps(RulesFile.model_json_schema(), indent=2))
     return 0
 
@@ -103,6 +117,27 @@ def _explain(path: Path, target: str, event: str | None) -> int:
         print(line)
     return 0
 
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    try:
+        ruleset = read_rules(args.config)
+    except ConfigError as error:
+        _print_problems(error)
+        return 1
+    spool = Spool(Path(ruleset.settings.state_dir))
+    if args.webhooks_command == "list":
+        for line in listing(spool):
+            print(line)
+        return 0
+    if not args.ids and not args.all:
+        print("name the dead letters to send, or --all", file=sys.stderr)
+        return 2
+    failed = 0
+    for sent, line in replay(spool, ruleset, args.ids):
+        print(line, file=sys.stdout if sent else sys.stderr)
+        failed += not sent
+    return 1 if failed else 0
 
 
 def _print_problems(error: ConfigError) -> None:

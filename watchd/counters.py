@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import threading
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
 class Counters:
-    # Each counter is written by one thread only; a reader may see it a moment late.
+    # Most counters are written by one thread only (a reader may see them a moment late);
+    # those that several threads write go through ``add``.
     events: int = 0
     matched: int = 0
     actions_ok: int = 0
@@ -15,6 +17,14 @@ class Counters:
     dropped: int = 0
     overflows: int = 0
     reader_errors: int = 0
+    webhooks_ok: int = 0
+    webhooks_failed: int = 0
+    webhooks_dropped: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
 
     def summary(self) -> dict[str, int]:
-        return {field.name: getattr(self, field.name) for field in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}

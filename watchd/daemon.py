@@ -19,6 +19,7 @@ from pathlib import Path
 from watchd import __version__, logs
 from watchd.config import ConfigError, load
 from watchd.counters import Counters
+from watchd.deliveries import Deliveries
 from watchd.dispatch import Dispatcher
 from watchd.jobs import JobQueue
 from watchd.journal import MessageId
@@ -34,6 +35,8 @@ EX_CONFIG = 78  # sysexits' EX_CONFIG: the unit's RestartPreventExitStatus
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 _DROPS = 0  # the byte the dispatcher writes to wake the loop: events were dropped
 DROP_REPORT_INTERVAL = 1.0
+# On stop, how long a webhook attempt under way may finish; an unfinished one is sent again.
+DELIVERY_STOP_WAIT = 2.0
 
 
 def read_rules(path: Path) -> RuleSet:
@@ -82,7 +85,9 @@ class Daemon:
             signal.signal(signum, _wake_only)
         signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         self.jobs = JobQueue(ruleset.settings.queue_size)
-        self.workers = WorkerPool(self.jobs, self.counters)
+        self.deliveries = Deliveries(Path(ruleset.settings.state_dir), self.counters)
+        self.deliveries.apply(ruleset)
+        self.workers = WorkerPool(self.jobs, self.counters, self.deliveries)
         self.workers.resize(ruleset.settings.workers)
         dispatcher = Dispatcher(self.jobs, self.counters, self._wake_for_drops)
         self.notifier = Notifier.watching(ruleset, dispatcher, self.counters)
@@ -132,9 +137,19 @@ class Daemon:
         except ConfigError as error:
             _log_problems("reload failed: the current rules stay in force", error,
                           MessageId.RELOAD_FAILED)
-            self._reload_failure = f"{error.problems[0]}" + (
-                f" (and {len(error.problems) - 1} more)" if len(error.problems) > 1 else "")
-            self.service.ready(self.status_line())
+            self._reload_failed(f"{error.problems[0]}" + (
+                f" (and {len(error.problems) - 1} more)" if len(error.problems) > 1 else ""))
+            return
+        if Path(ruleset.settings.state_dir) != self.deliveries.spool.state_dir:
+            log(logging.WARNING, "settings.state_dir takes effect at the next restart",
+                state_dir=str(self.deliveries.spool.state_dir))
+        try:
+            self.deliveries.apply(ruleset)
+        except OSError as error:
+            reason = f"cannot keep webhook deliveries: {error}"
+            log(logging.ERROR, f"reload failed: the current rules stay in force: {reason}",
+                message_id=MessageId.RELOAD_FAILED)
+            self._reload_failed(reason)
             return
         with self.table.lock:
             self.table.apply(ruleset)
@@ -146,14 +161,21 @@ class Daemon:
             watches=len(self.table), duration_ms=round((time.monotonic() - started) * 1000))
         self.service.ready(self.status_line())
 
+    def _reload_failed(self, reason: str) -> None:
+        self._reload_failure = reason
+        self.service.ready(self.status_line())
+
     def status_line(self) -> str:
         """One line for STATUS=: what is watched, what happened, what is wrong."""
         counters = self.counters
         parts = [f"{len(self.table.ruleset.rules)} rules", f"{len(self.table)} watches",
                  f"{counters.events} events", f"{counters.actions_ok} actions ok",
                  f"{counters.actions_failed} failed"]
-        if counters.dropped:
-            parts.append(f"{counters.dropped} dropped")
+        if counters.webhooks_ok or counters.webhooks_failed or self.deliveries.waiting():
+            parts.append(f"webhooks {counters.webhooks_ok} ok, {counters.webhooks_failed} failed, "
+                         f"{self.deliveries.waiting()} waiting")
+        if counters.dropped or counters.webhooks_dropped:
+            parts.append(f"{counters.dropped + counters.webhooks_dropped} dropped")
         if counters.overflows:
             parts.append(f"{counters.overflows} overflows")
         if self.table.refused_for_limit:
@@ -189,6 +211,7 @@ class Daemon:
         self.service.stopping(grace)
         self.notifier.stop()
         abandoned = self.workers.stop(grace)
+        self.deliveries.stop(DELIVERY_STOP_WAIT)
         self._report_drops()
         log(logging.INFO, "stopped", message_id=MessageId.STOPPED, abandoned=abandoned or None,
             **self.counters.summary())

@@ -17,8 +17,10 @@ from watchd.rules import (
     REASON_EXCLUDE,
     REASON_INCLUDE,
     REASON_KIND,
+    Action,
     Rule,
     RuleSet,
+    Webhook,
 )
 
 
@@ -68,9 +70,17 @@ def _explain_rule(
     yield f"{title}: fires on {', '.join(names)}"
     sample = FileEvent(path, names[0], bit, is_dir)
     values = Job(rule, root, sample).values()
-    for index, command in enumerate(rule.actions, 1):
-        argv = [escape(render(template, values)) for template in command.argv]
-        yield f"  {index}. command: {shlex.join(argv)}"
+    for index, action in enumerate(rule.actions, 1):
+        yield f"  {index}. {_describe(action, values)}"
+
+
+def _describe(action: Action, values: dict[str, bytes]) -> str:
+    if isinstance(action, Webhook):
+        # The key file's path only: its contents are never shown.
+        signed = f", signed with the key in {action.key.path}" if action.key else ", unsigned"
+        return f"webhook: POST {action.url}{signed}"
+    argv = [escape(render(template, values)) for template in action.argv]
+    return f"command: {shlex.join(argv)}"
 
 
 def _reason(reason: str, rule: Rule, relative: bytes, event: str | None) -> str:

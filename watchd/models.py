@@ -12,22 +12,31 @@ import re
 from typing import Annotated, Any, Literal
 
 import pathspec
+import urllib3.util
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
+    Tag,
+    WithJsonSchema,
     model_validator,
 )
 
 from watchd.events import EVENT_NAMES, event_mask
 from watchd.placeholders import parse_template
+from watchd.secrets import SigningKey, read_signing_key
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Headers a webhook sets itself; a rule's `headers` may not replace them.
+_OWN_HEADERS = frozenset({"content-type", "content-length", "host", "user-agent", "webhook-id",
+                          "webhook-timestamp", "webhook-signature", "transfer-encoding"})
 
 
 def parse_duration(value: object) -> float:
@@ -105,6 +114,39 @@ def _env_name(name: str) -> str:
     return name
 
 
+def _http_url(url: str) -> str:
+    try:
+        parsed = urllib3.util.parse_url(url)
+    except ValueError as error:
+        raise ValueError(f"invalid URL {url!r}: {error}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"a webhook URL must be http:// or https:// with a host, not {url!r}")
+    if parsed.auth:
+        raise ValueError("a webhook URL must not hold credentials (they would be logged): "
+                         "send them in headers, e.g. Authorization")
+    return url
+
+
+def _header_name(name: str) -> str:
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"invalid HTTP header name {name!r}")
+    if name.lower() in _OWN_HEADERS:
+        raise ValueError(f"header {name!r} is set by watchd itself")
+    return name
+
+
+def _header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("an HTTP header value cannot hold CR, LF or NUL")
+    return value
+
+
+def _signing_key(path: object) -> SigningKey:
+    if not isinstance(path, str):
+        raise ValueError("secret_file must be a path")
+    return read_signing_key(_absolute(path))
+
+
 AbsolutePath = Annotated[str, AfterValidator(_absolute)]
 ArgTemplate = Annotated[str, AfterValidator(_template)]
 EventName = Annotated[str, AfterValidator(_event_name)]
@@ -126,15 +168,6 @@ class CommandAction(_Strict):
     cwd: AbsolutePath | None = None
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _known_kind(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "command" not in data:
-            if "webhook" in data:
-                raise ValueError("webhook actions are not supported by this version of watchd")
-            raise ValueError("an action needs a 'command' (an argv list)")
-        return data
-
     @model_validator(mode="after")
     def _absolute_program(self) -> CommandAction:
         if not self.command[0].startswith("/") or "{" in self.command[0]:
@@ -142,6 +175,46 @@ class CommandAction(_Strict):
                 f"command[0] must be an absolute path to a program, not {self.command[0]!r}"
             )
         return self
+
+
+class Webhook(_Strict):
+    """POST the event as JSON, signed per Standard Webhooks when a secret is given."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    url: Annotated[str, AfterValidator(_http_url)]
+    secret_file: Annotated[
+        SigningKey, BeforeValidator(_signing_key), WithJsonSchema({"type": "string"}),
+        PlainSerializer(lambda key: key.path, return_type=str),
+    ] | None = Field(default=None, description="a base64 key, optionally prefixed whsec_; "
+                     "mode 0600 or stricter")
+    timeout: Duration = Field(default=10.0, description="per attempt")
+    retries: int = Field(default=5, ge=0, le=100, description="further attempts after the first")
+    backoff: Duration = Field(default=1.0, description="the wait before the first retry; "
+                              "doubled for each next one, up to 10 minutes, with jitter")
+    headers: dict[Annotated[str, AfterValidator(_header_name)],
+                  Annotated[str, AfterValidator(_header_value)]] = Field(default_factory=dict)
+
+
+class WebhookAction(_Strict):
+    webhook: Webhook
+
+
+def _action_kind(data: Any) -> str | None:
+    if isinstance(data, dict):
+        for kind in ("command", "webhook"):
+            if kind in data:
+                return f"action[{kind}]"
+    return None
+
+
+Action = Annotated[
+    Annotated[CommandAction, Tag("action[command]")] | Annotated[WebhookAction,
+                                                                 Tag("action[webhook]")],
+    Discriminator(_action_kind, custom_error_type="action_kind",
+                  custom_error_message="an action needs a 'command' (an argv list) or a "
+                                       "'webhook' (a mapping with a url)"),
+]
 
 
 def _not_supported_yet(name: str) -> Any:
@@ -169,7 +242,7 @@ class Rule(_Strict):
         Literal["queue", "skip", "restart"] | None, _not_supported_yet("on_busy")
     ] = None
     enabled: bool = True
-    actions: list[CommandAction] = Field(min_length=1)
+    actions: list[Action] = Field(min_length=1)
 
 
 class Settings(_Strict):
@@ -178,6 +251,11 @@ class Settings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     stop_grace: Duration = Field(default=10.0, description="on stop, how long running actions "
                                  "may finish before their process groups are killed")
+    state_dir: AbsolutePath = Field(default="/var/lib/watchd", description="where webhook "
+                                    "deliveries are kept until acknowledged, and dead letters")
+    webhook_backlog: int = Field(default=10000, ge=1, le=1_000_000, description="deliveries "
+                                 "waiting per webhook action; beyond it they are dropped, counted "
+                                 "and logged")
 
 
 class RulesFile(_Strict):

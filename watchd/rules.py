@@ -16,8 +16,9 @@ import pathspec
 
 from watchd.config import Config, SourcedRule
 from watchd.events import FileEvent, event_mask
-from watchd.models import CommandAction, Settings
+from watchd.models import CommandAction, Settings, WebhookAction
 from watchd.placeholders import Template, parse_template
+from watchd.secrets import SigningKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,33 @@ class Command:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A webhook action ready to deliver: where, how signed, how hard to try."""
+
+    url: str
+    key: SigningKey | None
+    timeout: float
+    retries: int
+    backoff: float
+    headers: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def compile(cls, model: WebhookAction) -> Webhook:
+        spec = model.webhook
+        return cls(spec.url, spec.secret_file, spec.timeout, spec.retries, spec.backoff,
+                   tuple(spec.headers.items()))
+
+
+Action = Command | Webhook
+
+
+def _compile_action(model: CommandAction | WebhookAction) -> Action:
+    if isinstance(model, WebhookAction):
+        return Webhook.compile(model)
+    return Command.compile(model)
+
+
 # Why a rule does not fire for an event; ``match`` returns these constants, ``explain`` words them.
 REASON_EVENT = "event"
 REASON_KIND = "kind"
@@ -76,7 +104,7 @@ class Rule:
     include: pathspec.PathSpec | None
     exclude: pathspec.PathSpec | None
     enabled: bool
-    actions: tuple[Command, ...]
+    actions: tuple[Action, ...]
     source: str
 
     @classmethod
@@ -94,7 +122,7 @@ class Rule:
             include=pathspec.GitIgnoreSpec.from_lines(model.include) if model.include else None,
             exclude=pathspec.GitIgnoreSpec.from_lines(model.exclude) if model.exclude else None,
             enabled=model.enabled,
-            actions=tuple(Command.compile(action) for action in model.actions),
+            actions=tuple(_compile_action(action) for action in model.actions),
             source=f"{sourced.file}:{sourced.line}",
         )
 

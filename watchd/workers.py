@@ -8,15 +8,18 @@ import time
 
 from watchd.actions.command import CommandResult, RunningCommand
 from watchd.counters import Counters
+from watchd.deliveries import Deliveries
 from watchd.jobs import Job, JobQueue
 from watchd.journal import MessageId
 from watchd.logs import log
+from watchd.rules import Command
 
 
 class WorkerPool:
-    def __init__(self, jobs: JobQueue, counters: Counters) -> None:
+    def __init__(self, jobs: JobQueue, counters: Counters, deliveries: Deliveries) -> None:
         self.jobs = jobs
         self.counters = counters
+        self.deliveries = deliveries
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[threading.Thread, RunningCommand] = {}
@@ -63,28 +66,35 @@ class WorkerPool:
                 self._run_actions(job)
             except Exception:
                 # A bug here must cost one job, not a worker: the pool would shrink unseen.
-                self.counters.actions_failed += 1
+                self.counters.add("actions_failed")
                 log(logging.ERROR, "action failed: internal error", exc_info=True,
                     rule=job.rule.name, path=job.event.path)
 
     def _run_actions(self, job: Job) -> None:
-        me = threading.current_thread()
-        for index, command in enumerate(job.rule.actions):
+        for index, action in enumerate(job.rule.actions):
             if self.stopping.is_set():
                 return
-            running = RunningCommand(job, command)
-            with self._lock:
-                self._running[me] = running
-            try:
-                result = running.run()
-            finally:
-                with self._lock:
-                    del self._running[me]
-            _log_result(job, index, result)
-            if not result.ok:
-                self.counters.actions_failed += 1
+            if isinstance(action, Command):
+                ok = self._run_command(job, index, action)
+            else:
+                # Accepted for delivery (on disk, queued) is success here; the outbox logs the rest.
+                ok = self.deliveries.submit(job, index + 1) is not None
+            self.counters.add("actions_ok" if ok else "actions_failed")
+            if not ok:
                 return
-            self.counters.actions_ok += 1
+
+    def _run_command(self, job: Job, index: int, command: Command) -> bool:
+        me = threading.current_thread()
+        running = RunningCommand(job, command)
+        with self._lock:
+            self._running[me] = running
+        try:
+            result = running.run()
+        finally:
+            with self._lock:
+                del self._running[me]
+        _log_result(job, index, result)
+        return result.ok
 
 
 def _log_result(job: Job, index: int, result: CommandResult) -> None:

@@ -25,7 +25,7 @@ PACKAGES = [
     "python3-setuptools", "lintian",
     # run: Debian's own libraries, as the package depends on them
     "python3-pathspec", "python3-pyasyncore", "python3-pydantic", "python3-pyinotify",
-    "python3-requests", "python3-systemd", "python3-yaml",
+    "python3-systemd", "python3-urllib3", "python3-yaml",
     # the tests' own
     "procps",
 ]

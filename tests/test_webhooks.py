@@ -1,0 +1,388 @@
+"""Webhooks against a real HTTP server on 127.0.0.1, with a real daemon sending them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import standardwebhooks
+from conftest import PYTHON, recorder, records, wait_for
+
+from watchd import __version__
+from watchd.cli import main
+
+KEY = os.urandom(32)
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+
+
+class Receiver:
+    """An HTTP server that records each request and answers from a script of statuses."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.requests: list[dict] = []
+        self.script: dict[str, list[int]] = {}  # path -> statuses to answer, then 200
+        self.extra_headers: dict[str, str] = {}
+        self.hold = threading.Event()  # requests to /held wait for this
+        self.hold.set()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each answer waits out the client's delayed ACK
+
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                receiver.requests.append({
+                    "path": self.path, "headers": dict(self.headers),
+                    "body": self.rfile.read(length), "at": time.monotonic()})
+                if self.path == "/silent":
+                    time.sleep(5)  # longer than the client's timeout
+                if self.path == "/held":
+                    receiver.hold.wait(30)
+                statuses = receiver.script.get(self.path, [])
+                status = statuses.pop(0) if statuses else 200
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/moved-here")
+                for name, value in receiver.extra_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def to(self, path: str) -> list[dict]:
+        return [request for request in self.requests if request["path"] == path]
+
+    def close(self) -> None:
+        self.hold.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def secret_file(tmp_path):
+    path = tmp_path / "hook.secret"
+    path.write_text(SECRET + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def webhook_rules(tmp_path, watched, url, *, extra="", settings="", more_rules="") -> str:
+    return f"""\
+settings: {{state_dir: {tmp_path / "state"}{settings}}}
+rules:
+  - name: hook
+    paths: [{watched}]
+    actions:
+      - webhook: {{url: '{url}', backoff: 50ms{extra}}}
+{more_rules}"""
+
+
+def command_rule(watched, out) -> str:
+    return f"""\
+  - name: commands
+    paths: [{watched}]
+    actions:
+      - command: {recorder(out)}
+"""
+
+
+@pytest.fixture
+def watched(tmp_path):
+    path = tmp_path / "in"
+    path.mkdir()
+    return path
+
+
+def test_body_headers_and_signature(tmp_path, write_rules, daemon, receiver, watched,
+                                    secret_file):
+    config = write_rules(webhook_rules(
+        tmp_path, watched, f"{receiver.url}/hook",
+        extra=f", secret_file: {secret_file}, headers: {{X-Env: prod}}"))
+    daemon(config)
+    (watched / "report.csv").write_bytes(b"data")
+    wait_for(lambda: receiver.to("/hook"))
+    request = receiver.to("/hook")[0]
+    headers = {name.lower(): value for name, value in request["headers"].items()}
+    # Verified by the Standard Webhooks reference library, independently of watchd's code.
+    document = standardwebhooks.Webhook(SECRET).verify(request["body"], headers)
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"] == f"watchd/{__version__}"
+    assert headers["x-env"] == "prod"
+    assert headers["webhook-id"] == document["id"] and document["id"].startswith("msg_")
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    assert set(document) == {"id", "rule", "event", "events", "path", "name", "dir", "root",
+                             "is_dir", "src_path", "time", "host"}
+    assert document["rule"] == "hook" and document["event"] == "close_write"
+    assert document["events"] == ["close_write"]
+    assert document["path"] == str(watched / "report.csv") and document["name"] == "report.csv"
+    assert document["dir"] == str(watched) and document["root"] == str(watched)
+    assert document["is_dir"] is False and document["src_path"] == ""
+    assert document["host"] == socket.gethostname()
+    assert document["time"].endswith("Z") and document["time"][10] == "T"
+
+
+def test_a_name_that_is_not_utf8_is_escaped_and_sent_raw_in_base64(
+        tmp_path, write_rules, daemon, receiver, watched):
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook"))
+    daemon(config)
+    name = b"bad\xff\nname"
+    with open(os.fsencode(watched) + b"/" + name, "wb") as file:
+        file.write(b"x")
+    wait_for(lambda: receiver.to("/hook"))
+    document = json.loads(receiver.to("/hook")[0]["body"])
+    assert document["name"] == "bad\\xff\nname"
+    assert base64.b64decode(document["path_b64"]) == os.fsencode(watched) + b"/" + name
+
+
+def test_server_errors_are_retried_with_the_same_id(tmp_path, write_rules, daemon, receiver,
+                                                    watched, secret_file):
+    receiver.script["/flaky"] = [500, 503]
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/flaky",
+                                       extra=f", secret_file: {secret_file}"))
+    process = daemon(config)
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("webhook delivered")
+    attempts = receiver.to("/flaky")
+    assert len(attempts) == 3
+    assert len({request["headers"]["webhook-id"] for request in attempts}) == 1
+    for request in attempts:  # each attempt signed anew, each signature valid
+        standardwebhooks.Webhook(SECRET).verify(request["body"], request["headers"])
+    log = process.log()
+    assert log.count("webhook attempt failed: HTTP 500") == 1
+    assert log.count("webhook attempt failed: HTTP 503") == 1
+    assert "http_status=200" in log and "attempt=3" in log
+    assert not list((tmp_path / "state" / "spool").rglob("*.json"))  # acknowledged: gone
+
+
+def test_retry_after_is_honoured(tmp_path, write_rules, daemon, receiver, watched):
+    receiver.script["/busy"] = [429]
+    receiver.extra_headers["Retry-After"] = "1"
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/busy"))
+    process = daemon(config)
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("webhook delivered")
+    first, second = receiver.to("/busy")
+    assert second["at"] - first["at"] >= 0.95  # backoff alone would be 50 ms
+
+
+def test_client_errors_and_redirects_are_not_retried(tmp_path, write_rules, daemon, receiver,
+                                                     watched):
+    receiver.script["/gone"] = [404]
+    receiver.script["/moved"] = [301]
+    config = write_rules(webhook_rules(
+        tmp_path, watched, f"{receiver.url}/gone",
+        more_rules=f"""\
+  - name: moved
+    paths: [{watched}]
+    actions:
+      - webhook: {{url: '{receiver.url}/moved', backoff: 50ms}}
+"""))
+    process = daemon(config)
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("dead letter", count=2)
+    assert len(receiver.to("/gone")) == 1 and len(receiver.to("/moved")) == 1
+    assert not receiver.to("/moved-here")  # the redirect was not followed
+    log = process.log()
+    assert "action failed: webhook: HTTP 404" in log and "(not retried)" in log
+    assert "HTTP 301: redirect to '/moved-here' not followed" in log
+    assert len(list((tmp_path / "state" / "dead").glob("msg_*.json"))) == 2
+
+
+def test_an_endpoint_that_never_answers_ends_as_a_dead_letter_that_can_be_replayed(
+        tmp_path, write_rules, daemon, receiver, watched, capsys):
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/silent",
+                                       extra=", timeout: 200ms, retries: 2"))
+    process = daemon(config)
+    (watched / "late.csv").write_bytes(b"x")
+    process.wait_log("dead letter")
+    assert len(receiver.to("/silent")) == 3
+    assert process.log().count("timed out after 0.2s") == 3
+
+    assert main(["webhooks", "list", "--config", str(config)]) == 0
+    listed = capsys.readouterr().out
+    assert "dead letters: 1" in listed and "rule=hook action=1" in listed
+    assert "attempts=3" in listed and "late.csv" in listed and "timed out" in listed
+    delivery_id = json.loads(receiver.to("/silent")[0]["body"])["id"]
+
+    # The admin points the rule at a working endpoint, then replays.
+    config.write_text(config.read_text().replace("/silent", "/fixed"))
+    assert main(["webhooks", "replay", "--all", "--config", str(config)]) == 0
+    assert f"{delivery_id}: delivered (HTTP 200)" in capsys.readouterr().out
+    assert json.loads(receiver.to("/fixed")[0]["body"])["id"] == delivery_id
+    assert main(["webhooks", "list", "--config", str(config)]) == 0
+    assert "dead letters: 0" in capsys.readouterr().out
+
+
+def test_replay_of_an_unknown_id_fails(tmp_path, write_rules, receiver, watched, capsys):
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook"))
+    assert main(["webhooks", "replay", "msg_nope", "--config", str(config)]) == 1
+    assert "msg_nope: no such dead letter" in capsys.readouterr().err
+
+
+def test_deliveries_pending_at_kill_9_are_sent_after_the_restart(tmp_path, write_rules, daemon,
+                                                                  receiver, watched):
+    receiver.script["/down"] = [503] * 1000
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/down",
+                                       extra=", retries: 100", settings=", workers: 1"))
+    first = daemon(config)
+    for index in range(5):
+        (watched / f"f{index}").write_bytes(b"x")
+    wait_for(lambda: len(list((tmp_path / "state" / "spool").rglob("*.json"))) == 5)
+    wait_for(lambda: receiver.to("/down"))
+    sent_before = {json.loads(r["body"])["id"] for r in receiver.to("/down")}
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+
+    receiver.script["/down"] = []  # the endpoint is back
+    second = daemon(config)
+    second.wait_log("webhook delivered", count=5)
+    delivered = [json.loads(r["body"]) for r in receiver.to("/down")]
+    names = {document["name"] for document in delivered}
+    assert names == {f"f{index}" for index in range(5)}
+    assert sent_before <= {document["id"] for document in delivered}  # the same ids, resent
+    assert [d["name"] for d in delivered[-5:]] == [f"f{index}" for index in range(5)]  # in order
+    assert not list((tmp_path / "state" / "spool").rglob("*.json"))
+
+
+def test_a_slow_endpoint_delays_only_its_own_rule(tmp_path, write_rules, daemon, receiver,
+                                                  watched):
+    out = tmp_path / "out.jsonl"
+    receiver.hold.clear()
+    config = write_rules(webhook_rules(
+        tmp_path, watched, f"{receiver.url}/held", extra=", timeout: 30s",
+        settings=", workers: 1",
+        more_rules=command_rule(watched, out)))
+    process = daemon(config)
+    for index in range(20):
+        (watched / f"f{index}").write_bytes(b"x")
+    # All twenty commands ran, on a single worker, while the webhook's first request is held.
+    wait_for(lambda: len(records(out)) == 20)
+    assert len(receiver.to("/held")) == 1
+    receiver.hold.set()
+    process.wait_log("webhook delivered", count=20)
+
+
+def test_a_full_backlog_drops_counts_and_logs(tmp_path, write_rules, daemon, receiver, watched):
+    receiver.hold.clear()
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/held",
+                                       extra=", timeout: 30s", settings=", webhook_backlog: 3"))
+    process = daemon(config)
+    for index in range(10):
+        (watched / f"f{index}").write_bytes(b"x")
+    process.wait_log("webhook backlog full: deliveries dropped")
+
+    def counters() -> list[str]:
+        process.signal(signal.SIGUSR1)
+        return process.log().rpartition("counters")[2].split()
+
+    # Three accepted (the one being sent counts: it is not acknowledged), seven dropped.
+    wait_for(lambda: "actions_failed=7" in counters())
+    assert "webhooks_dropped=7" in counters()
+    receiver.hold.set()
+    process.wait_log("webhook delivered", count=3)
+    wait_for(lambda: "webhooks_ok=3" in counters())
+
+
+@pytest.mark.parametrize(("setup", "fragment"), [
+    (lambda path: path.chmod(0o644), "is open to group or others (mode 0644): chmod 600"),
+    (lambda path: path.chmod(0o640), "is open to group or others (mode 0640)"),
+    (lambda path: path.write_text("not base64 at all!"),
+     "does not hold a Standard Webhooks secret"),
+    (lambda path: path.write_text("whsec_" + base64.b64encode(b"short").decode()),
+     "the key is 5 bytes; use at least 16"),
+    (lambda path: path.unlink(), "cannot read secret file"),
+    (lambda path: (path.rename(path.with_name("real")), path.symlink_to("real")), "is a symlink"),
+], ids=["0644", "0640", "not-base64", "short", "missing", "symlink"])
+def test_a_secret_file_that_cannot_be_trusted_is_refused(tmp_path, write_rules, receiver, watched,
+                                                         secret_file, capsys, setup, fragment):
+    setup(secret_file)
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook",
+                                       extra=f", secret_file: {secret_file}"))
+    assert main(["check", "--config", str(config)]) == 1
+    errors = capsys.readouterr().err
+    assert f"{config}:6:" in errors and fragment in errors
+    assert SECRET.removeprefix("whsec_") not in errors
+
+
+def test_the_secret_is_never_shown(tmp_path, write_rules, daemon, receiver, watched, secret_file):
+    out = tmp_path / "env.jsonl"
+    config = write_rules(webhook_rules(
+        tmp_path, watched, f"{receiver.url}/hook", extra=f", secret_file: {secret_file}",
+        settings=", log_level: debug",
+        more_rules=command_rule(watched, out)))
+    explained = subprocess.run([PYTHON, "-m", "watchd", "explain", str(watched / "f"),
+                                "--config", str(config)], capture_output=True, check=True).stdout
+    assert f"webhook: POST {receiver.url}/hook, signed with the key in {secret_file}".encode() \
+        in explained
+    checked = subprocess.run([PYTHON, "-m", "watchd", "check", "--config", str(config)],
+                             capture_output=True, check=True)
+    process = daemon(config)
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("webhook delivered")
+    wait_for(lambda: records(out))
+    process.signal(signal.SIGUSR1)
+    process.wait_log("counters")
+    encoded = SECRET.removeprefix("whsec_").encode()
+    environment = json.dumps(records(out)).encode()
+    for text in (explained, checked.stdout + checked.stderr, process.log().encode(), environment):
+        assert encoded not in text and KEY not in text and KEY.hex().encode() not in text
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl to make a certificate")
+def test_a_certificate_that_does_not_verify_is_refused_not_retried(tmp_path, write_rules, daemon,
+                                                                    watched):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem"],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = Receiver(tls=context)
+    try:
+        config = write_rules(webhook_rules(tmp_path, watched, f"{server.url}/hook"))
+        process = daemon(config)
+        (watched / "f").write_bytes(b"x")
+        process.wait_log("dead letter")
+        assert "action failed: webhook: TLS: " in process.log()
+        assert "(not retried)" in process.log() and "CERTIFICATE_VERIFY_FAILED" in process.log()
+        assert not server.requests  # nothing was sent over the unverified connection
+    finally:
+        server.close()
+
+
+def test_an_unwritable_state_directory_stops_the_start(tmp_path, write_rules, daemon, receiver,
+                                                       watched):
+    (tmp_path / "state").write_text("a file where the directory should be")
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook"))
+    process = daemon(config, wait=False)
+    assert process.process.wait(15) == 3
+    assert "cannot start" in process.log() and "state" in process.log()

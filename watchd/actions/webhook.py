@@ -1,0 +1,191 @@
+"""The webhook action: the JSON body of an event, Standard Webhooks signing, one HTTP attempt.
+
+Retrying, spooling and ordering belong to ``watchd.deliveries``; this module only knows
+how to build a delivery and how one attempt at it ended.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import hmac
+import json
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import urllib3
+
+from watchd import __version__
+from watchd.jobs import Job
+from watchd.rules import Webhook
+
+USER_AGENT = f"watchd/{__version__}"
+MAX_BACKOFF = 600.0  # seconds: the longest wait between two attempts that backoff computes
+MAX_RETRY_AFTER = 3600.0  # seconds: the longest wait a server's Retry-After obtains
+RESPONSE_KEPT = 512  # bytes of a failed response's body kept for the log
+
+
+def _text(name: bytes) -> str:
+    """A name for JSON: UTF-8 as it is; any other byte as a backslash escape."""
+    return name.decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def new_delivery_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def body(job: Job, delivery_id: str) -> bytes:
+    """The event as the JSON that is POSTed: the same bytes on every attempt."""
+    values = job.values()
+    event = job.event
+    document: dict[str, object] = {
+        "id": delivery_id,
+        "rule": job.rule.name,
+        "event": event.event,
+        "events": [event.event],
+        "path": _text(values["path"]),
+        "name": _text(values["name"]),
+        "dir": _text(values["dir"]),
+        "root": _text(values["root"]),
+        "is_dir": event.is_dir,
+        "src_path": _text(values["src_path"]),
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "host": socket.gethostname(),
+    }
+    for key in ("path", "src_path"):
+        if not _is_utf8(values[key]):
+            document[f"{key}_b64"] = base64.b64encode(values[key]).decode()
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def signature(key: bytes, delivery_id: str, timestamp: int, payload: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256>`` over ``id.timestamp.body``, as Standard Webhooks specifies."""
+    signed = f"{delivery_id}.{timestamp}.".encode() + payload
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def headers(webhook: Webhook, delivery_id: str, payload: bytes) -> dict[str, str]:
+    sent = dict(webhook.headers)
+    sent.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
+    if webhook.key is not None:
+        timestamp = int(time.time())
+        sent.update({
+            "webhook-id": delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature(webhook.key.key, delivery_id, timestamp, payload),
+        })
+    return sent
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one POST ended: ``status`` is the HTTP status, None if no response came."""
+
+    status: int | None
+    error: str | None
+    retry_after: float | None
+    duration: float
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def retryable(self) -> bool:
+        """Worth another try: no answer, 429, or a server error. Not 3xx, not other 4xx."""
+        if self.status is None:
+            return self.error is not None and not self.error.startswith("TLS")
+        return self.status == 429 or self.status >= 500
+
+    def describe(self) -> str:
+        if self.status is None:
+            return str(self.error)
+        detail = f": {self.error}" if self.error else ""
+        return f"HTTP {self.status}{detail}"
+
+
+def attempt(pool: urllib3.PoolManager, webhook: Webhook, delivery_id: str,
+            payload: bytes) -> Attempt:
+    """POST once; redirects are not followed and urllib3 does not retry on its own."""
+    started = time.monotonic()
+    try:
+        response = pool.request(
+            "POST", webhook.url, body=payload, headers=headers(webhook, delivery_id, payload),
+            timeout=urllib3.Timeout(connect=webhook.timeout, read=webhook.timeout),
+            retries=False, redirect=False, preload_content=False,
+        )
+    except urllib3.exceptions.HTTPError as error:
+        return Attempt(None, _failure(error, webhook.timeout), None, time.monotonic() - started)
+    try:
+        kept = response.read(RESPONSE_KEPT + 1)
+    except urllib3.exceptions.HTTPError as error:
+        response.close()
+        return Attempt(None, f"reading the response: {_reason(error)}", None,
+                       time.monotonic() - started)
+    # A body read to its end frees the connection for reuse; a longer one is not worth reading.
+    if len(kept) > RESPONSE_KEPT:
+        response.close()
+    else:
+        response.release_conn()
+    status = response.status
+    error = None
+    if not 200 <= status < 300:
+        error = _response_detail(status, response.headers.get("Location"), kept)
+    return Attempt(status, error, _retry_after(response.headers.get("Retry-After")),
+                   time.monotonic() - started)
+
+
+def _failure(error: urllib3.exceptions.HTTPError, timeout: float) -> str:
+    # NewConnectionError is a ConnectTimeoutError to urllib3: test for it first.
+    if isinstance(error, urllib3.exceptions.SSLError):
+        return f"TLS: {getattr(error, 'reason', None) or error}"
+    if isinstance(error, urllib3.exceptions.NewConnectionError):
+        return f"cannot connect: {_reason(error)}"
+    if isinstance(error, urllib3.exceptions.TimeoutError):
+        return f"timed out after {timeout:g}s"
+    return f"no response: {_reason(error)}"
+
+
+def _reason(error: Exception) -> str:
+    reason = getattr(error, "reason", None) or error
+    return str(reason).split(": ", 1)[-1] if isinstance(reason, Exception) else str(reason)
+
+
+def _response_detail(status: int, location: str | None, kept: bytes) -> str:
+    if 300 <= status < 400:
+        return f"redirect to {location!r} not followed" if location else "redirect not followed"
+    return _text(kept[:RESPONSE_KEPT]).strip()[:200]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(0.0, when.timestamp() - time.time()), MAX_RETRY_AFTER)
+
+
+def retry_delay(webhook: Webhook, retry: int, retry_after: float | None) -> float:
+    """Seconds before retry number ``retry`` (1 for the first): exponential, with jitter, and
+    never sooner than the server's Retry-After."""
+    ceiling = min(MAX_BACKOFF, webhook.backoff * 2 ** (retry - 1))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    return max(delay, retry_after or 0.0)

@@ -1,0 +1,68 @@
+"""``watchd webhooks list | replay``: what waits in the spool, and the dead letters sent again.
+
+A replay is one attempt per dead letter, made by this command (the daemon need not run),
+with the rule's webhook as it is configured now: a URL or key fixed since is used. The
+body and ``webhook-id`` stay those of the original delivery, so a receiver that already
+saw it can tell.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import urllib3
+
+from watchd.actions.webhook import attempt
+from watchd.deliveries import webhooks_of
+from watchd.logs import escape
+from watchd.rules import RuleSet
+from watchd.spool import Delivery, Spool
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def describe(delivery: Delivery) -> str:
+    return (f"{delivery.id}  {_when(delivery.created)}  rule={delivery.rule} "
+            f"action={delivery.action} event={delivery.event} attempts={delivery.attempts}  "
+            f"{escape(delivery.path)}  last error: {escape(delivery.last_error or '-')}")
+
+
+def listing(spool: Spool) -> Iterator[str]:
+    outboxes = spool.outboxes()
+    waiting = {key: len(spool.load(*key)) for key in outboxes}
+    yield f"waiting: {sum(waiting.values())}"
+    for (rule, action), count in waiting.items():
+        yield f"  rule={rule} action={action}: {count}"
+    dead = spool.dead_letters()
+    yield f"dead letters: {len(dead)} (in {spool.dead})"
+    for delivery in dead:
+        yield f"  {describe(delivery)}"
+
+
+def replay(spool: Spool, ruleset: RuleSet, ids: list[str]) -> Iterator[tuple[bool, str]]:
+    """One attempt for each dead letter named (every one if ``ids`` is empty): (sent, line)."""
+    webhooks = webhooks_of(ruleset)
+    dead = {delivery.id: delivery for delivery in spool.dead_letters()}
+    pool = urllib3.PoolManager(retries=False)
+    for delivery_id in ids or list(dead):
+        delivery = dead.get(delivery_id)
+        if delivery is None:
+            yield False, f"{delivery_id}: no such dead letter"
+            continue
+        webhook = webhooks.get((delivery.rule, delivery.action))
+        if webhook is None:
+            yield False, (f"{delivery_id}: rule {delivery.rule!r} has no webhook as action "
+                          f"{delivery.action} now; kept")
+            continue
+        result = attempt(pool, webhook, delivery.id, delivery.body)
+        delivery.attempts += 1
+        if result.delivered:
+            spool.done(delivery)
+            yield True, f"{delivery_id}: delivered (HTTP {result.status})"
+        else:
+            delivery.last_error = result.describe()
+            spool.bury(delivery)
+            yield False, f"{delivery_id}: {result.describe()}; kept"

@@ -1,0 +1,219 @@
+"""Webhook deliveries: one outbox per webhook action, each with a thread of its own.
+
+A worker running a webhook action only builds the delivery, writes it to the spool and
+hands it to its outbox: it never waits on the network. Each outbox sends in order and
+retries its head until acknowledged or given up on, so a slow or dead endpoint delays
+only its own rule's deliveries. An outbox holds at most ``settings.webhook_backlog``
+deliveries; beyond that new ones are dropped, counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import urllib3
+
+from watchd.actions.webhook import attempt, body, new_delivery_id, retry_delay
+from watchd.counters import Counters
+from watchd.jobs import Job
+from watchd.journal import MessageId
+from watchd.logs import log
+from watchd.rules import RuleSet, Webhook
+from watchd.spool import Delivery, Spool
+
+DROP_REPORT_INTERVAL = 1.0
+OutboxKey = tuple[str, int]  # a rule's name, and the action's place in it from 1
+
+
+def webhooks_of(ruleset: RuleSet) -> dict[OutboxKey, Webhook]:
+    return {(rule.name, place): action for rule in ruleset.rules if rule.enabled
+            for place, action in enumerate(rule.actions, 1) if isinstance(action, Webhook)}
+
+
+class Outbox:
+    def __init__(self, key: OutboxKey, webhook: Webhook, backlog: int, spool: Spool,
+                 pool: urllib3.PoolManager, counters: Counters) -> None:
+        self.key = key
+        self.webhook = webhook
+        self.backlog = backlog
+        self.spool = spool
+        self.pool = pool
+        self.counters = counters
+        self._waiting: deque[Delivery] = deque()
+        self._reserved = 0
+        self._ready = threading.Condition()
+        self._stopping = threading.Event()
+        self._dropped_unreported = 0
+        self._next_drop_report = 0.0
+        self.thread = threading.Thread(target=self._run, name=f"watchd-webhook-{key[0]}.{key[1]}",
+                                       daemon=True)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def start(self, waiting: list[Delivery]) -> None:
+        """Start sending, those already on disk first (a backlog larger than allowed included:
+        they were accepted once)."""
+        self._waiting.extend(waiting)
+        self.thread.start()
+
+    def accept(self, make: Callable[[], Delivery]) -> Delivery | None:
+        """Keep a new delivery on disk, then queue it; None if the backlog is full."""
+        with self._ready:
+            # A place is taken before the (slow) write, so that workers cannot overfill it.
+            room = len(self._waiting) + self._reserved < self.backlog
+            self._reserved += room
+        if not room:
+            self._dropped()
+            return None
+        try:
+            delivery = make()
+            self.spool.keep(delivery)
+        finally:
+            with self._ready:
+                self._reserved -= 1
+        with self._ready:
+            self._waiting.append(delivery)
+            self._ready.notify()
+        return delivery
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._ready:
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            with self._ready:
+                while not self._waiting and not self._stopping.is_set():
+                    self._ready.wait()
+                if self._stopping.is_set():
+                    return
+                delivery = self._waiting[0]
+            try:
+                self._deliver(delivery)
+            except Exception:
+                # A bug must cost one delivery, not the outbox: it stays on disk for the next start.
+                log(logging.ERROR, "webhook delivery failed: internal error", exc_info=True,
+                    rule=delivery.rule, path=delivery.path, delivery=delivery.id)
+            if not self._stopping.is_set():
+                self._waiting.popleft()
+
+    def _deliver(self, delivery: Delivery) -> None:
+        """Attempt until acknowledged, refused for good, out of retries, or stopping."""
+        while True:
+            webhook = self.webhook  # a reload may have changed it since the last attempt
+            result = attempt(self.pool, webhook, delivery.id, delivery.body)
+            delivery.attempts += 1
+            delivery.last_error = None if result.delivered else result.describe()
+            fields = _fields(delivery, result.status, result.duration)
+            if result.delivered:
+                self.spool.done(delivery)
+                self.counters.add("webhooks_ok")
+                log(logging.INFO, "webhook delivered", **fields)
+                return
+            if not result.retryable or delivery.attempts > webhook.retries:
+                self._give_up(delivery, result.retryable, fields)
+                return
+            delay = retry_delay(webhook, delivery.attempts, result.retry_after)
+            log(logging.WARNING, f"webhook attempt failed: {result.describe()}; retrying in "
+                f"{delay:.1f}s", **fields)
+            if self._stopping.wait(delay):
+                return  # still on disk: sent after the next start
+
+    def _give_up(self, delivery: Delivery, exhausted: bool, fields: dict[str, object]) -> None:
+        grave = self.spool.bury(delivery)
+        self.counters.add("webhooks_failed")
+        why = "retries exhausted" if exhausted else "not retried"
+        log(logging.ERROR, f"action failed: webhook: {delivery.last_error} ({why}); kept as a "
+            f"dead letter: watchd webhooks replay {delivery.id}",
+            message_id=MessageId.ACTION_FAILED, dead_letter=str(grave), **fields)
+
+    def _dropped(self) -> None:
+        self.counters.add("webhooks_dropped")
+        with self._ready:
+            self._dropped_unreported += 1
+            now = time.monotonic()
+            if now < self._next_drop_report:
+                return
+            dropped, self._dropped_unreported = self._dropped_unreported, 0
+            self._next_drop_report = now + DROP_REPORT_INTERVAL
+        log(logging.ERROR, "webhook backlog full: deliveries dropped",
+            message_id=MessageId.EVENTS_DROPPED, rule=self.key[0], step=self.key[1],
+            dropped=dropped, backlog=self.backlog)
+
+
+def _fields(delivery: Delivery, status: int | None, duration: float) -> dict[str, object]:
+    return {"rule": delivery.rule, "event": delivery.event, "path": delivery.path,
+            "action": "webhook", "step": delivery.action, "http_status": status,
+            "attempt": delivery.attempts, "duration_ms": round(duration * 1000),
+            "delivery": delivery.id}
+
+
+class Deliveries:
+    """Every outbox, kept in step with the rules on each reload."""
+
+    def __init__(self, state_dir: Path, counters: Counters) -> None:
+        self.spool = Spool(state_dir)
+        self.counters = counters
+        self.pool = urllib3.PoolManager(num_pools=64, maxsize=2, retries=False)
+        self._outboxes: dict[OutboxKey, Outbox] = {}
+
+    def apply(self, ruleset: RuleSet) -> None:
+        """Start outboxes for new webhook actions, update kept ones, stop gone ones; deliveries
+        on disk for an action that no longer exists become dead letters."""
+        wanted = webhooks_of(ruleset)
+        backlog = ruleset.settings.webhook_backlog
+        if wanted:
+            self.spool.prepare()  # an unwritable state directory is an error now, not per event
+        for key in self._outboxes.keys() - wanted.keys():
+            self._outboxes.pop(key).stop()
+        for key, webhook in wanted.items():
+            outbox = self._outboxes.get(key)
+            if outbox is None:
+                outbox = self._outboxes[key] = Outbox(key, webhook, backlog, self.spool, self.pool,
+                                                      self.counters)
+                outbox.start(self.spool.load(*key))
+            outbox.webhook, outbox.backlog = webhook, backlog
+        for key in set(self.spool.outboxes()) - wanted.keys():
+            self._orphaned(key)
+
+    def _orphaned(self, key: OutboxKey) -> None:
+        for delivery in self.spool.load(*key):
+            delivery.last_error = f"its rule {key[0]!r} has no webhook as action {key[1]} any more"
+            grave = self.spool.bury(delivery)
+            self.counters.add("webhooks_failed")
+            log(logging.WARNING, f"webhook delivery kept as a dead letter: {delivery.last_error}",
+                rule=key[0], path=delivery.path, delivery=delivery.id, dead_letter=str(grave))
+
+    def submit(self, job: Job, place: int) -> Delivery | None:
+        """Queue the webhook at ``place`` of the job's rule; None if dropped (backlog full)."""
+        outbox = self._outboxes.get((job.rule.name, place))
+        if outbox is None:
+            # Matched under rules that a reload has since replaced; the new rules decide now.
+            log(logging.WARNING, "webhook not sent: its rule changed since the event",
+                rule=job.rule.name, path=job.event.path, step=place)
+            return None
+
+        def make() -> Delivery:
+            delivery_id = new_delivery_id()
+            return Delivery(delivery_id, job.rule.name, place, job.event.event, job.event.path,
+                            body(job, delivery_id), time.time())
+
+        return outbox.accept(make)
+
+    def waiting(self) -> int:
+        return sum(len(outbox) for outbox in self._outboxes.values())
+
+    def stop(self, timeout: float) -> None:
+        """Stop every outbox; what is not acknowledged stays on disk for the next start."""
+        deadline = time.monotonic() + timeout
+        for outbox in self._outboxes.values():
+            outbox.stop()
+        for outbox in self._outboxes.values():
+            outbox.thread.join(max(0.0, deadline - time.monotonic()))
