@@ -42,3 +42,4 @@ clean:
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/intake.py
+	$(VENV)/bin/python bench/webhooks.py

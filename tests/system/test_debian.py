@@ -41,6 +41,8 @@ RELOAD = "systemctl reload watchd"
 STATUS = "systemctl status watchd"
 JOURNAL = "journalctl -u watchd"
 STOP = "systemctl stop watchd"
+# This test starts the service more often than systemd's start limit allows (5 in 10 s).
+RESTART = "systemctl reset-failed watchd; systemctl restart watchd"
 RULES = """\
 rules:
   - name: incoming
@@ -175,14 +177,14 @@ def test_invalid_rules_at_start_fail_once_without_a_restart_loop(installed):
     assert "NRestarts=0" in shown and "ExecMainStatus=78" in shown
     assert journal(installed, "MESSAGE_ID=6147e902439d4327be3df311bcd76e7b")
     installed.run(["tee", "/etc/watchd/rules.yaml"], input=RULES)
-    installed.sh("systemctl start watchd")
+    installed.sh(RESTART)
 
 
 def test_the_watchdog_restarts_a_daemon_that_stopped_answering(installed):
     # A short watchdog so the test need not wait the shipped 30 s.
     installed.sh("mkdir -p /etc/systemd/system/watchd.service.d && printf "
                  "'[Service]\\nWatchdogSec=2s\\n' > /etc/systemd/system/watchd.service.d/t.conf"
-                 " && systemctl daemon-reload && systemctl restart watchd")
+                 f" && systemctl daemon-reload && {RESTART}")
     before = installed.run(["systemctl", "show", "-P", "MainPID", "watchd"]).stdout.strip()
     installed.run(["kill", "-STOP", before])
     wait_until(installed, f"test \"$(systemctl show -P MainPID watchd)\" != {before} -a "
@@ -195,20 +197,46 @@ def test_the_watchdog_restarts_a_daemon_that_stopped_answering(installed):
     installed.sh("rm /etc/systemd/system/watchd.service.d/t.conf && systemctl daemon-reload")
 
 
-def test_the_hardened_drop_in_still_runs_reading_rules(installed):
+# A receiver inside the machine: answers 200 to every POST, and keeps each body in a file.
+RECEIVER = """
+import http.server
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open("/run/received.jsonl", "ab") as out:
+            out.write(body + b"\\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", 8099), Handler).serve_forever()
+"""
+WEBHOOK_RULE = """\
+  - name: notify
+    paths: [/srv/incoming]
+    actions:
+      - webhook: {url: "http://127.0.0.1:8099/hook"}
+"""
+
+
+def test_the_hardened_drop_in_still_runs_reading_and_webhook_rules(installed):
+    installed.run(["systemd-run", "--unit=receiver", "/usr/bin/python3", "-c", RECEIVER])
     installed.sh("cp /usr/share/doc/watchd/examples/hardened.conf "
                  "/etc/systemd/system/watchd.service.d/ && systemctl daemon-reload "
-                 "&& systemctl restart watchd")
+                 f"&& {RESTART}")
     installed.run(["tee", "/etc/watchd/rules.yaml"], input=RULES.replace(
-        "/usr/bin/cp, \"--\", \"{path}\", /srv/processed/", "/usr/bin/md5sum, \"--\", \"{path}\""))
+        "/usr/bin/cp, \"--\", \"{path}\", /srv/processed/", "/usr/bin/md5sum, \"--\", \"{path}\"")
+        + WEBHOOK_RULE)
     installed.sh(RELOAD)
     installed.sh("echo read-me > /srv/incoming/read.csv")
     wait_until(installed, f"{JOURNAL} -o cat | grep -q 'action ok rule=incoming.*read.csv'",
                "a reading rule under the hardened sandbox")
+    wait_until(installed, "grep -q read.csv /run/received.jsonl", "the webhook's delivery")
+    wait_until(installed, "journalctl -u watchd WATCHD_RULE=notify WATCHD_HTTP_STATUS=200 "
+               "| grep -q 'webhook delivered'", "the delivery in the journal")
     score = installed.sh("systemd-analyze security watchd | tail -1").stdout
     assert float(re.search(r"level for watchd.service: ([0-9.]+)", score)[1]) <= 2.5
     installed.sh("rm -r /etc/systemd/system/watchd.service.d && systemctl daemon-reload "
-                 "&& systemctl restart watchd")
+                 f"&& {RESTART}")
     score = installed.sh("systemd-analyze security watchd | tail -1").stdout
     assert float(re.search(r"level for watchd.service: ([0-9.]+)", score)[1]) <= 5.0
 
