@@ -157,7 +157,12 @@ def test_oversized_and_non_utf8_files_are_refused(tmp_path):
 
 def test_the_shipped_example_is_valid(capsys):
     assert main(["check", "--config", str(REPO / "config" / "rules.yaml")]) == 0
-    assert "OK: 2 rule(s)" in capsys.readouterr().out
+    assert "OK: 3 rule(s), 2 enabled" in capsys.readouterr().out
+
+
+def test_the_packaged_rules_file_is_valid_and_runs_nothing(capsys):
+    assert main(["check", "--config", str(REPO / "packaging" / "etc" / "rules.yaml")]) == 0
+    assert "OK: 0 rule(s)" in capsys.readouterr().out
 
 
 def test_drop_ins_are_read_in_name_order_and_leftovers_skipped(tmp_path):
