@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -197,13 +198,8 @@ def test_a_directory_moved_in_is_watched_and_its_files_reported(tmp_path, watch)
 def test_an_overflow_is_counted_and_new_directories_are_watched_again(tmp_path, watch):
     root = tmp_path / "root"
     root.mkdir()
-    limit = Path("/proc/sys/fs/inotify/max_queued_events")
-    saved = limit.read_text()
-    limit.write_text("16\n")
-    try:
+    with short_kernel_queue(16):
         harness = watch(tree_rule(root, events="[close_write]"))
-    finally:
-        limit.write_text(saved)
     with harness.table.lock:  # hold the reader back so that the kernel queue overflows
         for index in range(50):
             (root / f"d{index}").mkdir()
@@ -212,6 +208,57 @@ def test_an_overflow_is_counted_and_new_directories_are_watched_again(tmp_path, 
     wait_for(lambda: len(harness.table.by_path) == 51, what="every new directory watched")
     (root / "d49" / "after").write_bytes(b"x")
     wait_for(lambda: os.fsencode(root / "d49" / "after") in harness.paths())
+
+
+@contextlib.contextmanager
+def short_kernel_queue(events: int):
+    """Notifiers made inside get an inotify queue of ``events`` (the limit is read at init)."""
+    limit = Path("/proc/sys/fs/inotify/max_queued_events")
+    saved = limit.read_text()
+    limit.write_text(f"{events}\n")
+    try:
+        yield
+    finally:
+        limit.write_text(saved)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering max_queued_events needs root")
+def test_after_an_overflow_the_rescan_reports_what_changed_exactly_once(tmp_path, watch):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "gone-dir").mkdir()
+    for name in ("changed", "deleted"):
+        (root / name).write_bytes(b"before")
+    with short_kernel_queue(16):
+        harness = watch(tree_rule(root, events="[create, close_write, delete]"))
+    (root / "seen").write_bytes(b"its close_write is read: the snapshot knows its state")
+    wait_for(lambda: os.fsencode(root / "seen") in harness.paths(event="close_write"))
+
+    with harness.table.lock:  # hold the reader back so that the kernel queue overflows
+        (root / "changed").write_bytes(b"after, longer")
+        (root / "deleted").unlink()
+        (root / "gone-dir").rmdir()
+        new = [root / f"new{index}" for index in range(40)]
+        for path in new:
+            path.write_bytes(b"x")
+        (root / "new-dir" / "deep").mkdir(parents=True)
+        (root / "new-dir" / "deep" / "inner").write_bytes(b"x")
+        (root / "sub" / "late").write_bytes(b"x")
+        new += [root / "new-dir" / "deep" / "inner", root / "sub" / "late"]
+    wait_for(lambda: harness.counters.overflows >= 1)
+    wait_for(lambda: all(os.fsencode(p) in harness.paths(event="close_write") for p in new),
+             what="every new file's close_write")
+    wait_for(lambda: os.fsencode(root / "gone-dir") in harness.paths(event="delete"))
+    for path in new:  # each new file exactly once, by the kernel's events or by the rescan
+        assert harness.paths(event="create").count(os.fsencode(path)) == 1, path
+        assert harness.paths(event="close_write").count(os.fsencode(path)) == 1, path
+    assert os.fsencode(root / "changed") in harness.paths(event="close_write")
+    assert os.fsencode(root / "deleted") in harness.paths(event="delete")
+    assert harness.paths(event="close_write").count(os.fsencode(root / "seen")) == 1
+    assert any(synthetic for *_, synthetic in harness.events())  # the rescan did report
+    # The new directories are watched: what happens in them now arrives as usual.
+    (root / "new-dir" / "deep" / "after").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(root / "new-dir" / "deep" / "after") in harness.paths())
 
 
 def test_a_directory_made_again_before_its_events_are_read_is_watched_again(tmp_path, watch):

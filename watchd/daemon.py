@@ -24,6 +24,7 @@ from watchd.dispatch import Dispatcher
 from watchd.jobs import JobQueue
 from watchd.journal import MessageId
 from watchd.logs import log
+from watchd.mounts import MountTable, touches
 from watchd.notifier import Notifier
 from watchd.rules import RuleSet, compile_rules
 from watchd.service import ServiceManager
@@ -92,11 +93,15 @@ class Daemon:
         dispatcher = Dispatcher(self.jobs, self.counters, self._wake_for_drops)
         self.notifier = Notifier.watching(ruleset, dispatcher, self.counters)
         self.table = self.notifier.table
+        self.mounts = MountTable()
         self.notifier.start()
 
     def _loop(self) -> int:
         while not self._stopping:
-            select.select([self._wake_read], [], [], self._timeout(time.monotonic()))
+            _, _, mounts_changed = select.select([self._wake_read], [], [self.mounts.fd],
+                                                 self._timeout(time.monotonic()))
+            if mounts_changed:
+                self._mounts_changed()
             try:
                 woken_by = os.read(self._wake_read, 512)
             except BlockingIOError:
@@ -112,6 +117,16 @@ class Daemon:
             self.service.status(self.status_line())
             self.service.pet_watchdog(time.monotonic())
         return EX_OK
+
+    def _mounts_changed(self) -> None:
+        points = self.mounts.changed()
+        with self.table.lock:
+            roots = [root for root in self.table.ruleset.roots
+                     if any(touches(point, root.path) for point in points)]
+            for root in roots:
+                log(logging.INFO, "a file system was mounted or unmounted at a watched path: "
+                    "watching what is there now", path=root.path)
+                self.table.rewatch(root)
 
     def _timeout(self, now: float) -> float | None:
         """How long the loop may sleep: until a drop report or a watchdog ping is due."""

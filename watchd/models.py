@@ -253,6 +253,9 @@ class Settings(_Strict):
                                  "may finish before their process groups are killed")
     state_dir: AbsolutePath = Field(default="/var/lib/watchd", description="where webhook "
                                     "deliveries are kept until acknowledged, and dead letters")
+    snapshot_limit: int = Field(default=500_000, ge=0, le=100_000_000, description="names kept "
+                                "to recover from an inotify queue overflow (about 150 bytes "
+                                "each); past it, deletions during an overflow go unreported")
     webhook_backlog: int = Field(default=10000, ge=1, le=1_000_000, description="deliveries "
                                  "waiting per webhook action; beyond it they are dropped, counted "
                                  "and logged")

@@ -30,6 +30,7 @@ import os
 import select
 import struct
 import termios
+import time
 from dataclasses import dataclass, field
 
 from watchd._pyinotify import pyinotify
@@ -39,6 +40,7 @@ from watchd.events import (
     ALL_EVENTS,
     IN_CLOSE_WRITE,
     IN_CREATE,
+    IN_DELETE,
     IN_DELETE_SELF,
     IN_IGNORED,
     IN_ISDIR,
@@ -53,11 +55,24 @@ from watchd.events import (
 from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.rules import EMPTY_SCOPE, RuleSet
-from watchd.watches import WatchedDir, WatchManager, WatchTable
+from watchd.watches import (
+    DIRECTORY,
+    UNSEEN,
+    FileState,
+    WatchedDir,
+    WatchManager,
+    WatchTable,
+    state_of,
+)
 
 _HEADER = struct.Struct("iIII")
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
 _MOVE_SETTLE_MS = 5
+# After an overflow, a file changed this long before the last complete read counts as changed
+# during it: the margin covers file-system timestamp granularity.
+_OVERFLOW_MARGIN_NS = 1_000_000_000
+_GONE = None
+_SNAPSHOT_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
 
 
 @dataclass(slots=True)
@@ -98,6 +113,8 @@ class Notifier(pyinotify.ThreadedNotifier):
         self._generation = 0
         self._scanned: dict[int, _Scanned] = {}
         self._moves: dict[int, _MoveOut] = {}
+        self._read_at = self._previous_read_at = time.time_ns()
+        self._unmounted: set[int] = set()
         table.report = self._report_found
 
     @classmethod
@@ -129,6 +146,8 @@ class Notifier(pyinotify.ThreadedNotifier):
         fcntl.ioctl(self._fd, termios.FIONREAD, size, True)
         if size[0] <= 0:
             return
+        # Whatever an overflow loses happened after the previous read emptied the queue.
+        self._previous_read_at, self._read_at = self._read_at, time.time_ns()
         data = os.read(self._fd, size[0])
         offset, end = 0, len(data)
         append = self._eventq.append
@@ -176,13 +195,21 @@ class Notifier(pyinotify.ThreadedNotifier):
         if entry is None:
             return
         if mask & IN_IGNORED:
-            self.table.forget(wd)
+            # After an unmount, what the mount covered is not new: it is watched, not reported.
+            self.table.forget(wd, report=wd not in self._unmounted)
+            self._unmounted.discard(wd)
             return
+        if mask & IN_UNMOUNT:
+            self._unmounted.add(wd)
+            log(logging.WARNING, "a watched file system was unmounted; watching what is there "
+                "now", path=entry.path)
         scanned = self._scanned.get(wd)
         if scanned is not None and name in scanned.names and _seen_by_scan(scanned, mask, name):
             return
         path = entry.path + b"/" + name if name else entry.path
         is_dir = bool(mask & IN_ISDIR)
+        if name and mask & _SNAPSHOT_EVENTS and entry.files is not None:
+            self.table.remember(entry, name, _state_after(mask, path, is_dir))
         src_path = b""
         if mask & IN_MOVED_FROM:
             self._moves[cookie] = _MoveOut(self._generation, path, is_dir)
@@ -244,9 +271,76 @@ class Notifier(pyinotify.ThreadedNotifier):
     def _emit(self, entry: WatchedDir, event: FileEvent) -> None:
         self.dispatcher.submit(event, entry.scope)
 
+    # -- recovering from an overflow ----------------------------------------------------------
+
     def _overflowed(self) -> None:
+        """The kernel dropped events: compare every watched directory with its snapshot and
+        report what changed, then watch again whatever is not watched."""
         self.counters.overflows += 1
-        log(logging.WARNING, "inotify queue overflowed: events were lost; re-watching every root",
-            message_id=MessageId.QUEUE_OVERFLOW, overflows=self.counters.overflows)
+        log(logging.WARNING, "inotify queue overflowed: events were lost; rescanning every "
+            "watched directory", message_id=MessageId.QUEUE_OVERFLOW,
+            overflows=self.counters.overflows)
+        since = self._previous_read_at - _OVERFLOW_MARGIN_NS
+        for entry in list(self.table.by_path.values()):
+            if self.table.by_path.get(entry.path) is entry:
+                self._rescan(entry, since)
         for root in self.table.ruleset.roots:
             self.table.establish(root, report=False)
+
+    def _rescan(self, entry: WatchedDir, since: int) -> None:
+        listing = self.table.listing(entry.path)
+        if listing is None:
+            self.table.unwatch_tree(entry.path)  # its own deletion may be among the lost events
+            return
+        files = entry.files
+        for found in listing:
+            known = files.get(found.name, _GONE) if files is not None else UNSEEN
+            self._rescanned(entry, found, known, since)
+        if files is None:
+            return
+        present = {found.name for found in listing}
+        for name in [name for name in files if name not in present]:
+            path = entry.path + b"/" + name
+            is_dir = files[name] is DIRECTORY
+            self.table.remember(entry, name, None)
+            self._emit(entry, FileEvent(path, "delete", IN_DELETE, is_dir, synthetic=True))
+            if is_dir:
+                self.table.unwatch_tree(path)
+
+    def _rescanned(self, entry: WatchedDir, found: os.DirEntry[bytes], known: FileState | None,
+                   since: int) -> None:
+        """One entry of a rescanned directory: new, changed since it was last seen, or not."""
+        if known is _GONE:
+            self.table.remember(entry, found.name, state_of(found))
+            self._report_found(entry, found)
+            if found.is_dir(follow_symlinks=False):
+                self._arrived(entry, found.name, found.path, True, b"")
+            return
+        if not found.is_file(follow_symlinks=False):
+            return
+        try:
+            info = found.stat(follow_symlinks=False)
+        except OSError:
+            return  # gone since the listing: the kernel's own events tell
+        now = (info.st_ino, info.st_size, info.st_mtime_ns)
+        changed = info.st_ctime_ns >= since if known is UNSEEN else now != known
+        if changed:
+            self._emit(entry, FileEvent(found.path, "close_write", IN_CLOSE_WRITE, False,
+                                        synthetic=True))
+            self.table.remember(entry, found.name, now)
+
+
+def _state_after(mask: int, path: bytes, is_dir: bool) -> FileState | None:
+    """What an event says of its name, for the snapshot; None: the name is gone."""
+    if mask & (IN_DELETE | IN_MOVED_FROM):
+        return None
+    if is_dir:
+        return DIRECTORY
+    if mask & IN_CLOSE_WRITE:
+        # The state the file was seen in: a later rescan reports it only if it differs.
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+    return UNSEEN

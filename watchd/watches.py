@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from watchd._pyinotify import pyinotify
 from watchd.events import (
     IN_CREATE,
+    IN_DELETE,
     IN_DELETE_SELF,
     IN_DONT_FOLLOW,
     IN_EXCL_UNLINK,
@@ -35,8 +36,9 @@ from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.rules import EMPTY_SCOPE, Root, RuleSet, Scope
 
-# What every watch needs to keep the table true, whatever its rules ask for.
-STRUCTURE_MASK = IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
+# What every watch needs to keep the table and its snapshot true, whatever its rules ask for.
+STRUCTURE_MASK = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
+                  | IN_MOVE_SELF)
 WAITING_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
 FLAGS = IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
 
@@ -65,12 +67,30 @@ class WatchManager(pyinotify.WatchManager):
         _libc.inotify_rm_watch(self.get_fd(), wd)
 
 
+# What the snapshot knows of an entry: (inode, size, mtime) of a regular file as of its last
+# close_write; UNSEEN for one not looked at since it was listed or created; DIRECTORY; OTHER.
+FileState = tuple[int, int, int]
+UNSEEN: FileState = (0, -1, 0)
+DIRECTORY: FileState = (0, -2, 0)
+OTHER: FileState = (0, -3, 0)
+
+
+def state_of(entry: os.DirEntry[bytes]) -> FileState:
+    if entry.is_dir(follow_symlinks=False):
+        return DIRECTORY
+    if entry.is_file(follow_symlinks=False):
+        return UNSEEN
+    return OTHER
+
+
 @dataclass(slots=True, eq=False)
 class WatchedDir:
     path: bytes
     wd: int
     scope: Scope
     waiting: tuple[Root, ...] = ()
+    # The snapshot: every name in the directory and what is known of it; None past the limit.
+    files: dict[bytes, FileState] | None = None
 
 
 class WatchTable:
@@ -85,6 +105,8 @@ class WatchTable:
         self.attached: dict[bytes, tuple[Root, ...]] = {}  # parent dir -> roots that are files
         self._warned: set[bytes] = set()
         self.refused_for_limit = 0  # directories not watched for want of inotify watches
+        self.snapshot_size = 0  # names held by every directory's snapshot
+        self.snapshot_full = False
         # Called for each entry found in a directory that appeared while running.
         self.report: Callable[[WatchedDir, os.DirEntry[bytes]], None] = lambda parent, entry: None
 
@@ -136,8 +158,10 @@ class WatchTable:
         if entry is None:
             entry = WatchedDir(path, wd, scope)
         elif entry.wd != wd and self.by_wd.get(entry.wd) is entry:
-            # A new directory at a watched path: the old one's watch is the kernel's to drop.
+            # A new directory at a watched path. The old one is deleted (the kernel drops its
+            # watch) or covered by a mount (nothing can reach it): its watch goes either way.
             del self.by_wd[entry.wd]
+            self.manager.remove(entry.wd)
         stale = self.by_wd.get(wd)
         if stale is not None and stale is not entry:
             # Same inode under another path: the old path was renamed without our seeing it.
@@ -156,17 +180,28 @@ class WatchTable:
                 self.manager.remove(entry.wd)
         if self.by_path.get(entry.path) is entry:
             del self.by_path[entry.path]
+        if entry.files is not None:
+            self.snapshot_size -= len(entry.files)
+            entry.files = None
         lost = [root for root in entry.scope.roots if root.path == entry.path]
         lost.extend(self.attached.pop(entry.path, ()))
         lost.extend(entry.waiting)
         return lost
 
-    def forget(self, wd: int) -> None:
+    def forget(self, wd: int, report: bool = True) -> None:
         """The kernel dropped watch ``wd`` (its directory is gone): look for its roots again."""
         entry = self.by_wd.get(wd)
         if entry is not None:
             for root in self.unwatch(entry, in_kernel=False):
-                self.establish(root)
+                self.establish(root, report)
+
+    def rewatch(self, root: Root) -> None:
+        """Watch a root afresh, its old watches all dropped: a mount came or went under it."""
+        lost = {root}
+        for entry in self.subtree(root.path):
+            lost.update(self.unwatch(entry))
+        for each in lost:
+            self.establish(each, report=False)
 
     def subtree(self, path: bytes) -> list[WatchedDir]:
         prefix = path + b"/"
@@ -303,9 +338,11 @@ class WatchTable:
         pending = [first] if first is not None else []
         while pending:
             parent = pending.pop()
+            listing = self.listing(parent.path) or []
+            self._take_snapshot(parent, listing)
             if not (every_entry or parent.scope.recursive):
                 continue
-            for entry in self._list(parent.path):
+            for entry in listing:
                 if entry.is_dir(follow_symlinks=False):
                     child_scope = self.child_scope(parent, entry.path)
                     if child_scope is not EMPTY_SCOPE:
@@ -314,13 +351,49 @@ class WatchTable:
                             pending.append(child)
                 yield parent, entry
 
-    def _list(self, path: bytes) -> list[os.DirEntry[bytes]]:
+    def listing(self, path: bytes) -> list[os.DirEntry[bytes]] | None:
+        """The entries of a directory; None if it cannot be listed (gone, or refused)."""
         try:
             with os.scandir(path) as entries:
                 return list(entries)
         except OSError as error:
             self._refused(path, error)
-            return []
+            return None
+
+    # -- the snapshot, for recovering from an overflow ---------------------------------------
+
+    def _take_snapshot(self, entry: WatchedDir, listing: list[os.DirEntry[bytes]]) -> None:
+        if entry.files is not None:
+            return
+        if self.snapshot_size + len(listing) > self.ruleset.settings.snapshot_limit:
+            self._snapshot_full(entry.path)
+            return
+        entry.files = {found.name: state_of(found) for found in listing}
+        self.snapshot_size += len(listing)
+
+    def remember(self, entry: WatchedDir, name: bytes, state: FileState | None) -> None:
+        """Note a name's state in its directory's snapshot (None: the name is gone)."""
+        files = entry.files
+        if files is None:
+            return
+        if state is None:
+            self.snapshot_size -= files.pop(name, None) is not None
+            return
+        if name not in files:
+            if self.snapshot_size >= self.ruleset.settings.snapshot_limit:
+                self.snapshot_size -= len(files)
+                entry.files = None
+                self._snapshot_full(entry.path)
+                return
+            self.snapshot_size += 1
+        files[name] = state
+
+    def _snapshot_full(self, path: bytes) -> None:
+        if not self.snapshot_full:
+            self.snapshot_full = True
+            log(logging.WARNING, "snapshot limit reached: after an inotify queue overflow, files "
+                "deleted meanwhile in directories past the limit are not reported (raise "
+                "settings.snapshot_limit)", path=path, limit=self.ruleset.settings.snapshot_limit)
 
     def _refused(self, path: bytes, error: OSError) -> None:
         if error.errno in (errno.ENOENT, errno.ENOTDIR):

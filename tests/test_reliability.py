@@ -1,0 +1,97 @@
+"""Never deaf, never flooded: bursts, vanished mounts, limits and permissions, on a real daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import kernel_watches, recorder, records, wait_for
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def counters(process) -> dict[str, int]:
+    """The daemon's counters, asked for now with SIGUSR1."""
+    before = process.log().count(" counters ")
+    process.signal(signal.SIGUSR1)
+    process.wait_log(" counters ", count=before + 1)
+    line = process.log().rpartition(" counters ")[2].splitlines()[0]
+    return {key: int(value) for key, _, value in (item.partition("=") for item in line.split())}
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def fast_dir():
+    """A directory on tmpfs, where 100,000 files are made in about a second."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    path = Path(tempfile.mkdtemp(prefix="watchd-test-", dir=base))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_burst_of_100000_files_while_actions_are_slow(fast_dir, tmp_path, write_rules, daemon):
+    watched = fast_dir / "in"
+    watched.mkdir()
+    config = write_rules(f"""\
+        settings: {{workers: 1, queue_size: 200000, stop_grace: 0s}}
+        rules:
+          - name: burst
+            paths: [{watched}]
+            recursive: true
+            events: [create]
+            actions: [{{command: [/bin/sleep, "60"]}}]
+        """)
+    process = daemon(config)
+    code = ("import os, sys\nd = sys.argv[1]\nfor i in range(100000):\n"
+            "    os.close(os.open(f'{d}/f{i}', os.O_CREAT | os.O_WRONLY, 0o644))")
+    subprocess.run([sys.executable, "-c", code, str(watched)], check=True)
+    # Every file matched exactly once, by its own event or by an overflow's rescan; none dropped.
+    wait_for(lambda: counters(process)["matched"] >= 100000, timeout=120)
+    seen = counters(process)
+    assert seen["matched"] == 100000 and seen["dropped"] == 0
+    assert seen["queued"] == 100000 - 1  # one is running: actions are slow, intake is not
+    # Memory is the queue's: bounded by queue_size, about a few hundred bytes a job.
+    assert rss_kib(process.pid) < 200 * 1024
+    print(f"burst: {seen['overflows']} overflow(s), RSS {rss_kib(process.pid) // 1024} MiB")
+
+
+@ROOT_ONLY
+def test_a_root_unmounted_and_mounted_again_is_watched_again(tmp_path, write_rules, daemon):
+    mount_point, out = tmp_path / "mnt", tmp_path / "out.jsonl"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "watchd-test", mount_point], check=True)
+    try:
+        config = write_rules(f"""\
+            rules:
+              - name: mounted
+                paths: [{mount_point}]
+                actions: [{{command: {recorder(out)}}}]
+            """)
+        process = daemon(config)
+        (mount_point / "one").write_bytes(b"1")
+        wait_for(lambda: len(records(out)) == 1)
+        subprocess.run(["umount", mount_point], check=True)
+        process.wait_log("was mounted or unmounted at a watched path")
+        (mount_point / "underneath").write_bytes(b"on the directory the mount covered")
+        wait_for(lambda: len(records(out)) == 2, what="the directory under the mount watched")
+        subprocess.run(["mount", "-t", "tmpfs", "watchd-test", mount_point], check=True)
+        process.wait_log("was mounted or unmounted at a watched path", count=2)
+        (mount_point / "two").write_bytes(b"2")
+        wait_for(lambda: len(records(out)) == 3, what="the new mount watched")
+        assert len(kernel_watches(process.pid)) == 1  # the old watches are gone
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            subprocess.run(["umount", mount_point], check=True, capture_output=True)
