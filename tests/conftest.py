@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -174,3 +175,38 @@ def kernel_watches(pid: int, only_fd: int | None = None) -> dict[int, int]:
                 fields = dict(item.split(":", 1) for item in line.split()[1:])
                 watches[int(fields["wd"], 16)] = int(fields["ino"], 16)
     return watches
+
+
+class NotifySocket:
+    """Where the daemon's notifications land; each datagram parsed into its assignments."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.received: list[dict[str, str]] = []
+
+    def messages(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                datagram = self.sock.recv(4096).decode()
+            except BlockingIOError:
+                return self.received
+            self.received.append(dict(line.split("=", 1) for line in datagram.splitlines()))
+
+    def wait(self, key: str, count: int = 1, after: int = 0) -> list[dict[str, str]]:
+        """Messages from index ``after`` on, once ``count`` of them carry ``key``."""
+        wait_for(lambda: sum(key in m for m in self.messages()[after:]) >= count,
+                 what=f"{count} x {key} on the notify socket")
+        return self.messages()[after:]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": self.path, **extra}
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    receiver = NotifySocket(tmp_path / "notify")
+    yield receiver
+    receiver.sock.close()

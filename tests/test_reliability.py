@@ -95,3 +95,112 @@ def test_a_root_unmounted_and_mounted_again_is_watched_again(tmp_path, write_rul
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             subprocess.run(["umount", mount_point], check=True, capture_output=True)
+
+
+def root_inotify_usage() -> tuple[int, int]:
+    """(instances, watches) that root's processes hold now, read from /proc."""
+    instances = watches = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != 0:
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                    instances += 1
+                    info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                    watches += info.count("inotify wd:")
+        except OSError:
+            continue
+    return instances, watches
+
+
+@contextlib.contextmanager
+def inotify_limit(name: str, value: int):
+    limit = Path(f"/proc/sys/fs/inotify/{name}")
+    saved = limit.read_text()
+    limit.write_text(f"{value}\n")
+    try:
+        yield
+    finally:
+        limit.write_text(saved)
+
+
+@ROOT_ONLY
+def test_the_watch_limit_is_reported_and_the_rest_is_served(tmp_path, write_rules, daemon,
+                                                            notify_socket):
+    tree, out = tmp_path / "tree", tmp_path / "out.jsonl"
+    for index in range(30):
+        (tree / f"d{index:02}").mkdir(parents=True)
+    config = write_rules(f"""\
+        rules:
+          - name: tree
+            paths: [{tree}]
+            recursive: true
+            actions: [{{command: {recorder(out)}}}]
+        """)
+    with inotify_limit("max_user_watches", root_inotify_usage()[1] + 11):
+        process = daemon(config, env=notify_socket.env())
+        process.wait_log("inotify watch limit reached")
+        assert "sysctl -w fs.inotify.max_user_watches=" in process.log()
+        status = notify_socket.wait("READY")[0]["STATUS"]
+        assert "DEGRADED: 20 directories not watched (inotify watch limit)" in status
+        assert len(kernel_watches(process.pid)) == 11
+        # What is watched is served.
+        (tree / "at-the-root").write_bytes(b"x")
+        wait_for(lambda: records(out))
+    # The limit raised, a reload watches the rest.
+    process.signal(signal.SIGHUP)
+    process.wait_log("reloaded")
+    assert len(kernel_watches(process.pid)) == 31
+    assert "DEGRADED" not in notify_socket.messages()[-1]["STATUS"]
+
+
+@ROOT_ONLY
+def test_no_inotify_instance_left_is_a_clear_fatal_error(tmp_path, write_rules, daemon):
+    config = write_rules(f"rules: [{{name: x, paths: [{tmp_path}], actions: "
+                         "[{command: [/bin/true]}]}]\n")
+    with inotify_limit("max_user_instances", root_inotify_usage()[0]):
+        process = daemon(config, wait=False)
+        assert process.process.wait(15) == 3
+    log = process.log()
+    assert "cannot start: " in log and "fs.inotify.max_user_instances=" in log
+    assert "sysctl -w fs.inotify.max_user_instances=N" in log
+
+
+@ROOT_ONLY
+def test_a_directory_that_cannot_be_read_is_reported_once_and_the_rest_watched(
+        tmp_path, write_rules):
+    base = Path(tempfile.mkdtemp(prefix="watchd-test-"))  # not under root's 0700 pytest dir
+    try:
+        base.chmod(0o755)
+        tree = base / "tree"
+        (tree / "open").mkdir(parents=True)
+        (tree / "closed" / "inner").mkdir(parents=True)
+        (tree / "closed").chmod(0o700)  # root's: the daemon runs as nobody
+        out_dir = base / "out"
+        out_dir.mkdir()
+        shutil.chown(out_dir, "nobody")
+        out = out_dir / "out.jsonl"
+        config = base / "rules.yaml"
+        config.write_text(f"rules: [{{name: tree, paths: [{tree}], recursive: true, actions: "
+                          f"[{{command: {recorder(out)}}}]}}]\n")
+        log = base / "daemon.log"
+        with open(log, "wb") as stream:
+            process = subprocess.Popen(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 sys.executable, "-m", "watchd", "run", "--config", str(config)],
+                stdout=stream, stderr=subprocess.STDOUT, cwd=base)
+            try:
+                wait_for(lambda: " started " in log.read_text())
+                (tree / "open" / "f").write_bytes(b"x")
+                wait_for(lambda: records(out))
+                process.send_signal(signal.SIGHUP)  # a reload walks again: still one warning
+                wait_for(lambda: "reloaded" in log.read_text())
+            finally:
+                process.terminate()
+                assert process.wait(15) == 0
+        text = log.read_text()
+        assert text.count("cannot watch: Permission denied") == 1
+        assert f"path={tree / 'closed'}" in text
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

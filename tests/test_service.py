@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import signal
-import socket
 import textwrap
 import threading
 import time
@@ -16,41 +15,6 @@ from watchd import logs
 from watchd.daemon import EX_FATAL, Daemon
 
 WATCHDOG_USEC = 200_000
-
-
-class NotifySocket:
-    """Where the daemon's notifications land; each datagram parsed into its assignments."""
-
-    def __init__(self, path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.setblocking(False)
-        self.received: list[dict[str, str]] = []
-
-    def messages(self) -> list[dict[str, str]]:
-        while True:
-            try:
-                datagram = self.sock.recv(4096).decode()
-            except BlockingIOError:
-                return self.received
-            self.received.append(dict(line.split("=", 1) for line in datagram.splitlines()))
-
-    def wait(self, key: str, count: int = 1, after: int = 0) -> list[dict[str, str]]:
-        """Messages from index ``after`` on, once ``count`` of them carry ``key``."""
-        wait_for(lambda: sum(key in m for m in self.messages()[after:]) >= count,
-                 what=f"{count} x {key} on the notify socket")
-        return self.messages()[after:]
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {"NOTIFY_SOCKET": self.path, **extra}
-
-
-@pytest.fixture
-def notify_socket(tmp_path):
-    receiver = NotifySocket(tmp_path / "notify")
-    yield receiver
-    receiver.sock.close()
 
 
 def tree_rules(watched, out) -> str:

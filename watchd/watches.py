@@ -51,7 +51,15 @@ class WatchManager(pyinotify.WatchManager):
     """pyinotify's WatchManager, for its inotify fd, with watches added by bytes path."""
 
     def __init__(self) -> None:
-        super().__init__()
+        try:
+            super().__init__()
+        except OSError as error:
+            # pyinotify words inotify_init's errno into the message only.
+            if "EMFILE" not in str(error):
+                raise
+            raise OSError(errno.EMFILE, "no inotify instance left: fs.inotify.max_user_instances="
+                          f"{_read_limit('max_user_instances')} is used up; raise it (sysctl -w "
+                          "fs.inotify.max_user_instances=N, or a file in /etc/sysctl.d/)") from None
         flags = fcntl.fcntl(self.get_fd(), fcntl.F_GETFD)
         fcntl.fcntl(self.get_fd(), fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
 
@@ -298,8 +306,13 @@ class WatchTable:
             self.establish(root)
 
     def apply(self, ruleset: RuleSet) -> None:
-        """Switch to a new rule set: keep the watches both share, add and drop the rest."""
-        in_place = {
+        """Switch to a new rule set: keep the watches both share, add and drop the rest.
+
+        If the watch limit left directories unwatched, every root is walked again: the
+        limit may have been raised since.
+        """
+        degraded, self.refused_for_limit = self.refused_for_limit, 0
+        in_place = set() if degraded else {
             root.path
             for root in self.ruleset.roots
             if root.path in self.by_path and _same_reach(root, ruleset.roots_by_path.get(root.path))
