@@ -1,7 +1,8 @@
 """A command for tests: appends one JSON line with its argv and WATCHD_* environment, as hex.
 
 Usage: recorder.py OUTFILE [ARG …]. Extra environment: RECORD_SLEEP (seconds to sleep),
-RECORD_EXIT (exit status), RECORD_STDERR (written to stderr).
+RECORD_EXIT (exit status), RECORD_STDERR (written to stderr), RECORD_END (after the sleep,
+append a second line: {"ended": <CLOCK_MONOTONIC>, "pid": …}).
 """
 
 import json
@@ -25,10 +26,18 @@ record = {
     "cwd": os.getcwd(),
     "started": started,
 }
-fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-os.write(fd, (json.dumps(record) + "\n").encode())
-os.close(fd)
+
+
+def append(line: dict) -> None:
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    os.write(fd, (json.dumps(line) + "\n").encode())
+    os.close(fd)
+
+
+append(record)
 if os.environ.get("RECORD_STDERR"):
     sys.stderr.write(os.environ["RECORD_STDERR"])
 time.sleep(float(os.environ.get("RECORD_SLEEP", "0")))
+if os.environ.get("RECORD_END"):
+    append({"ended": time.monotonic(), "pid": os.getpid()})
 sys.exit(int(os.environ.get("RECORD_EXIT", "0")))

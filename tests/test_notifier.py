@@ -37,6 +37,7 @@ class Harness:
         while len(self.jobs):
             job = self.jobs.get()
             assert job is not None
+            self.jobs.done(job)
             self.seen.append((job.rule.name, job.event.event, job.event.path,
                               job.event.synthetic))
         return self.seen

@@ -26,6 +26,7 @@ from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.mounts import MountTable, touches
 from watchd.notifier import Notifier
+from watchd.ownwrites import OwnWrites
 from watchd.rules import RuleSet, compile_rules
 from watchd.service import ServiceManager
 from watchd.workers import WorkerPool
@@ -88,9 +89,11 @@ class Daemon:
         self.jobs = JobQueue(ruleset.settings.queue_size)
         self.deliveries = Deliveries(Path(ruleset.settings.state_dir), self.counters)
         self.deliveries.apply(ruleset)
-        self.workers = WorkerPool(self.jobs, self.counters, self.deliveries)
+        own_writes = OwnWrites()
+        self.workers = WorkerPool(self.jobs, self.counters, self.deliveries, own_writes)
         self.workers.resize(ruleset.settings.workers)
-        dispatcher = Dispatcher(self.jobs, self.counters, self._wake_for_drops)
+        self.dispatcher = dispatcher = Dispatcher(self.jobs, self.counters, self._wake_for_drops,
+                                                  own_writes)
         self.notifier = Notifier.watching(ruleset, dispatcher, self.counters)
         self.table = self.notifier.table
         self.mounts = MountTable()
@@ -168,7 +171,7 @@ class Daemon:
             return
         with self.table.lock:
             self.table.apply(ruleset)
-        self.jobs.maxsize = ruleset.settings.queue_size
+        self.jobs.maxsize = self.dispatcher.debouncer.limit = ruleset.settings.queue_size
         self.workers.resize(ruleset.settings.workers)
         logs.set_level(ruleset.settings.log_level)
         self._reload_failure = ""
@@ -203,6 +206,7 @@ class Daemon:
     def report(self) -> None:
         log(logging.INFO, "counters", watches=len(self.table), rules=len(self.table.ruleset.rules),
             unwatched=self.table.refused_for_limit, queued=len(self.jobs),
+            debouncing=len(self.dispatcher.debouncer), skipped=self.jobs.skipped,
             running=self.workers.busy(), **self.counters.summary())
 
     def _wake_for_drops(self) -> None:
@@ -225,7 +229,7 @@ class Daemon:
         grace = self.table.ruleset.settings.stop_grace
         self.service.stopping(grace)
         self.notifier.stop()
-        abandoned = self.workers.stop(grace)
+        abandoned = self.dispatcher.debouncer.stop() + self.workers.stop(grace)
         self.deliveries.stop(DELIVERY_STOP_WAIT)
         self._report_drops()
         log(logging.INFO, "stopped", message_id=MessageId.STOPPED, abandoned=abandoned or None,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from watchd.events import FileEvent
@@ -16,6 +18,10 @@ class Job:
     rule: Rule
     root: Root
     event: FileEvent
+
+    @property
+    def key(self) -> JobKey:
+        return (self.rule.name, self.event.path)
 
     def values(self) -> dict[str, bytes]:
         """The placeholder values, as bytes: what ``{path}``, ``{name}`` … stand for."""
@@ -31,42 +37,133 @@ class Job:
         }
 
 
-class JobQueue:
-    """A bounded FIFO of jobs between the notifier (which never waits) and the workers.
+JobKey = tuple[str, bytes]  # a rule's name and a path: what runs one at a time
 
-    ``put`` refuses rather than blocks when full. ``retire`` sends idle workers
-    away (a smaller pool); ``close`` ends them all and returns the jobs not run.
+
+class _Waiting:
+    """A queued job, with its place in arrival order; a run that follows a busy path may have
+    its job replaced by a newer event's before it starts."""
+
+    __slots__ = ("job", "order")
+
+    def __init__(self, order: int, job: Job) -> None:
+        self.order = order
+        self.job = job
+
+
+class JobQueue:
+    """The bounded queue between the notifier (which never waits) and the workers.
+
+    ``put`` refuses rather than blocks when full. ``get`` hands out the oldest job that may
+    run now: its rule is under ``max_parallel`` and no action of its rule runs for its path.
+    An event for a path whose action runs follows the rule's ``on_busy``: ``queue`` keeps one
+    more run after it (later events replace that run's event), ``skip`` drops it, ``restart``
+    keeps one more run and asks ``on_restart`` to stop the running one. ``retire`` sends
+    idle workers away; ``close`` ends them all and returns how many jobs were not run.
     """
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._items: deque[Job] = deque()
+        self.on_restart: Callable[[JobKey], None] = lambda key: None
+        self.skipped = 0
+        self._rules: dict[str, deque[_Waiting]] = {}  # only rules with jobs waiting
+        self._count = 0
+        self._order = itertools.count()
+        self._running: dict[str, int] = {}
+        self._busy: set[JobKey] = set()
+        self._follow_ups: dict[JobKey, _Waiting] = {}
         self._ready = threading.Condition(threading.Lock())
         self._retiring = 0
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._count
 
     def put(self, job: Job) -> bool:
         with self._ready:
-            if self._closed or len(self._items) >= self.maxsize:
+            if self._closed:
                 return False
-            self._items.append(job)
-            self._ready.notify()
+            key = job.key
+            if key in self._busy:
+                return self._put_behind_busy(key, job)
+            if self._count >= self.maxsize:
+                return False
+            self._append(job)
             return True
 
+    def _put_behind_busy(self, key: JobKey, job: Job) -> bool:
+        if job.rule.on_busy == "skip":
+            self.skipped += 1
+            return True
+        follow_up = self._follow_ups.get(key)
+        if follow_up is not None:
+            follow_up.job = job  # still one more run, with the newest event
+        elif self._count >= self.maxsize:
+            return False
+        else:
+            self._follow_ups[key] = self._append(job)
+        if job.rule.on_busy == "restart":
+            self.on_restart(key)
+        return True
+
+    def _append(self, job: Job) -> _Waiting:
+        waiting = _Waiting(next(self._order), job)
+        self._rules.setdefault(job.rule.name, deque()).append(waiting)
+        self._count += 1
+        self._ready.notify()
+        return waiting
+
     def get(self) -> Job | None:
-        """The next job, or None when the calling worker is to leave."""
+        """The next job that may run, or None when the calling worker is to leave."""
         with self._ready:
-            while not (self._items or self._retiring or self._closed):
+            while True:
+                if self._closed:
+                    return None
+                if self._retiring:
+                    self._retiring -= 1
+                    return None
+                waiting = self._next()
+                if waiting is not None:
+                    return self._take(waiting)
                 self._ready.wait()
-            if self._closed:
-                return None
-            if self._retiring:
-                self._retiring -= 1
-                return None
-            return self._items.popleft()
+
+    def _next(self) -> _Waiting | None:
+        """The oldest job that may run now, over every rule with jobs waiting."""
+        best = None
+        for name, queue in self._rules.items():
+            limit = queue[0].job.rule.max_parallel
+            if limit is not None and self._running.get(name, 0) >= limit:
+                continue
+            for waiting in queue:
+                if waiting.job.key not in self._busy:
+                    if best is None or waiting.order < best.order:
+                        best = waiting
+                    break
+        return best
+
+    def _take(self, waiting: _Waiting) -> Job:
+        job = waiting.job
+        name, key = job.rule.name, job.key
+        queue = self._rules[name]
+        queue.remove(waiting)
+        if not queue:
+            del self._rules[name]
+        self._count -= 1
+        if self._follow_ups.get(key) is waiting:
+            del self._follow_ups[key]
+        self._running[name] = self._running.get(name, 0) + 1
+        self._busy.add(key)
+        return job
+
+    def done(self, job: Job) -> None:
+        """A worker finished ``job``: its rule and its path may run again."""
+        with self._ready:
+            name = job.rule.name
+            self._running[name] -= 1
+            if not self._running[name]:
+                del self._running[name]
+            self._busy.discard(job.key)
+            self._ready.notify_all()
 
     def retire(self, workers: int) -> None:
         with self._ready:
@@ -76,7 +173,9 @@ class JobQueue:
     def close(self) -> int:
         with self._ready:
             self._closed = True
-            abandoned = len(self._items)
-            self._items.clear()
+            abandoned = self._count
+            self._rules.clear()
+            self._follow_ups.clear()
+            self._count = 0
             self._ready.notify_all()
             return abandoned

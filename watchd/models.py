@@ -217,15 +217,6 @@ Action = Annotated[
 ]
 
 
-def _not_supported_yet(name: str) -> Any:
-    def reject(value: Any) -> Any:
-        if value is not None:
-            raise ValueError(f"'{name}' is not supported by this version of watchd yet")
-        return value
-
-    return AfterValidator(reject)
-
-
 class Rule(_Strict):
     """One rule: which paths and events, and what to do."""
 
@@ -236,11 +227,15 @@ class Rule(_Strict):
     include: list[Pattern] | None = Field(default=None, min_length=1)
     exclude: list[Pattern] = Field(default_factory=list)
     kind: Literal["any", "file", "dir"] = "any"
-    debounce: Annotated[Duration | None, _not_supported_yet("debounce")] = None
-    max_parallel: Annotated[int | None, _not_supported_yet("max_parallel")] = None
-    on_busy: Annotated[
-        Literal["queue", "skip", "restart"] | None, _not_supported_yet("on_busy")
-    ] = None
+    debounce: Duration | None = Field(default=None, description="act once when the path has "
+                                      "been quiet this long, with its last event")
+    max_parallel: int | None = Field(default=None, ge=1, le=10_000, description="at most this "
+                                     "many actions of this rule at once; the rest wait, in order")
+    on_busy: Literal["queue", "skip", "restart"] = Field(
+        default="queue", description="an event for a path whose action still runs: queue one "
+        "more run after it, skip it, or restart the action")
+    ignore_own_writes: bool = Field(default=False, description="ignore events on the path an "
+                                    "action of this rule runs for, while it runs and 1 s after")
     enabled: bool = True
     actions: list[Action] = Field(min_length=1)
 

@@ -106,6 +106,10 @@ class Rule:
     enabled: bool
     actions: tuple[Action, ...]
     source: str
+    debounce: float | None = None
+    max_parallel: int | None = None
+    on_busy: str = "queue"
+    ignore_own_writes: bool = False
 
     @classmethod
     def compile(cls, sourced: SourcedRule) -> Rule:
@@ -124,6 +128,10 @@ class Rule:
             enabled=model.enabled,
             actions=tuple(_compile_action(action) for action in model.actions),
             source=f"{sourced.file}:{sourced.line}",
+            debounce=model.debounce or None,
+            max_parallel=model.max_parallel,
+            on_busy=model.on_busy,
+            ignore_own_writes=model.ignore_own_writes,
         )
 
     def refusal(self, bit: int, is_dir: bool, relative: bytes) -> str | None:

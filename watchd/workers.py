@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 
 from watchd.actions.command import CommandResult, RunningCommand
 from watchd.counters import Counters
 from watchd.deliveries import Deliveries
-from watchd.jobs import Job, JobQueue
+from watchd.jobs import Job, JobKey, JobQueue
 from watchd.journal import MessageId
 from watchd.logs import log
+from watchd.ownwrites import OwnWrites
 from watchd.rules import Command
+
+# How long a command stopped for a newer event (on_busy: restart) gets between TERM and KILL.
+RESTART_GRACE = 2.0
 
 
 class WorkerPool:
-    def __init__(self, jobs: JobQueue, counters: Counters, deliveries: Deliveries) -> None:
+    def __init__(self, jobs: JobQueue, counters: Counters, deliveries: Deliveries,
+                 own_writes: OwnWrites) -> None:
         self.jobs = jobs
         self.counters = counters
         self.deliveries = deliveries
+        self.own_writes = own_writes
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._running: dict[threading.Thread, RunningCommand] = {}
+        self._running: dict[threading.Thread, tuple[JobKey, RunningCommand]] = {}
+        self._restarted: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        jobs.on_restart = self.restart
 
     def resize(self, count: int) -> None:
         """Have ``count`` workers: start more, or send the extra ones away once idle."""
@@ -45,10 +54,19 @@ class WorkerPool:
         abandoned = self.jobs.close()
         if not self._join(grace):
             with self._lock:
-                for command in self._running.values():
+                for _, command in self._running.values():
                     command.kill()
             self._join(grace)
         return abandoned
+
+    def restart(self, key: JobKey) -> None:
+        """Stop the command running for ``key`` (a newer event came; on_busy: restart)."""
+        with self._lock:
+            for thread, (running_key, command) in self._running.items():
+                if running_key == key and thread not in self._restarted:
+                    self._restarted.add(thread)
+                    command.kill(signal.SIGTERM)
+                    threading.Timer(RESTART_GRACE, command.kill).start()
 
     def busy(self) -> int:
         return len(self._running)
@@ -62,6 +80,9 @@ class WorkerPool:
 
     def _work(self) -> None:
         while (job := self.jobs.get()) is not None:
+            guarded = job.rule.ignore_own_writes
+            if guarded:
+                self.own_writes.started(job.key)
             try:
                 self._run_actions(job)
             except Exception:
@@ -69,6 +90,10 @@ class WorkerPool:
                 self.counters.add("actions_failed")
                 log(logging.ERROR, "action failed: internal error", exc_info=True,
                     rule=job.rule.name, path=job.event.path)
+            finally:
+                if guarded:
+                    self.own_writes.finished(job.key)
+                self.jobs.done(job)
 
     def _run_actions(self, job: Job) -> None:
         for index, action in enumerate(job.rule.actions):
@@ -79,20 +104,29 @@ class WorkerPool:
             else:
                 # Accepted for delivery (on disk, queued) is success here; the outbox logs the rest.
                 ok = self.deliveries.submit(job, index + 1) is not None
+            if ok is None:
+                return  # restarted: the run that follows does the rest
             self.counters.add("actions_ok" if ok else "actions_failed")
             if not ok:
                 return
 
-    def _run_command(self, job: Job, index: int, command: Command) -> bool:
+    def _run_command(self, job: Job, index: int, command: Command) -> bool | None:
+        """Run one command: True if it succeeded, False if it failed, None if restarted."""
         me = threading.current_thread()
         running = RunningCommand(job, command)
         with self._lock:
-            self._running[me] = running
+            self._running[me] = (job.key, running)
         try:
             result = running.run()
         finally:
             with self._lock:
                 del self._running[me]
+                restarted = me in self._restarted
+                self._restarted.discard(me)
+        if restarted:
+            log(logging.INFO, "action restarted: a newer event came for its path",
+                rule=job.rule.name, event=job.event.event, path=job.event.path, step=index + 1)
+            return None
         _log_result(job, index, result)
         return result.ok
 

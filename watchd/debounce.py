@@ -1,0 +1,88 @@
+"""Debounce: hold each (rule, path)'s latest event until the path has been quiet long enough.
+
+An editor's save storm or a large copy then fires one action, with the last event. One
+thread keeps a heap with one deadline per pending path (pushed back, not duplicated, as
+events keep coming), so a path written without pause holds one entry, not one per write.
+At most ``limit`` paths are pending at once; past that an event is refused (and counted
+as dropped by the dispatcher).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+from watchd.jobs import Job, JobKey
+
+
+class Debouncer:
+    def __init__(self, release: Callable[[Job], None], limit: int) -> None:
+        self.release = release
+        self.limit = limit
+        self._pending: dict[JobKey, tuple[Job, float]] = {}
+        self._deadlines: list[tuple[float, int, JobKey]] = []
+        self._order = itertools.count()
+        self._changed = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def offer(self, job: Job) -> bool:
+        """Hold ``job`` until its path is quiet; False if too many paths are pending."""
+        due = time.monotonic() + (job.rule.debounce or 0.0)
+        key = job.key
+        with self._changed:
+            if key in self._pending:
+                self._pending[key] = (job, due)  # its heap entry is moved on when it comes up
+                return True
+            if len(self._pending) >= self.limit:
+                return False
+            self._pending[key] = (job, due)
+            heapq.heappush(self._deadlines, (due, next(self._order), key))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="watchd-debounce",
+                                                daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                released = self._due()
+                while not released and not self._stopping:
+                    wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
+                    self._changed.wait(wait)
+                    released = self._due()
+                if self._stopping:
+                    return
+            for job in released:
+                self.release(job)
+
+    def _due(self) -> list[Job]:
+        now = time.monotonic()
+        released = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, key = heapq.heappop(self._deadlines)
+            job, due = self._pending[key]
+            if due > now:  # events came since: wait for the quiet again
+                heapq.heappush(self._deadlines, (due, next(self._order), key))
+            else:
+                del self._pending[key]
+                released.append(job)
+        return released
+
+    def stop(self) -> int:
+        """Stop; returns how many held events were not released."""
+        with self._changed:
+            self._stopping = True
+            abandoned = len(self._pending)
+            self._pending.clear()
+            self._deadlines.clear()
+            self._changed.notify()
+        return abandoned
