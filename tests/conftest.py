@@ -56,14 +56,14 @@ class Daemon:
     """``watchd run`` as a real subprocess, with its log in a file."""
 
     def __init__(self, config: Path, log: Path, extra_args: tuple[str, ...] = (),
-                 env_extra: dict[str, str] | None = None) -> None:
+                 env_extra: dict[str, str] | None = None, launcher: tuple[str, ...] = ()) -> None:
         self.config = config
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
         env.update(env_extra or {})
         self.process = subprocess.Popen(
-            [PYTHON, *extra_args, "-m", "watchd", "run", "--config", str(config)],
+            [*launcher, PYTHON, *extra_args, "-m", "watchd", "run", "--config", str(config)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
 
@@ -120,8 +120,9 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def start(config: Path, *extra_args: str, wait: bool = True,
-              env: dict[str, str] | None = None) -> Daemon:
-        process = Daemon(config, tmp_path / f"daemon{len(started)}.log", extra_args, env)
+              env: dict[str, str] | None = None, launcher: tuple[str, ...] = ()) -> Daemon:
+        process = Daemon(config, tmp_path / f"daemon{len(started)}.log", extra_args, env,
+                         launcher)
         started.append(process)
         return process.started() if wait else process
 

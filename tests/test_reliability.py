@@ -169,38 +169,25 @@ def test_no_inotify_instance_left_is_a_clear_fatal_error(tmp_path, write_rules, 
 
 @ROOT_ONLY
 def test_a_directory_that_cannot_be_read_is_reported_once_and_the_rest_watched(
-        tmp_path, write_rules):
-    base = Path(tempfile.mkdtemp(prefix="watchd-test-"))  # not under root's 0700 pytest dir
-    try:
-        base.chmod(0o755)
-        tree = base / "tree"
-        (tree / "open").mkdir(parents=True)
-        (tree / "closed" / "inner").mkdir(parents=True)
-        (tree / "closed").chmod(0o700)  # root's: the daemon runs as nobody
-        out_dir = base / "out"
-        out_dir.mkdir()
-        shutil.chown(out_dir, "nobody")
-        out = out_dir / "out.jsonl"
-        config = base / "rules.yaml"
-        config.write_text(f"rules: [{{name: tree, paths: [{tree}], recursive: true, actions: "
-                          f"[{{command: {recorder(out)}}}]}}]\n")
-        log = base / "daemon.log"
-        with open(log, "wb") as stream:
-            process = subprocess.Popen(
-                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                 sys.executable, "-m", "watchd", "run", "--config", str(config)],
-                stdout=stream, stderr=subprocess.STDOUT, cwd=base)
-            try:
-                wait_for(lambda: " started " in log.read_text())
-                (tree / "open" / "f").write_bytes(b"x")
-                wait_for(lambda: records(out))
-                process.send_signal(signal.SIGHUP)  # a reload walks again: still one warning
-                wait_for(lambda: "reloaded" in log.read_text())
-            finally:
-                process.terminate()
-                assert process.wait(15) == 0
-        text = log.read_text()
-        assert text.count("cannot watch: Permission denied") == 1
-        assert f"path={tree / 'closed'}" in text
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+        tmp_path, write_rules, daemon):
+    tree, out = tmp_path / "tree", tmp_path / "out.jsonl"
+    (tree / "open").mkdir(parents=True)
+    (tree / "closed" / "inner").mkdir(parents=True)
+    shutil.chown(tree / "closed", "nobody")
+    (tree / "closed").chmod(0o700)
+    config = write_rules(f"""\
+        rules:
+          - name: tree
+            paths: [{tree}]
+            recursive: true
+            actions: [{{command: {recorder(out)}}}]
+        """)
+    # Root without the capabilities that override file permissions: nobody's 0700 is closed.
+    process = daemon(config, launcher=("setpriv",
+                                       "--bounding-set=-dac_override,-dac_read_search"))
+    (tree / "open" / "f").write_bytes(b"x")
+    wait_for(lambda: records(out))
+    process.signal(signal.SIGHUP)  # a reload walks again: still one warning
+    process.wait_log("reloaded")
+    assert process.log().count("cannot watch: Permission denied") == 1
+    assert f"path={tree / 'closed'}" in process.log()
