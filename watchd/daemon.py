@@ -127,9 +127,9 @@ class Daemon:
             roots = [root for root in self.table.ruleset.roots
                      if any(touches(point, root.path) for point in points)]
             for root in roots:
+                self.table.rewatch(root)
                 log(logging.INFO, "a file system was mounted or unmounted at a watched path: "
                     "watching what is there now", path=root.path)
-                self.table.rewatch(root)
 
     def _timeout(self, now: float) -> float | None:
         """How long the loop may sleep: until a drop report or a watchdog ping is due."""
