@@ -71,10 +71,13 @@ def test_a_failure_is_logged_with_status_and_stderr_and_stops_the_chain(
     assert len(records(out)) == 1
 
 
-def test_a_program_that_cannot_start_is_a_failure(tmp_path, write_rules, daemon):
-    watched = tmp_path / "in"
+def test_a_program_gone_since_the_rules_loaded_is_a_failure(tmp_path, write_rules, daemon):
+    watched, program = tmp_path / "in", tmp_path / "program"
     watched.mkdir()
-    process = daemon(write_rules(one_rule(watched, ["/nonexistent/program"])))
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    process = daemon(write_rules(one_rule(watched, [str(program)])))
+    program.unlink()  # checked and accepted at load; gone when the event comes
     (watched / "f").write_bytes(b"x")
     process.wait_log("action failed: cannot start: No such file or directory")
 

@@ -15,6 +15,7 @@ import yaml
 
 from watchd.models import DropIn, RulesFile, Settings
 from watchd.models import Rule as RuleModel
+from watchd.trust import Untrusted, read_trusted
 
 DEFAULT_CONFIG = Path("/etc/watchd/rules.yaml")
 MAX_FILE_BYTES = 1024 * 1024
@@ -140,10 +141,9 @@ def _read_document(path: Path) -> _Document:
     """Parse one file safely; a ConfigError for anything unreadable or not YAML."""
     file = str(path)
     try:
-        with open(path, "rb") as stream:
-            raw = stream.read(MAX_FILE_BYTES + 1)
-    except OSError as error:
-        raise ConfigError([Problem(file, 1, 1, f"cannot read: {error.strerror}")]) from None
+        raw = read_trusted(file, MAX_FILE_BYTES, "rules file")
+    except (Untrusted, OSError) as error:
+        raise ConfigError([Problem(file, 1, 1, str(error))]) from None
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigError([Problem(file, 1, 1, f"larger than {MAX_FILE_BYTES} bytes")])
     try:

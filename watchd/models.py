@@ -23,12 +23,13 @@ from pydantic import (
     PlainSerializer,
     Tag,
     WithJsonSchema,
-    model_validator,
+    field_validator,
 )
 
 from watchd.events import EVENT_NAMES, event_mask
 from watchd.placeholders import parse_template
 from watchd.secrets import SigningKey, read_signing_key
+from watchd.trust import check_program
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -168,13 +169,14 @@ class CommandAction(_Strict):
     cwd: AbsolutePath | None = None
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _absolute_program(self) -> CommandAction:
-        if not self.command[0].startswith("/") or "{" in self.command[0]:
-            raise ValueError(
-                f"command[0] must be an absolute path to a program, not {self.command[0]!r}"
-            )
-        return self
+    @field_validator("command")
+    @classmethod
+    def _trusted_program(cls, command: list[str]) -> list[str]:
+        if not command[0].startswith("/") or "{" in command[0]:
+            raise ValueError(f"command[0] must be an absolute path to a program, not "
+                             f"{command[0]!r}")
+        check_program(command[0])
+        return command
 
 
 class Webhook(_Strict):

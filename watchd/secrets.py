@@ -1,8 +1,8 @@
 """Webhook signing keys: read once when the rules load, never shown.
 
 A key file holds a Standard Webhooks secret: base64, optionally prefixed ``whsec_``.
-It is opened without following a symlink and must be a regular file that neither
-group nor others may read or write. The key's bytes appear in no repr, log line,
+It must pass ``watchd.trust`` (no symlink, owned by root, every directory above it
+too) and neither group nor others may read or write it. The key's bytes appear in no repr, log line,
 error message or command environment.
 """
 
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
-import os
-import stat
 from dataclasses import dataclass, field
+
+from watchd.trust import read_trusted
 
 MAX_KEY_FILE = 4096
 MIN_KEY_BYTES = 16
@@ -32,23 +31,9 @@ class SigningKey:
 def read_signing_key(path: str) -> SigningKey:
     """The key in ``path``; ValueError (without the file's contents) if it cannot be used."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        text = read_trusted(path, MAX_KEY_FILE, "secret file", secret=True)
     except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise ValueError(f"secret file {path} is a symlink; name the file itself") from None
         raise ValueError(f"cannot read secret file {path}: {error.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"secret file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ValueError(
-                f"secret file {path} is open to group or others (mode "
-                f"{stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}"
-            )
-        text = os.read(fd, MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
     if len(text) > MAX_KEY_FILE:
         raise ValueError(f"secret file {path} is larger than {MAX_KEY_FILE} bytes")
     return SigningKey(path, _decode(path, text))

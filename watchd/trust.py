@@ -1,0 +1,140 @@
+"""What watchd runs on must be as trustworthy as watchd itself (sshd's StrictModes, for a root
+command runner).
+
+A rules file, a drop-in, a webhook's secret file and a command's program are accepted only if
+nobody but root (or, for a daemon not running as root, its own user) could have written them:
+the file is owned by a trusted user and not writable by group or others, and so is every
+directory above it, up to ``/``. A directory that others may write is accepted only with the
+sticky bit and a trusted owner (``/tmp``): others can add names there but not replace ours.
+Rules files and secrets are opened without following a symlink; a program may be reached
+through symlinks (``/usr/bin/python3``), each of which is checked the same way, and so is
+where it leads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+MAX_LINKS = 40
+
+
+def trusted_owners() -> frozenset[int]:
+    return frozenset({0, os.geteuid()})
+
+
+class Untrusted(ValueError):
+    """A file watchd will not use; the message says which and why."""
+
+
+def _owner_problem(path: str, info: os.stat_result, what: str) -> str | None:
+    if info.st_uid not in trusted_owners():
+        return f"{what} {path} is owned by uid {info.st_uid}, not by root"
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISLNK(info.st_mode):
+        return None  # a symlink's own mode means nothing; its directory's does
+    if mode & 0o022 and not (stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX):
+        return (f"{what} {path} is writable by group or others (mode {mode:04o}): "
+                f"chmod go-w {path}")
+    return None
+
+
+def check_directories(path: str) -> None:
+    """Every directory above ``path``, up to /, trusted; Untrusted if not.
+
+    A directory reached through a symlink (``/bin`` on a merged-/usr system) is checked as a
+    symlink where it is, and again, with everything above it, where it leads.
+    """
+    directory = os.path.dirname(path)
+    while True:
+        try:
+            info = os.lstat(directory)
+        except OSError as error:
+            raise Untrusted(f"cannot check directory {directory}: {error.strerror}") from None
+        if stat.S_ISLNK(info.st_mode):
+            problem = _owner_problem(directory, info, "symlink")
+            target = os.path.realpath(directory)
+            if problem is None and not os.path.isdir(target):
+                problem = f"{directory} does not lead to a directory"
+            if problem is None:
+                check_directories(os.path.join(target, "."))
+        elif not stat.S_ISDIR(info.st_mode):
+            problem = f"{directory} is not a directory"
+        else:
+            problem = _owner_problem(directory, info, "directory")
+        if problem:
+            raise Untrusted(problem)
+        if directory == "/":
+            return
+        directory = os.path.dirname(directory)
+
+
+def open_trusted(path: str, what: str = "file", secret: bool = False) -> int:
+    """Open ``path`` for reading, not following a symlink, once it is shown trustworthy.
+
+    The checks are made on the open file itself (fstat), so the file read is the file checked.
+    """
+    path = os.path.abspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise Untrusted(f"{what} {path} is a symlink; name the file itself") from None
+        raise Untrusted(f"cannot read {what} {path}: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Untrusted(f"{what} {path} is not a regular file")
+        problem = _owner_problem(path, info, what)
+        if problem is None and secret and stat.S_IMODE(info.st_mode) & 0o077:
+            problem = (f"{what} {path} is open to group or others (mode "
+                       f"{stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}")
+        if problem:
+            raise Untrusted(problem)
+        check_directories(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_trusted(path: str, limit: int, what: str = "file", secret: bool = False) -> bytes:
+    """Up to ``limit + 1`` bytes of a trusted file (one more than allowed tells it is too big)."""
+    fd = open_trusted(path, what, secret)
+    with contextlib.closing(os.fdopen(fd, "rb")) as stream:
+        return stream.read(limit + 1)
+
+
+def check_program(path: str) -> None:
+    """A command's program: every link on the way, and the file it leads to, trusted."""
+    for step in _resolve(path):
+        info = os.lstat(step)
+        if stat.S_ISLNK(info.st_mode):
+            problem = _owner_problem(step, info, "symlink")
+        elif not stat.S_ISREG(info.st_mode):
+            raise Untrusted(f"program {step} is not a regular file")
+        else:
+            problem = _owner_problem(step, info, "program")
+            if problem is None and not info.st_mode & 0o111:
+                problem = f"program {step} is not executable"
+        if problem:
+            raise Untrusted(problem)
+        check_directories(step)
+
+
+def _resolve(path: str) -> Iterator[str]:
+    """``path``, then each symlink's target in turn, ending with the file itself."""
+    for _ in range(MAX_LINKS):
+        try:
+            info = os.lstat(path)
+        except OSError as error:
+            raise Untrusted(f"program {path}: {error.strerror}") from None
+        yield path
+        if not stat.S_ISLNK(info.st_mode):
+            return
+        target = os.readlink(path)
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    raise Untrusted(f"program {path}: too many levels of symlinks")
