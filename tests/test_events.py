@@ -33,14 +33,15 @@ def test_each_event_fires_its_rule(tmp_path, write_rules, daemon):
         rule(f"on-{event}", [watched], out, [event])
         for event in ["create", "close_write", "moved_to", "delete"]
     ))
+    (watched / "c").write_bytes(b"z")
     daemon(config)
     (watched / "a").write_bytes(b"x")
     (tmp_path / "b").write_bytes(b"y")
     os.rename(tmp_path / "b", watched / "b")
-    os.unlink(watched / "a")
-    a, b = os.fsencode(watched / "a"), os.fsencode(watched / "b")
+    os.unlink(watched / "c")
+    a, b, c = (os.fsencode(watched / name) for name in "abc")
     expected = {("on-create", "create", a, b""), ("on-close_write", "close_write", a, b""),
-                ("on-moved_to", "moved_to", b, b""), ("on-delete", "delete", a, b"")}
+                ("on-moved_to", "moved_to", b, b""), ("on-delete", "delete", c, b"")}
     wait_for(lambda: set(fired(out)) >= expected, what="one action per event")
     assert sorted(fired(out)) == sorted(expected)
 

@@ -21,6 +21,7 @@ class Counters:
     webhooks_failed: int = 0
     webhooks_dropped: int = 0
     own_writes_ignored: int = 0
+    actions_skipped: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, amount: int = 1) -> None:

@@ -24,6 +24,7 @@ from pydantic import (
     Tag,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from watchd.events import EVENT_NAMES, event_mask
@@ -99,7 +100,12 @@ def _pattern(pattern: str) -> str:
     return pattern
 
 
+OWNER = "@owner"
+
+
 def _user(name: str) -> str:
+    if name == OWNER:
+        return name
     try:
         pwd.getpwnam(name)
     except KeyError:
@@ -165,7 +171,11 @@ class CommandAction(_Strict):
 
     command: list[ArgTemplate] = Field(min_length=1, description="argv; placeholders allowed")
     timeout: Duration = Field(default=300.0, description="the process group is killed past it")
-    user: Annotated[str, AfterValidator(_user)] | None = None
+    user: Annotated[str, AfterValidator(_user)] | None = Field(
+        default=None, description="run as this user and its groups; '@owner': as the owner of "
+        "the file the event is about")
+    allow_root_owner: bool = Field(default=False, description="with user: '@owner', also run "
+                                   "for files owned by root (as root)")
     cwd: AbsolutePath | None = None
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
 
@@ -177,6 +187,12 @@ class CommandAction(_Strict):
                              f"{command[0]!r}")
         check_program(command[0])
         return command
+
+    @model_validator(mode="after")
+    def _owner_only(self) -> CommandAction:
+        if self.allow_root_owner and self.user != OWNER:
+            raise ValueError("allow_root_owner applies only to user: '@owner'")
+        return self
 
 
 class Webhook(_Strict):

@@ -16,7 +16,7 @@ import pathspec
 
 from watchd.config import Config, SourcedRule
 from watchd.events import FileEvent, event_mask
-from watchd.models import CommandAction, Settings, WebhookAction
+from watchd.models import OWNER, CommandAction, Settings, WebhookAction
 from watchd.placeholders import Template, parse_template
 from watchd.secrets import SigningKey
 
@@ -47,15 +47,20 @@ class Command:
     user: RunAs | None
     cwd: bytes | None
     env: tuple[tuple[bytes, bytes], ...]
+    as_owner: bool = False  # user: '@owner': the user comes from the file, just before the run
+    allow_root_owner: bool = False
 
     @classmethod
     def compile(cls, model: CommandAction) -> Command:
+        as_owner = model.user == OWNER
         return cls(
             argv=tuple(parse_template(arg) for arg in model.command),
             timeout=model.timeout,
-            user=RunAs.lookup(model.user) if model.user else None,
+            user=RunAs.lookup(model.user) if model.user and not as_owner else None,
             cwd=os.fsencode(model.cwd) if model.cwd else None,
             env=tuple((os.fsencode(k), os.fsencode(v)) for k, v in model.env.items()),
+            as_owner=as_owner,
+            allow_root_owner=model.allow_root_owner,
         )
 
 

@@ -10,11 +10,12 @@ import time
 from watchd.actions.command import CommandResult, RunningCommand
 from watchd.counters import Counters
 from watchd.deliveries import Deliveries
+from watchd.guard import Refused, owner, recheck
 from watchd.jobs import Job, JobKey, JobQueue
 from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.ownwrites import OwnWrites
-from watchd.rules import Command
+from watchd.rules import Command, RunAs
 
 # How long a command stopped for a newer event (on_busy: restart) gets between TERM and KILL.
 RESTART_GRACE = 2.0
@@ -96,11 +97,22 @@ class WorkerPool:
                 self.jobs.done(job)
 
     def _run_actions(self, job: Job) -> None:
+        try:
+            # Once, before the first action: later ones may move the file on purpose.
+            info = recheck(job)
+        except Refused as refusal:
+            self._skipped(job, 0, refusal)
+            return
         for index, action in enumerate(job.rule.actions):
             if self.stopping.is_set():
                 return
             if isinstance(action, Command):
-                ok = self._run_command(job, index, action)
+                try:
+                    user = owner(job, action, info) if action.as_owner else action.user
+                except Refused as refusal:
+                    self._skipped(job, index, refusal)
+                    return
+                ok = self._run_command(job, index, action, user)
             else:
                 # Accepted for delivery (on disk, queued) is success here; the outbox logs the rest.
                 ok = self.deliveries.submit(job, index + 1) is not None
@@ -110,10 +122,16 @@ class WorkerPool:
             if not ok:
                 return
 
-    def _run_command(self, job: Job, index: int, command: Command) -> bool | None:
+    def _skipped(self, job: Job, index: int, refusal: Refused) -> None:
+        self.counters.add("actions_skipped")
+        log(logging.WARNING, f"action skipped: {refusal}", rule=job.rule.name,
+            event=job.event.event, path=job.event.path, step=index + 1)
+
+    def _run_command(self, job: Job, index: int, command: Command,
+                     user: RunAs | None) -> bool | None:
         """Run one command: True if it succeeded, False if it failed, None if restarted."""
         me = threading.current_thread()
-        running = RunningCommand(job, command)
+        running = RunningCommand(job, command, user)
         with self._lock:
             self._running[me] = (job.key, running)
         try:

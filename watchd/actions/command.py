@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from watchd.jobs import Job
 from watchd.placeholders import PLACEHOLDERS, render
-from watchd.rules import Command
+from watchd.rules import Command, RunAs
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a command past its timeout
 OUTPUT_TAIL = 2048  # bytes of stdout and of stderr kept for the log
@@ -43,16 +43,15 @@ class CommandResult:
         return self.status == 0 and not self.timed_out
 
 
-def environment(
-    job: Job, command: Command, values: Mapping[str, bytes], base: Mapping[bytes, bytes]
-) -> dict[bytes, bytes]:
+def environment(job: Job, command: Command, user: RunAs | None, values: Mapping[str, bytes],
+                base: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
     env = {k: v for k, v in base.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
     for name in PLACEHOLDERS:
         env[b"WATCHD_" + name.upper().encode()] = values[name]
     env[b"WATCHD_IS_DIR"] = b"1" if job.event.is_dir else b"0"
-    if command.user is not None:
-        env[b"HOME"] = os.fsencode(command.user.home)
-        env[b"USER"] = env[b"LOGNAME"] = command.user.name.encode()
+    if user is not None:
+        env[b"HOME"] = os.fsencode(user.home)
+        env[b"USER"] = env[b"LOGNAME"] = user.name.encode()
     env.update(command.env)
     return env
 
@@ -60,20 +59,21 @@ def environment(
 class RunningCommand:
     """One command run; ``kill`` may be called from another thread (daemon stop)."""
 
-    def __init__(self, job: Job, command: Command) -> None:
+    def __init__(self, job: Job, command: Command, user: RunAs | None) -> None:
         self.job = job
         self.command = command
+        self.user = user
         self.process: subprocess.Popen[bytes] | None = None
 
     def run(self) -> CommandResult:
         values = self.job.values()
         argv = [render(template, values) for template in self.command.argv]
-        user = self.command.user
+        user = self.user
         started = time.monotonic()
         try:
             self.process = subprocess.Popen(
                 argv,
-                env=environment(self.job, self.command, values, os.environb),
+                env=environment(self.job, self.command, user, values, os.environb),
                 cwd=self.command.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

@@ -1,0 +1,63 @@
+"""Just before a rule's actions run: is the path still what the event said, and whose is it?
+
+Between the event and the action, anyone who can write in the directory can replace the
+file: with a symlink to /etc/shadow, or a hard link to someone else's file. watchd never
+opens, chowns or chmods a triggering file itself; what it does is look once more, with
+``lstat`` (which does not follow a symlink), and skip the actions when the path vanished or
+turned into a symlink. For ``user: '@owner'`` the owner comes from that same ``lstat``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+
+from watchd.jobs import Job
+from watchd.rules import Command, RunAs
+
+# Events about a path that is gone by design: nothing to look at.
+_GONE_EVENTS = frozenset({"delete", "moved_from", "delete_self", "move_self", "unmount"})
+# Events the kernel reports only for files and directories, never for a symlink itself.
+_NOT_A_SYMLINK = frozenset({"close_write", "close_nowrite", "open", "access", "modify"})
+
+
+class Refused(Exception):
+    """The job's actions are not run; the message says why."""
+
+
+def recheck(job: Job) -> os.stat_result | None:
+    """The path's lstat now (None for an event about a path that is gone); Refused if the
+    path vanished or was swapped for a symlink since the event."""
+    event = job.event
+    if event.event in _GONE_EVENTS:
+        return None
+    try:
+        info = os.lstat(event.path)
+    except FileNotFoundError:
+        raise Refused("the path vanished before its action ran") from None
+    except OSError as error:
+        raise Refused(f"the path cannot be checked: {error.strerror}") from None
+    if stat.S_ISLNK(info.st_mode) and (event.is_dir or event.event in _NOT_A_SYMLINK):
+        raise Refused("the path turned into a symlink before its action ran")
+    return info
+
+
+def owner(job: Job, command: Command, info: os.stat_result | None) -> RunAs:
+    """The user a ``user: '@owner'`` command runs as; Refused if it must not run."""
+    if info is None:
+        raise Refused(f"user: '@owner' needs a file, and {job.event.event} leaves none")
+    if info.st_uid == 0 and not command.allow_root_owner:
+        raise Refused("the file is owned by root; user: '@owner' runs as root only with "
+                      "allow_root_owner: true")
+    if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+        directory = os.lstat(os.path.dirname(job.event.path))
+        if directory.st_uid != info.st_uid:
+            raise Refused(f"the file has {info.st_nlink} hard links and its owner (uid "
+                          f"{info.st_uid}) does not own its directory: perhaps a link to "
+                          "someone else's file")
+    try:
+        entry = pwd.getpwuid(info.st_uid)
+    except KeyError:
+        raise Refused(f"the file's owner, uid {info.st_uid}, has no account") from None
+    return RunAs.lookup(entry.pw_name)
