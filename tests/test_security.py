@@ -20,8 +20,8 @@ from watchd.config import ConfigError, load
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="ownership and users need root")
 
 
-def good_rules(program: str = "/bin/true", extra: str = "") -> str:
-    return f"rules:\n  - name: r\n    paths: [/tmp]\n    actions:\n      - command: [{program}]{extra}\n"
+def good_rules(program: str = "/bin/true") -> str:
+    return f"rules:\n  - name: r\n    paths: [/tmp]\n    actions:\n      - command: [{program}]\n"
 
 
 def check(config: Path, capsys) -> str:
