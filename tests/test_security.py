@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import env_of, recorder, records, wait_for
+from conftest import COMMAND_PYTHON, RECORDER, env_of, recorder, records, wait_for
 
 from watchd.cli import main
 from watchd.config import ConfigError, load
@@ -192,6 +192,11 @@ def test_python_tags_are_refused(tmp_path):
 # -- privileges and the file the event is about ---------------------------------------------
 
 def owner_rules(watched: Path, out: Path, extra: str = "") -> str:
+    # The command runs as another user: a copy of the recorder, beside ``out``, that they can read.
+    copy = out.with_name("recorder.py")
+    shutil.copy(RECORDER, copy)
+    copy.chmod(0o644)
+    command = [COMMAND_PYTHON, "-I", "-S", str(copy), str(out)]
     return f"""\
         settings: {{workers: 1}}
         rules:
@@ -199,7 +204,7 @@ def owner_rules(watched: Path, out: Path, extra: str = "") -> str:
             paths: [{watched}]
             events: [create, close_write]  # a hard link made in place is only a create
             actions:
-              - command: {recorder(out)}
+              - command: {command}
                 user: "@owner"{extra}
         """
 

@@ -1,0 +1,573 @@
+"""The benchmark suite: watchd side by side with raw pyinotify, inotifywait and bare loops.
+
+Every figure is measured in the same run as what it is compared with, several times (median,
+min-max). Trees live on tmpfs (/dev/shm) so that the readers, not the disk, are measured.
+Prints one table and rewrites the measured section of docs/performance.md.
+
+Usage: bench/suite.py [--quick] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import intake
+from intake import RawPyinotify, Result, burst, burst_inotifywait, wait_count, write_files
+
+from watchd._pyinotify import pyinotify
+from watchd.config import load
+from watchd.counters import Counters
+from watchd.dispatch import Dispatcher
+from watchd.jobs import JobQueue
+from watchd.notifier import Notifier
+from watchd.rules import compile_rules
+
+BENCH = Path(__file__).resolve().parent
+PERFORMANCE = BENCH.parent / "docs" / "performance.md"
+BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
+FAST_BASE = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+@dataclass
+class Row:
+    measure: str
+    subject: str
+    unit: str
+    values: list[float]
+    ratio: float | None = None
+    goal: str = ""
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        print(format_row(row), flush=True)
+        return row
+
+
+def format_row(row: Row) -> str:
+    spread = (f"{min(row.values):,.4g}-{max(row.values):,.4g}" if len(row.values) > 1 else "")
+    ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+    verdict = {True: "met", False: "MISSED", None: ""}[row.met]
+    goal = f"{row.goal} {verdict}".strip()
+    return (f"{row.measure:<22} {row.subject:<34} {row.median:>12,.4g} {row.unit:<9} "
+            f"{spread:>19} {ratio:>7}  {goal:<26} {row.note}")
+
+
+HEADER = (f"{'measure':<22} {'subject':<34} {'median':>12} {'unit':<9} {'min-max':>19} "
+          f"{'ratio':>7}  {'goal':<26} note")
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="watchd-bench-", dir=FAST_BASE))
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def make_tree(top: Path, directories: int, fanout: int = 100) -> None:
+    """``directories`` directories below ``top``, ``fanout`` per level."""
+    top.mkdir(parents=True, exist_ok=True)
+    made, level = 0, [top]
+    while made < directories:
+        following = []
+        for parent in level:
+            for index in range(min(fanout, directories - made)):
+                child = parent / f"d{index}"
+                child.mkdir()
+                following.append(child)
+                made += 1
+            if made >= directories:
+                break
+        level = following
+
+
+# -- a watchd daemon as a process ---------------------------------------------------------
+
+class Daemon:
+    def __init__(self, work: Path, rules: str, settings: str = "") -> None:
+        self.config = work / "rules.yaml"
+        self.config.write_text(f"settings: {{log_level: info{settings}}}\n" + rules)
+        self.log = work / "daemon.log"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify_path = work / f"notify-{time.monotonic_ns()}"
+        self.notify.bind(str(notify_path))
+        self.notify.settimeout(600)
+        self.started = time.perf_counter()
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "watchd", "run", "--config", str(self.config),
+                 "--log-target", "stderr"], stderr=log,
+                env={**os.environ, "NOTIFY_SOCKET": str(notify_path)})
+        while b"READY=1" not in self.notify.recv(4096):
+            pass
+        self.ready_after = time.perf_counter() - self.started
+
+    def counters(self) -> dict[str, int]:
+        """SIGUSR1's counters line, parsed (it is logged at info: asked for at warning too)."""
+        before = self.log.read_text().count(" counters ")
+        self.process.send_signal(signal.SIGUSR1)
+        while self.log.read_text().count(" counters ") == before:
+            time.sleep(0.01)
+        line = self.log.read_text().rpartition(" counters ")[2].splitlines()[0]
+        return {k: int(v) for k, _, v in (item.partition("=") for item in line.split())}
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        self.notify.close()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_and_switches(pid: int) -> tuple[float, int]:
+    """CPU seconds used and context switches made by every thread of ``pid``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(stat[11]) + int(stat[12])) / ticks
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if "ctxt_switches" in line:
+                switches += int(line.split()[1])
+    return cpu, switches
+
+
+# -- 1. intake ---------------------------------------------------------------------------
+
+class Watchd(intake.Watchd):
+    """watchd's notifier in this process, with ``rules`` rules (see ``rules_for``)."""
+
+    def __init__(self, tree: Path, rules: str | None = None) -> None:
+        if rules is None:
+            super().__init__(tree)
+            return
+        config = tree.parent / "rules.yaml"
+        config.write_text(rules)
+        self.counters = Counters()
+        dispatcher = Dispatcher(JobQueue(10**7), self.counters, lambda: None)
+        self.notifier = Notifier.watching(compile_rules(load(config)), dispatcher, self.counters)
+
+
+def runs_of(runs: int, run: Callable[[Path], Result]) -> list[Result]:
+    results = []
+    for _ in range(runs):
+        with workspace() as base:
+            tree = base / "tree"
+            tree.mkdir()
+            results.append(run(tree))
+    return results
+
+
+def lost_note(results: list[Result]) -> str:
+    lost = [result.lost for result in results if result.lost]
+    return f"lost {max(lost)} in {len(lost)} run(s)" if lost else "0 lost"
+
+
+def bench_intake(report: Report, sizes: list[int], runs: int) -> None:
+    for files in sizes:
+        raw = runs_of(runs, lambda t, n=files: burst(RawPyinotify, t, n))
+        mine = runs_of(runs, lambda t, n=files: burst(Watchd, t, n))
+        waits = runs_of(runs, lambda t, n=files: burst_inotifywait(t, n))
+        raw_rate = statistics.median(r.rate for r in raw)
+        label = f"intake, {files:,} files"
+        report.add(Row(label, "raw pyinotify ThreadedNotifier", "ev/s",
+                       [r.rate for r in raw], 1.0, note=lost_note(raw)))
+        rate = statistics.median(r.rate for r in mine)
+        report.add(Row(label, "watchd (match, no action)", "ev/s", [r.rate for r in mine],
+                       rate / raw_rate, "≥ 0.8x raw", rate / raw_rate >= 0.8,
+                       lost_note(mine)))
+        report.add(Row(label, "inotifywait -m -r", "ev/s", [r.rate for r in waits],
+                       statistics.median(r.rate for r in waits) / raw_rate,
+                       note=lost_note(waits)))
+
+
+def rules_for(tree: Path, count: int, same_root: bool) -> str:
+    """``count`` rules: on distinct directories of the tree, or all on it with distinct
+    include patterns; none matches what the writer makes, so only matching is measured."""
+    rules = ["rules:"]
+    for index in range(count):
+        path = tree if same_root else tree / f"d{index}"
+        path.mkdir(exist_ok=True)
+        include = f"*.x{index}" if same_root else "*.matches-nothing"
+        rules.append(f"  - name: r{index}\n    paths: [{path}]\n    events: [create, "
+                     f"close_write]\n    include: ['{include}']\n    actions: [{{command: "
+                     "[/bin/true]}]")
+    return "\n".join(rules) + "\n"
+
+
+def bench_many_rules(report: Report, files: int, runs: int) -> None:
+    def run(tree: Path, count: int, same_root: bool) -> Result:
+        reader = Watchd(tree, rules_for(tree, count, same_root))
+        reader.start()
+        target = tree if same_root else tree / "d0"
+        started = time.perf_counter()
+        write_files(target, files)
+        result = wait_count(lambda: reader.count, 2 * files, started)
+        reader.stop()
+        return result
+
+    base: float | None = None
+    for count, same_root in [(1, False), (100, False), (1000, False), (1000, True)]:
+        results = runs_of(runs, lambda t, c=count, s=same_root: run(t, c, s))
+        rate = statistics.median(r.rate for r in results)
+        base = base or rate
+        where = "on one root, 1,000 includes" if same_root else "on distinct directories"
+        ok = rate / base >= 0.9 if count == 1000 else None
+        report.add(Row(f"many rules, {files:,} files", f"{count:,} rules {where}", "ev/s",
+                       [r.rate for r in results], rate / base, "≥ 0.9x 1 rule" if ok is not None
+                       else "", ok, lost_note(results)))
+
+
+# -- 2. actions --------------------------------------------------------------------------
+
+def bench_actions(report: Report, actions: int, runs: int) -> None:
+    for workers in (1, 2, 4):
+        bare, mine = [], []
+        for _ in range(runs):
+            bare.append(popen_loop(actions, workers))
+            with workspace() as work:
+                mine.append(watchd_actions(work, actions, workers))
+        ratio = statistics.median(mine) / statistics.median(bare)
+        report.add(Row(f"actions, {actions:,} x /bin/true", f"bare Popen loop, {workers} "
+                       "thread(s)", "actions/s", bare, 1.0))
+        report.add(Row(f"actions, {actions:,} x /bin/true", f"watchd, workers: {workers}",
+                       "actions/s", mine, ratio, "≥ 0.8x bare", ratio >= 0.8))
+
+
+def popen_loop(actions: int, threads: int) -> float:
+    def work(count: int) -> None:
+        for _ in range(count):
+            subprocess.Popen(["/bin/true"]).wait()
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=work, args=(actions // threads,)) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return actions / (time.perf_counter() - started)
+
+
+def watchd_actions(work: Path, actions: int, workers: int) -> float:
+    watched = work / "in"
+    watched.mkdir()
+    daemon = Daemon(work, f"rules:\n  - name: act\n    paths: [{watched}]\n    actions: "
+                    "[{command: [/bin/true]}]\n", f", workers: {workers}, queue_size: 1000000")
+    try:
+        started = time.perf_counter()
+        write_files(watched, actions)
+        while daemon.counters()["actions_ok"] < actions:
+            time.sleep(0.05)
+        return actions / (time.perf_counter() - started)
+    finally:
+        daemon.stop()
+
+
+# -- 3. latency --------------------------------------------------------------------------
+
+def build_probe(work: Path) -> Path:
+    probe = work / "probe"
+    subprocess.run(["cc", "-O2", "-o", str(probe), str(BENCH / "probe.c")], check=True)
+    return probe
+
+
+WRITER = textwrap.dedent("""\
+    import os, sys, time
+    directory, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    closed = []
+    for index in range(count):
+        fd = os.open(f"{directory}/f{index}", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.close(fd)
+        closed.append(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+        time.sleep(0.002)
+    with open(out, "w") as stream:
+        stream.write("\\n".join(map(str, closed)) + "\\n")
+""")
+
+
+def spaced_writes(directory: Path, count: int, closes: Path, probed: Path) -> list[float]:
+    subprocess.run([sys.executable, "-c", WRITER, str(directory), str(count), str(closes)],
+                   check=True)
+    deadline = time.monotonic() + 60
+    while (len(probed.read_text().split()) if probed.exists() else 0) < count:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    closed = sorted(int(x) for x in closes.read_text().split())
+    started = sorted(int(x) for x in probed.read_text().split())
+    return [(start - close) / 1000 for close, start in zip(closed, started, strict=False)]
+
+
+def bench_latency(report: Report, count: int) -> None:
+    with workspace() as work:
+        probe = build_probe(work)
+        watched = work / "in"
+        watched.mkdir()
+        daemon = Daemon(work, f"rules:\n  - name: probe\n    paths: [{watched}]\n    actions: "
+                        f"[{{command: [{probe}, {work / 'probed'}]}}]\n")
+        try:
+            mine = spaced_writes(watched, count, work / "closes", work / "probed")
+        finally:
+            daemon.stop()
+    with workspace() as work:
+        probe = build_probe(work)
+        watched = work / "in"
+        watched.mkdir()
+        raw = raw_pyinotify_popen(watched, probe, work, count)
+    for name, values in (("raw pyinotify + Popen", raw), ("watchd", mine)):
+        p50 = statistics.median(values)
+        p99 = statistics.quantiles(values, n=100)[98]
+        raw_p99 = statistics.quantiles(raw, n=100)[98]
+        ratio = p99 / raw_p99
+        report.add(Row(f"latency, {count:,} spaced", f"{name}: p50", "µs", [p50]))
+        report.add(Row(f"latency, {count:,} spaced", f"{name}: p99", "µs", [p99], ratio,
+                       "p99 ≤ 1.5x raw" if name == "watchd" else "",
+                       ratio <= 1.5 if name == "watchd" else None))
+
+
+def raw_pyinotify_popen(watched: Path, probe: Path, work: Path, count: int) -> list[float]:
+    probed = work / "probed"
+
+    class Run(pyinotify.ProcessEvent):
+        def process_IN_CLOSE_WRITE(self, event: pyinotify.Event) -> None:
+            subprocess.Popen([str(probe), str(probed)]).wait()
+
+    manager = pyinotify.WatchManager()
+    manager.add_watch(str(watched), pyinotify.IN_CLOSE_WRITE)
+    notifier = pyinotify.ThreadedNotifier(manager, Run())
+    notifier.start()
+    try:
+        return spaced_writes(watched, count, work / "closes", probed)
+    finally:
+        notifier.stop()
+
+
+# -- 5. setup and memory -----------------------------------------------------------------
+
+RAW_SETUP = textwrap.dedent("""\
+    import sys, time, warnings
+    warnings.simplefilter("ignore")
+    import pyinotify
+    started = time.perf_counter()
+    manager = pyinotify.WatchManager()
+    manager.add_watch(sys.argv[1], pyinotify.ALL_EVENTS, rec=True, auto_add=True, quiet=False)
+    print(time.perf_counter() - started, flush=True)
+    sys.stdin.read()
+""")
+
+
+def bench_setup(report: Report, sizes: list[int], runs: int) -> None:
+    for directories in sizes:
+        with workspace() as work:
+            tree = work / "tree"
+            make_tree(tree, directories)
+            raw = [raw_setup(tree) for _ in range(runs)]
+            waits = [inotifywait_setup(tree) for _ in range(runs)]
+            mine = [watchd_setup(work, tree) for _ in range(runs)]
+            empty = watchd_setup(work, work / "empty-tree", empty=True)
+        label = f"setup, {directories:,} dirs"
+        raw_time = statistics.median(seconds for seconds, _ in raw)
+        report.add(Row(label, "raw pyinotify add_watch(rec=True)", "s", [s for s, _ in raw], 1.0,
+                       note=f"RSS {statistics.median(k for _, k in raw) / 1024:.0f} MiB"))
+        report.add(Row(label, "inotifywait -r", "s", [s for s, _ in waits],
+                       statistics.median(s for s, _ in waits) / raw_time,
+                       note=f"RSS {statistics.median(k for _, k in waits) / 1024:.0f} MiB"))
+        ratio = statistics.median(s for s, _ in mine) / raw_time
+        per_watch = (statistics.median(k for _, k in mine) - empty[1]) * 1024 / (directories + 1)
+        report.add(Row(label, "watchd: walk to READY=1", "s", [s for s, _ in mine], ratio,
+                       "≤ 1.1x raw", ratio <= 1.1,
+                       f"RSS {statistics.median(k for _, k in mine) / 1024:.0f} MiB"))
+        report.add(Row(label, "watchd: memory per watch", "bytes", [per_watch], None,
+                       "≤ 400 bytes", per_watch <= 400))
+
+
+def raw_setup(tree: Path) -> tuple[float, int]:
+    process = subprocess.Popen([sys.executable, "-c", RAW_SETUP, str(tree)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    seconds = float(process.stdout.readline())
+    kib = rss_kib(process.pid)
+    process.kill()
+    process.wait()
+    return seconds, kib
+
+
+def inotifywait_setup(tree: Path) -> tuple[float, int]:
+    started = time.perf_counter()
+    process = subprocess.Popen(["inotifywait", "-m", "-r", str(tree)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    while "Watches established" not in process.stderr.readline():
+        pass
+    seconds = time.perf_counter() - started
+    kib = rss_kib(process.pid)
+    process.kill()
+    process.wait()
+    return seconds, kib
+
+
+def watchd_setup(work: Path, tree: Path, empty: bool = False) -> tuple[float, int]:
+    """Seconds from the daemon's start to READY=1, less its start with nothing to watch."""
+    tree.mkdir(exist_ok=True)
+    daemon = Daemon(work, f"rules:\n  - name: tree\n    paths: [{tree}]\n    recursive: true\n"
+                    "    actions: [{command: [/bin/true]}]\n")
+    seconds, kib = daemon.ready_after, daemon.rss_kib()
+    daemon.stop()
+    if empty:
+        return seconds, kib
+    return seconds - watchd_setup(work, work / "empty-tree", empty=True)[0], kib
+
+
+# -- 6. reload under load ----------------------------------------------------------------
+
+def bench_reload(report: Report, directories: int, files: int) -> None:
+    with workspace() as work:
+        tree = work / "tree"
+        make_tree(tree, directories)
+        daemon = Daemon(work, f"rules:\n  - name: tree\n    paths: [{tree}]\n    recursive: true\n"
+                        "    events: [create]\n    actions: [{command: [/bin/sleep, '600']}]\n",
+                        ", workers: 1, queue_size: 10000000, stop_grace: 0s")
+        try:
+            writer = threading.Thread(target=write_files, args=(tree, files))
+            writer.start()
+            time.sleep(0.2)
+            daemon.process.send_signal(signal.SIGHUP)
+            writer.join()
+            deadline = time.monotonic() + 30
+            while daemon.counters()["matched"] < files and time.monotonic() < deadline:
+                time.sleep(0.1)
+            matched = daemon.counters()["matched"]
+            reloaded = [line for line in daemon.log.read_text().splitlines()
+                        if " reloaded " in line]
+            duration = float(reloaded[-1].split("duration_ms=")[1].split()[0]) if reloaded else -1
+        finally:
+            daemon.stop()
+    label = f"reload, {directories:,} watches"
+    report.add(Row(label, f"SIGHUP, rules unchanged, {files:,} files", "ms", [duration]))
+    report.add(Row(label, "files whose events were missed", "files", [files - matched], None,
+                   "0", files == matched))
+
+
+# -- 7. idle -----------------------------------------------------------------------------
+
+RAW_IDLE = textwrap.dedent("""\
+    import sys, warnings
+    warnings.simplefilter("ignore")
+    import pyinotify
+    manager = pyinotify.WatchManager()
+    manager.add_watch(sys.argv[1], pyinotify.ALL_EVENTS, rec=True, auto_add=True)
+    notifier = pyinotify.ThreadedNotifier(manager, pyinotify.ProcessEvent())
+    notifier.start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    notifier.stop()
+""")
+
+
+def bench_idle(report: Report, directories: int, seconds: float) -> None:
+    with workspace() as work:
+        tree = work / "tree"
+        make_tree(tree, directories)
+        raw = subprocess.Popen([sys.executable, "-c", RAW_IDLE, str(tree)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+        assert raw.stdout is not None
+        raw.stdout.readline()
+        daemon = Daemon(work, f"rules:\n  - name: tree\n    paths: [{tree}]\n    recursive: true\n"
+                        "    actions: [{command: [/bin/true]}]\n")
+        time.sleep(1.0)  # let both settle after their first walk
+        before = {"raw": cpu_and_switches(raw.pid), "watchd": cpu_and_switches(daemon.process.pid)}
+        time.sleep(seconds)  # the idle period itself is what is measured
+        after = {"raw": cpu_and_switches(raw.pid), "watchd": cpu_and_switches(daemon.process.pid)}
+        daemon.stop()
+        raw.kill()
+        raw.wait()
+    label = f"idle {seconds:g} s, {directories:,} dirs"
+    for name in ("raw", "watchd"):
+        cpu = after[name][0] - before[name][0]
+        switches = after[name][1] - before[name][1]
+        subject = "raw pyinotify" if name == "raw" else "watchd (no watchdog)"
+        report.add(Row(label, f"{subject}: CPU", "s", [cpu]))
+        report.add(Row(label, f"{subject}: context switches", "", [switches], None,
+                       "~0" if name == "watchd" else "", switches <= 2 if name == "watchd"
+                       else None))
+
+
+# -- the run -----------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller and fewer, for development")
+    parser.add_argument("--no-write", action="store_true", help="do not touch docs/performance.md")
+    args = parser.parse_args()
+    quick = args.quick
+    runs = 1 if quick else 3
+    report = Report()
+    started = time.monotonic()
+    print(HEADER)
+    bench_intake(report, [20_000] if quick else [20_000, 100_000], runs)
+    bench_many_rules(report, 5_000 if quick else 20_000, runs)
+    bench_actions(report, 200 if quick else 1_000, runs)
+    bench_latency(report, 200 if quick else 2_000)
+    bench_setup(report, [10_000] if quick else [10_000, 100_000], runs)
+    bench_reload(report, 10_000 if quick else 50_000, 5_000 if quick else 20_000)
+    bench_idle(report, 10_000, 5.0 if quick else 60.0)
+    elapsed = time.monotonic() - started
+    print(f"({elapsed:.0f} s)")
+    if not args.no_write:
+        write_performance(report, quick, elapsed)
+
+
+def write_performance(report: Report, quick: bool, elapsed: float) -> None:
+    command = "make bench" + (" QUICK=1" if quick else "")
+    machine = (f"{os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}, "
+               f"Python {platform.python_version()}, trees on "
+               f"{'tmpfs' if FAST_BASE else 'the temporary directory'}")
+    table = "\n".join([HEADER, *map(format_row, report.rows)])
+    section = (f"{BEGIN}\nMeasured {time.strftime('%Y-%m-%d')} by `{command}` "
+               f"(`bench/suite.py`, {elapsed:.0f} s) on: {machine}.\n\n```\n{table}\n```\n{END}")
+    text = PERFORMANCE.read_text()
+    if BEGIN in text:
+        text = text.split(BEGIN)[0] + section + text.split(END, 1)[1]
+    else:
+        text += "\n" + section + "\n"
+    PERFORMANCE.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
