@@ -129,6 +129,9 @@ class Daemon:
         while b"READY=1" not in self.notify.recv(4096):
             pass
         self.ready_after = time.perf_counter() - self.started
+        # Nobody reads further notifications: unbind, so that the daemon's are refused at once.
+        self.notify.close()
+        notify_path.unlink()
 
     def counters(self) -> dict[str, int]:
         """SIGUSR1's counters line, parsed (it is logged at info: asked for at warning too)."""
@@ -145,7 +148,6 @@ class Daemon:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(60)
-        self.notify.close()
 
 
 def rss_kib(pid: int) -> int:

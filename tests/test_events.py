@@ -140,3 +140,40 @@ def test_a_file_root_sees_its_file_replaced(tmp_path, write_rules, daemon):
     wait_for(lambda: len(fired(out)) >= 2)
     assert sorted((event, path) for _, event, path, _ in fired(out)) == [
         ("close_write", os.fsencode(watched)), ("moved_to", os.fsencode(watched))]
+
+
+def test_the_suffix_index_fires_exactly_the_rules_a_scan_would(tmp_path):
+    """Many rules on one root are looked up by name suffix; the result is the scan's."""
+    import dataclasses
+
+    from watchd.config import load
+    from watchd.events import FileEvent, event_mask
+    from watchd.rules import compile_rules, match
+
+    patterns = ["*.csv", "*.gz", "*.tar.gz", "*.bashrc", "*.CSV", "data/*.csv", "*.c*",
+                "*.txt", "!*.txt", "*.json", "*.x1", "*.x2", "*.x3", "*.x4", "*.x5", "*.x6",
+                "*.x7", "*.x8", "*.d"]
+    config = tmp_path / "rules.yaml"
+    config.write_text("rules:\n" + "".join(
+        f"  - name: r{i}\n    paths: [{tmp_path}]\n    recursive: true\n    events: [create]\n"
+        f"    include: ['{pattern}']\n    actions: [{{command: [/bin/true]}}]\n"
+        for i, pattern in enumerate(patterns)) + f"""\
+  - name: all
+    paths: [{tmp_path}]
+    recursive: true
+    events: [create]
+    actions: [{{command: [/bin/true]}}]
+""")
+    ruleset = compile_rules(load(config))
+    root = ruleset.roots[0]
+    assert root.index is not None
+    scanning = dataclasses.replace(root, index=None)
+    names = [b"a.csv", b"A.CSV", b"x.tar.gz", b"y.gz", b".bashrc", b"data/b.csv", b"c.cpp",
+             b"notes.txt", b"d.json", b"plain", b"x.csv/inner.txt", b"deep/er/z.x3",
+             b"dir.d/f", b"\xff.gz", b"a.b.c.x8", b"..", b"trailing."]
+    for name in names:
+        for is_dir in (False, True):
+            event = FileEvent(root.prefix + name, "create", event_mask("create"), is_dir)
+            fast = [rule.name for rule, _ in match(ruleset.scope((root,)), event)]
+            slow = [rule.name for rule, _ in match(ruleset.scope((scanning,)), event)]
+            assert fast == slow, (name, is_dir)

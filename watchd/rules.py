@@ -115,6 +115,7 @@ class Rule:
     max_parallel: int | None = None
     on_busy: str = "queue"
     ignore_own_writes: bool = False
+    include_patterns: tuple[str, ...] | None = None
 
     @classmethod
     def compile(cls, sourced: SourcedRule) -> Rule:
@@ -137,6 +138,7 @@ class Rule:
             max_parallel=model.max_parallel,
             on_busy=model.on_busy,
             ignore_own_writes=model.ignore_own_writes,
+            include_patterns=tuple(model.include) if model.include else None,
         )
 
     def refusal(self, bit: int, is_dir: bool, relative: bytes) -> str | None:
@@ -168,6 +170,13 @@ class Root:
     rules: tuple[Rule, ...]
     recursive: bool
     mask: int
+    index: SuffixIndex | None = None
+
+    def candidates(self, relative: bytes) -> tuple[Rule, ...] | list[Rule]:
+        """The rules that may fire for ``relative``: all of them, or what the index allows."""
+        if self.index is None or not relative:
+            return self.rules
+        return self.index.candidates(relative)
 
     def relative(self, path: bytes) -> bytes | None:
         """``path`` relative to this root: ``b""`` for the root itself, None if outside it."""
@@ -245,7 +254,58 @@ def _root(path: bytes, rules: tuple[Rule, ...]) -> Root:
         rules=rules,
         recursive=any(rule.recursive for rule in rules),
         mask=mask,
+        index=SuffixIndex.of(rules) if len(rules) >= INDEX_FROM else None,
     )
+
+
+INDEX_FROM = 16  # rules on one root; below it, trying each is as fast as looking up
+_GLOB = frozenset(b"*?[]\\!/")
+
+
+def _suffixes(include: tuple[str, ...] | None) -> tuple[bytes, ...] | None:
+    """``(b"csv", …)`` if every include pattern is ``*.csv``-like, else None."""
+    if not include:
+        return None
+    found = []
+    for pattern in include:
+        if not pattern.startswith("*.") or any(c in _GLOB for c in pattern[2:].encode()):
+            return None
+        found.append(pattern[2:].encode())
+    return tuple(found)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SuffixIndex:
+    """A root's rules by the name suffixes their include patterns need (``*.csv`` → csv), so
+    that an event is tried only against rules whose patterns could match it, plus the rest.
+
+    ``*.csv`` matches a name ending in ``.csv`` at any depth, and everything below a
+    directory so named: every suffix of every component of the path is looked up.
+    """
+
+    always: tuple[tuple[int, Rule], ...]
+    by_suffix: dict[bytes, tuple[tuple[int, Rule], ...]]
+
+    @classmethod
+    def of(cls, rules: tuple[Rule, ...]) -> SuffixIndex:
+        always: list[tuple[int, Rule]] = []
+        by_suffix: dict[bytes, list[tuple[int, Rule]]] = {}
+        for position, rule in enumerate(rules):
+            suffixes = _suffixes(rule.include_patterns)
+            if suffixes is None:
+                always.append((position, rule))
+            for suffix in dict.fromkeys(suffixes or ()):
+                by_suffix.setdefault(suffix, []).append((position, rule))
+        return cls(tuple(always), {k: tuple(v) for k, v in by_suffix.items()})
+
+    def candidates(self, relative: bytes) -> list[Rule]:
+        found = dict(self.always)
+        for component in relative.split(b"/"):
+            dot = component.find(b".")
+            while dot >= 0:
+                found.update(self.by_suffix.get(component[dot + 1 :], ()))
+                dot = component.find(b".", dot + 1)
+        return [found[position] for position in sorted(found)]
 
 
 def match(scope: Scope, event: FileEvent) -> Iterator[tuple[Rule, Root]]:
@@ -260,7 +320,7 @@ def match(scope: Scope, event: FileEvent) -> Iterator[tuple[Rule, Root]]:
         relative = root.relative(event.path)
         if relative is None:
             continue
-        for rule in root.rules:
+        for rule in root.candidates(relative):
             if rule.refusal(event.bit, event.is_dir, relative) is not None:
                 continue
             if fired is not None:

@@ -32,6 +32,7 @@ class ServiceManager:
         self.watchdog_interval = _watchdog_interval()
         self._next_watchdog = 0.0
         self._notify_failed = False
+        self._status = ""
 
     def notify(self, *assignments: str) -> None:
         socket_path = os.environ.get("NOTIFY_SOCKET")
@@ -59,7 +60,11 @@ class ServiceManager:
                     "STATUS=stopping")
 
     def status(self, status: str) -> None:
-        self.notify(f"STATUS={_one_line(status)}")
+        """Send STATUS= when it says something new: the main loop calls this on every turn."""
+        line = _one_line(status)
+        if line != self._status:
+            self._status = line
+            self.notify(f"STATUS={line}")
 
     def watchdog_timeout(self, now: float) -> float | None:
         """Seconds until the next watchdog ping is due; None without a watchdog."""

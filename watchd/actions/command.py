@@ -8,6 +8,7 @@ an action never outlives its log line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import selectors
 import signal
@@ -43,9 +44,21 @@ class CommandResult:
         return self.status == 0 and not self.timed_out
 
 
-def environment(job: Job, command: Command, user: RunAs | None, values: Mapping[str, bytes],
-                base: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
-    env = {k: v for k, v in base.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
+@functools.cache
+def _inherited() -> dict[bytes, bytes]:
+    """The daemon's environment less what belongs to its supervisor (it does not change)."""
+    return {k: v for k, v in os.environb.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
+
+
+@functools.cache
+def _devnull() -> int:
+    # One descriptor for every command's stdin, rather than an open and close per spawn.
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def environment(job: Job, command: Command, user: RunAs | None,
+                values: Mapping[str, bytes]) -> dict[bytes, bytes]:
+    env = dict(_inherited())
     for name in PLACEHOLDERS:
         env[b"WATCHD_" + name.upper().encode()] = values[name]
     env[b"WATCHD_IS_DIR"] = b"1" if job.event.is_dir else b"0"
@@ -73,9 +86,9 @@ class RunningCommand:
         try:
             self.process = subprocess.Popen(
                 argv,
-                env=environment(self.job, self.command, user, values, os.environb),
+                env=environment(self.job, self.command, user, values),
                 cwd=self.command.cwd,
-                stdin=subprocess.DEVNULL,
+                stdin=_devnull(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
