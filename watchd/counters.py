@@ -22,6 +22,7 @@ class Counters:
     webhooks_dropped: int = 0
     own_writes_ignored: int = 0
     actions_skipped: int = 0
+    found_by_scan: int = 0  # events reported from a directory's listing, not the kernel's queue
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, amount: int = 1) -> None:

@@ -269,6 +269,8 @@ class Notifier(pyinotify.ThreadedNotifier):
                     self.table.unwatch_tree(move.path)
 
     def _emit(self, entry: WatchedDir, event: FileEvent) -> None:
+        if event.synthetic:
+            self.counters.found_by_scan += 1
         self.dispatcher.submit(event, entry.scope)
 
     # -- recovering from an overflow ----------------------------------------------------------
