@@ -42,4 +42,3 @@ clean:
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/suite.py $(if $(QUICK),--quick)
-	$(VENV)/bin/python bench/webhooks.py $(if $(QUICK),--quick)

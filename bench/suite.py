@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import intake
+import webhooks
 from intake import RawPyinotify, Result, burst, burst_inotifywait, wait_count, write_files
 
 from watchd._pyinotify import pyinotify
@@ -546,6 +547,16 @@ def bench_idle(report: Report, directories: int, seconds: float) -> None:
                        else None))
 
 
+# -- 8. webhooks -------------------------------------------------------------------------
+
+def bench_webhooks(report: Report, count: int, runs: int) -> None:
+    bare, sent = webhooks.measure(count, runs)
+    label = f"webhooks, {count:,} deliveries"
+    report.add(Row(label, "bare urllib3 loop, one connection", "/s", bare, 1.0))
+    report.add(Row(label, "watchd: match, sign, spool, send", "/s", sent,
+                   statistics.median(sent) / statistics.median(bare)))
+
+
 # -- the run -----------------------------------------------------------------------------
 
 def main() -> None:
@@ -565,6 +576,7 @@ def main() -> None:
     bench_setup(report, [10_000] if quick else [10_000, 100_000], runs)
     bench_reload(report, 10_000 if quick else 50_000, 5_000 if quick else 20_000)
     bench_idle(report, 10_000, 5.0 if quick else 60.0)
+    bench_webhooks(report, 300 if quick else 2_000, 2 if quick else 5)
     elapsed = time.monotonic() - started
     print(f"({elapsed:.0f} s)")
     if not args.no_write:

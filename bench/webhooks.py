@@ -109,17 +109,25 @@ rules:
         ready.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer deliveries and runs")
-    args = parser.parse_args()
-    count, runs = (300, 2) if args.quick else (2000, 5)
+def measure(count: int, runs: int) -> tuple[list[float], list[float]]:
+    """Deliveries/s of the bare loop and of watchd, ``runs`` times each, alternating."""
     sink = Sink()
     bare, sent = [], []
     for _ in range(runs):
         bare.append(bare_loop(sink, count))
         with tempfile.TemporaryDirectory(prefix="watchd-bench-") as work:
             sent.append(watchd(sink, count, Path(work)))
+    sink.server.shutdown()
+    sink.server.server_close()
+    return bare, sent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer deliveries and runs")
+    args = parser.parse_args()
+    count, runs = (300, 2) if args.quick else (2000, 5)
+    bare, sent = measure(count, runs)
     print(f"webhooks, {runs} runs of {count} deliveries to 127.0.0.1")
     print(f"{'sender':<34}{'median /s':>10}{'min':>9}{'max':>9}")
     for name, rates in (("bare urllib3 loop, one connection", bare),

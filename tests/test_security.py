@@ -176,7 +176,9 @@ def test_an_alias_is_refused(tmp_path):
 
 def test_deep_nesting_is_refused(tmp_path):
     message = refused_quickly(tmp_path, "rules: " + "[" * 200_000)
-    assert "nested deeper than 32 levels" in message
+    # watchd's own limit, or libyaml's where its scanner, reading ahead, meets its own first.
+    assert "nested deeper than 32 levels" in message or "maximum nesting depth" in message
+    assert "rules.yaml:1:" in message
 
 
 def test_a_file_over_one_mebibyte_is_refused_unread(tmp_path):
