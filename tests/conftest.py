@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -159,6 +160,18 @@ def zombie_children(pid: int) -> list[int]:
             if fields[0] == "Z" and int(fields[1]) == pid:
                 zombies.append(int(entry))
     return zombies
+
+
+@contextlib.contextmanager
+def inotify_limit(name: str, value: int) -> Iterator[None]:
+    """Lower (or raise) one of /proc/sys/fs/inotify's limits for the block; restored after."""
+    limit = Path(f"/proc/sys/fs/inotify/{name}")
+    saved = limit.read_text()
+    limit.write_text(f"{value}\n")
+    try:
+        yield
+    finally:
+        limit.write_text(saved)
 
 
 def kernel_watches(pid: int, only_fd: int | None = None) -> dict[int, int]:

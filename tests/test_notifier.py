@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import kernel_watches, wait_for
+from conftest import inotify_limit, kernel_watches, wait_for
 
 from watchd.config import load
 from watchd.counters import Counters
@@ -199,7 +198,7 @@ def test_a_directory_moved_in_is_watched_and_its_files_reported(tmp_path, watch)
 def test_an_overflow_is_counted_and_new_directories_are_watched_again(tmp_path, watch):
     root = tmp_path / "root"
     root.mkdir()
-    with short_kernel_queue(16):
+    with inotify_limit("max_queued_events", 16):
         harness = watch(tree_rule(root, events="[close_write]"))
     with harness.table.lock:  # hold the reader back so that the kernel queue overflows
         for index in range(50):
@@ -211,18 +210,6 @@ def test_an_overflow_is_counted_and_new_directories_are_watched_again(tmp_path, 
     wait_for(lambda: os.fsencode(root / "d49" / "after") in harness.paths())
 
 
-@contextlib.contextmanager
-def short_kernel_queue(events: int):
-    """Notifiers made inside get an inotify queue of ``events`` (the limit is read at init)."""
-    limit = Path("/proc/sys/fs/inotify/max_queued_events")
-    saved = limit.read_text()
-    limit.write_text(f"{events}\n")
-    try:
-        yield
-    finally:
-        limit.write_text(saved)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="lowering max_queued_events needs root")
 def test_after_an_overflow_the_rescan_reports_what_changed_exactly_once(tmp_path, watch):
     root = tmp_path / "root"
@@ -230,7 +217,7 @@ def test_after_an_overflow_the_rescan_reports_what_changed_exactly_once(tmp_path
     (root / "gone-dir").mkdir()
     for name in ("changed", "deleted"):
         (root / name).write_bytes(b"before")
-    with short_kernel_queue(16):
+    with inotify_limit("max_queued_events", 16):
         harness = watch(tree_rule(root, events="[create, close_write, delete]"))
     (root / "seen").write_bytes(b"its close_write is read: the snapshot knows its state")
     wait_for(lambda: os.fsencode(root / "seen") in harness.paths(event="close_write"))

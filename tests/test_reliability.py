@@ -12,9 +12,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import kernel_watches, recorder, records, wait_for
+from conftest import inotify_limit, kernel_watches, recorder, records, wait_for
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def tree_rule(tree: Path, out: Path) -> str:
+    return (f"rules: [{{name: tree, paths: [{tree}], recursive: true, "
+            f"actions: [{{command: {recorder(out)}}}]}}]\n")
 
 
 def counters(process) -> dict[str, int]:
@@ -114,30 +119,13 @@ def root_inotify_usage() -> tuple[int, int]:
     return instances, watches
 
 
-@contextlib.contextmanager
-def inotify_limit(name: str, value: int):
-    limit = Path(f"/proc/sys/fs/inotify/{name}")
-    saved = limit.read_text()
-    limit.write_text(f"{value}\n")
-    try:
-        yield
-    finally:
-        limit.write_text(saved)
-
-
 @ROOT_ONLY
 def test_the_watch_limit_is_reported_and_the_rest_is_served(tmp_path, write_rules, daemon,
                                                             notify_socket):
     tree, out = tmp_path / "tree", tmp_path / "out.jsonl"
     for index in range(30):
         (tree / f"d{index:02}").mkdir(parents=True)
-    config = write_rules(f"""\
-        rules:
-          - name: tree
-            paths: [{tree}]
-            recursive: true
-            actions: [{{command: {recorder(out)}}}]
-        """)
+    config = write_rules(tree_rule(tree, out))
     with inotify_limit("max_user_watches", root_inotify_usage()[1] + 11):
         process = daemon(config, env=notify_socket.env())
         process.wait_log("inotify watch limit reached")
@@ -175,13 +163,7 @@ def test_a_directory_that_cannot_be_read_is_reported_once_and_the_rest_watched(
     (tree / "closed" / "inner").mkdir(parents=True)
     shutil.chown(tree / "closed", "nobody")
     (tree / "closed").chmod(0o700)
-    config = write_rules(f"""\
-        rules:
-          - name: tree
-            paths: [{tree}]
-            recursive: true
-            actions: [{{command: {recorder(out)}}}]
-        """)
+    config = write_rules(tree_rule(tree, out))
     # Root without the capabilities that override file permissions: nobody's 0700 is closed.
     process = daemon(config, launcher=("setpriv",
                                        "--bounding-set=-dac_override,-dac_read_search"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 from conftest import env_of, recorder, records, wait_for
 
 
@@ -66,34 +67,22 @@ def test_max_parallel_bounds_a_rules_running_actions(tmp_path, write_rules, daem
     assert most == 2  # never more than two at once, and the limit was reached
 
 
-def test_on_busy_queue_runs_exactly_once_more(tmp_path, write_rules, daemon):
+@pytest.mark.parametrize(("on_busy", "runs", "skipped"), [("queue", 2, 0), ("skip", 1, 5)])
+def test_on_busy_queue_runs_once_more_and_skip_drops(tmp_path, write_rules, daemon, on_busy,
+                                                     runs, skipped):
     watched, out = tmp_path / "in", tmp_path / "out.jsonl"
     watched.mkdir()
-    daemon(write_rules(rule(watched, out, settings=", workers: 1", on_busy="queue",
-                            env='RECORD_SLEEP: "0.5"')))
+    process = daemon(write_rules(rule(watched, out, settings=", workers: 1", on_busy=on_busy,
+                                      env='RECORD_SLEEP: "0.5"')))
     (watched / "busy").write_bytes(b"1")
     wait_for(lambda: starts(out, "busy"))
     for index in range(5):  # all while the first run sleeps
         (watched / "busy").write_bytes(str(index).encode())
     (watched / "later").write_bytes(b"x")
     wait_for(lambda: starts(out, "later"))
-    assert len(starts(out, "busy")) == 2
-
-
-def test_on_busy_skip_drops_events_while_running(tmp_path, write_rules, daemon):
-    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
-    watched.mkdir()
-    process = daemon(write_rules(rule(watched, out, settings=", workers: 1", on_busy="skip",
-                                      env='RECORD_SLEEP: "0.5"')))
-    (watched / "busy").write_bytes(b"1")
-    wait_for(lambda: starts(out, "busy"))
-    for index in range(5):
-        (watched / "busy").write_bytes(str(index).encode())
-    (watched / "later").write_bytes(b"x")
-    wait_for(lambda: starts(out, "later"))
-    assert len(starts(out, "busy")) == 1
+    assert len(starts(out, "busy")) == runs  # queue: exactly one more, however many came
     process.signal(signal.SIGUSR1)
-    process.wait_log("skipped=5")
+    process.wait_log(f"skipped={skipped}")
 
 
 def test_on_busy_restart_stops_the_run_and_starts_again(tmp_path, write_rules, daemon):
