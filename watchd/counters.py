@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, fields
 
+DROP_REPORT_INTERVAL = 1.0  # seconds: dropped events or deliveries are logged at most this often
+
 
 @dataclass
 class Counters:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from watchd import __version__, logs
 from watchd.config import ConfigError, load
-from watchd.counters import Counters
+from watchd.counters import DROP_REPORT_INTERVAL, Counters
 from watchd.deliveries import Deliveries
 from watchd.dispatch import Dispatcher
 from watchd.jobs import JobQueue
@@ -36,7 +36,6 @@ EX_FATAL = 3
 EX_CONFIG = 78  # sysexits' EX_CONFIG: the unit's RestartPreventExitStatus
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 _DROPS = 0  # the byte the dispatcher writes to wake the loop: events were dropped
-DROP_REPORT_INTERVAL = 1.0
 # On stop, how long a webhook attempt under way may finish; an unfinished one is sent again.
 DELIVERY_STOP_WAIT = 2.0
 
@@ -189,9 +188,10 @@ class Daemon:
         parts = [f"{len(self.table.ruleset.rules)} rules", f"{len(self.table)} watches",
                  f"{counters.events} events", f"{counters.actions_ok} actions ok",
                  f"{counters.actions_failed} failed"]
-        if counters.webhooks_ok or counters.webhooks_failed or self.deliveries.waiting():
+        waiting = self.deliveries.waiting()
+        if counters.webhooks_ok or counters.webhooks_failed or waiting:
             parts.append(f"webhooks {counters.webhooks_ok} ok, {counters.webhooks_failed} failed, "
-                         f"{self.deliveries.waiting()} waiting")
+                         f"{waiting} waiting")
         if counters.dropped or counters.webhooks_dropped:
             parts.append(f"{counters.dropped + counters.webhooks_dropped} dropped")
         if counters.overflows:

@@ -19,14 +19,13 @@ from pathlib import Path
 import urllib3
 
 from watchd.actions.webhook import attempt, body, new_delivery_id, retry_delay
-from watchd.counters import Counters
+from watchd.counters import DROP_REPORT_INTERVAL, Counters
 from watchd.jobs import Job
 from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.rules import RuleSet, Webhook
 from watchd.spool import Delivery, Spool
 
-DROP_REPORT_INTERVAL = 1.0
 OutboxKey = tuple[str, int]  # a rule's name, and the action's place in it from 1
 
 
