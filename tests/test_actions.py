@@ -71,6 +71,22 @@ def test_a_failure_is_logged_with_status_and_stderr_and_stops_the_chain(
     assert len(records(out)) == 1
 
 
+def test_a_command_writing_megabytes_is_not_held_up_and_its_stderr_tail_is_kept(
+        tmp_path, write_rules, daemon):
+    # stdout goes to /dev/null and stderr is drained as it comes: a chatty command never
+    # blocks on a full pipe (that would look like a hang, then a timeout).
+    watched = tmp_path / "in"
+    watched.mkdir()
+    script = ("head -c 4000000 /dev/zero; head -c 4000000 /dev/zero | tr -c x x >&2; "
+              "echo last-words >&2; exit 4")
+    process = daemon(write_rules(one_rule(watched, ["/bin/sh", "-c", script], timeout="60s")))
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("action failed")
+    line = next(ln for ln in process.log().splitlines() if "action failed" in ln)
+    assert "exited with status" in line and "exit_status=4" in line
+    assert " stderr=xxxx" in line and line.endswith("x" * 400 + "last-words")
+
+
 def test_a_program_gone_since_the_rules_loaded_is_a_failure(tmp_path, write_rules, daemon):
     watched, program = tmp_path / "in", tmp_path / "program"
     watched.mkdir()

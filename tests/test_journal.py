@@ -10,9 +10,11 @@ import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from conftest import DEADLINE
 
 from watchd import logs
 from watchd.journal import MessageId, fields_of
@@ -114,3 +116,41 @@ def test_the_journal_is_chosen_when_stderr_is_the_journal_stream(tmp_path, monke
     finally:
         logs.shutdown()
         stream.close()
+
+
+def test_the_entry_names_the_code_that_logged(captured):
+    logs.log(logging.INFO, "x")
+    entry = entry_of(captured[0])
+    assert entry["CODE_FILE"] == __file__
+    assert entry["CODE_FUNC"] == "test_the_entry_names_the_code_that_logged"
+
+
+def test_records_the_log_cannot_take_are_counted_and_reported(monkeypatch):
+    # stderr is a pipe nobody reads at first: the writer blocks on it, records pile up past
+    # the limit and are dropped; once it drains, every record is either written or counted.
+    monkeypatch.setattr(logs, "RECORDS_WAITING", 20)
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.setup(target="stderr")
+    try:
+        for i in range(300):
+            logs.log(logging.INFO, "record", number=i, padding="p" * 4000)
+    finally:
+        output = bytearray()
+        reader = threading.Thread(target=lambda: output.extend(_read_all(read_end)))
+        reader.start()
+        logs.shutdown()
+        stream.close()
+        reader.join(DEADLINE)
+    lines = output.decode().splitlines()
+    written = sum(" INFO record number=" in line for line in lines)
+    reports = [line for line in lines if "log record(s) dropped" in line]
+    assert written < 300 and len(reports) == 1
+    dropped = int(reports[0].split(" WARNING ")[1].split()[0])
+    assert written + dropped == 300
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.read()

@@ -4,16 +4,18 @@ Every message goes through ``log(level, message, **fields)``. On stderr a line
 reads ``time LEVEL message key=value …``; in the journal, MESSAGE is
 ``message key=value …`` and each field is also a structured field of its own. Records pass through a
 bounded queue to a writer thread, so that no thread that logs (the notifier
-least of all) ever waits on a slow stderr.
+least of all) ever waits on a slow stderr or journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import logging.handlers
 import os
 import queue
 import sys
+import threading
+import time
 
 from watchd.journal import JournalHandler, MessageId
 
@@ -22,6 +24,9 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
           "error": logging.ERROR}
 
 # Control characters (C0, DEL, C1) would let a file name end a log line or drive a terminal.
+RECORDS_WAITING = 10000  # records queued for the writer; beyond it they are dropped and counted
+BATCH_WAIT = 0.01  # seconds the writer gathers records after the first, before writing
+
 _CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
 _CONTROL.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
 
@@ -70,46 +75,96 @@ class StderrFormatter(FieldsFormatter):
         return f"{self.formatTime(record)} {record.levelname} {super().format(record)}"
 
 
-class _NonBlockingHandler(logging.handlers.QueueHandler):
-    """Hands records to the writer thread; when its queue is full, drops and counts them."""
+class _NonBlockingHandler(logging.Handler):
+    """Hands records to the writer thread; beyond ``RECORDS_WAITING`` waiting, drops and
+    counts them (the writer reports the count)."""
 
-    dropped = 0
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None]) -> None:
+        super().__init__()
+        self.records = records
+        self.dropped = 0
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.records.qsize() >= RECORDS_WAITING:
             self.dropped += 1
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+            return
         record.msg = record.getMessage()
         record.args = None
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
-        return record
+        self.records.put(record)
 
 
-_listener: logging.handlers.QueueListener | None = None
+class _Writer(threading.Thread):
+    """Writes what ``_NonBlockingHandler`` queued, a batch per wake-up.
+
+    Waking for every record costs each busy worker a hand-over of the interpreter lock;
+    gathering for ``BATCH_WAIT`` first makes that one per batch. With nothing to write it
+    sleeps in ``get``: no periodic wake-ups.
+    """
+
+    def __init__(self, source: _NonBlockingHandler, sink: logging.Handler) -> None:
+        super().__init__(name="watchd-log", daemon=True)
+        self.source = source
+        self.sink = sink
+        self._dropped_reported = 0
+
+    def run(self) -> None:
+        records = self.source.records
+        while True:
+            batch = [records.get()]
+            time.sleep(BATCH_WAIT)
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < RECORDS_WAITING:
+                    batch.append(records.get_nowait())
+            stopping = False
+            for record in batch:
+                if record is None:
+                    stopping = True
+                    break
+                self.sink.handle(record)
+            self._report_dropped()
+            if stopping:
+                return
+
+    def _report_dropped(self) -> None:
+        dropped = self.source.dropped
+        if dropped > self._dropped_reported:
+            self.sink.handle(LOGGER.makeRecord(
+                LOGGER.name, logging.WARNING, __file__, 0,
+                f"{dropped - self._dropped_reported} log record(s) dropped: the log could "
+                "not keep up", None, None))
+            self._dropped_reported = dropped
+
+    def stop(self) -> None:
+        self.source.records.put(None)
+        self.join()
+
+
+_writer: _Writer | None = None
 
 
 def setup(level: str = "info", target: str = "auto") -> str:
     """Log to ``target`` (journal, stderr, or auto: the journal when stderr is connected to it)
     through the writer thread; returns the target chosen. Call ``shutdown`` before exit."""
-    global _listener
+    global _writer
     shutdown()
     if target == "auto":
         target = "journal" if stderr_is_journal() else "stderr"
-    writer: logging.Handler
+    sink: logging.Handler
     if target == "journal":
-        writer = JournalHandler(FieldsFormatter())
+        sink = JournalHandler(FieldsFormatter())
     else:
-        writer = logging.StreamHandler(sys.stderr)
-        writer.setFormatter(StderrFormatter())
-    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10000)
-    _listener = logging.handlers.QueueListener(records, writer)
-    _listener.start()
-    LOGGER.handlers[:] = [_NonBlockingHandler(records)]
+        sink = logging.StreamHandler(sys.stderr)
+        sink.setFormatter(StderrFormatter())
+    # No record needs the thread's or process's name: not looking them up saves a third of
+    # making one, for every action run.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    source = _NonBlockingHandler(queue.SimpleQueue())
+    _writer = _Writer(source, sink)
+    _writer.start()
+    LOGGER.handlers[:] = [source]
     LOGGER.propagate = False
     set_level(level)
     return target
@@ -126,10 +181,10 @@ def stderr_is_journal() -> bool:
 
 
 def shutdown() -> None:
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
 
 
 def set_level(level: str) -> None:
@@ -139,5 +194,6 @@ def set_level(level: str) -> None:
 def log(level: int, message: str, exc_info: bool = False, message_id: MessageId | None = None,
         **fields: object) -> None:
     if LOGGER.isEnabledFor(level):
-        LOGGER.log(level, message, exc_info=exc_info,
+        # stacklevel 2: the journal's CODE_FILE and CODE_LINE name the caller, not this line.
+        LOGGER.log(level, message, exc_info=exc_info, stacklevel=2,
                    extra={"fields": fields, "message_id": message_id})

@@ -2,7 +2,8 @@
 
 The process group is the unit: past the timeout it gets SIGTERM, then SIGKILL;
 when the command exits, whatever it left running in its group is killed too, so
-an action never outlives its log line.
+an action never outlives its log line. stdin and stdout are /dev/null; the tail of
+stderr is kept for the log of a failure.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import selectors
+import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from watchd.placeholders import PLACEHOLDERS, render
 from watchd.rules import Command, RunAs
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a command past its timeout
-OUTPUT_TAIL = 2048  # bytes of stdout and of stderr kept for the log
+STDERR_TAIL = 2048  # bytes of stderr kept for the log
 # Variables of the daemon's own supervisor that must not leak into commands.
 PRIVATE_ENV_PREFIXES = (b"NOTIFY_SOCKET", b"WATCHDOG_", b"LISTEN_", b"WATCHD_", b"INVOCATION_ID",
                         b"JOURNAL_STREAM")
@@ -35,7 +37,6 @@ class CommandResult:
     status: int | None
     duration: float
     timed_out: bool
-    stdout: bytes
     stderr: bytes
     error: str | None = None
 
@@ -52,8 +53,8 @@ def _inherited() -> dict[bytes, bytes]:
 
 @functools.cache
 def _devnull() -> int:
-    # One descriptor for every command's stdin, rather than an open and close per spawn.
-    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    # One descriptor for every command's stdin and stdout, rather than an open and close per spawn.
+    return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
 
 def environment(job: Job, command: Command, user: RunAs | None,
@@ -77,6 +78,9 @@ class RunningCommand:
         self.command = command
         self.user = user
         self.process: subprocess.Popen[bytes] | None = None
+        # Held while the group is signalled and while the leader is reaped, so that a
+        # kill from another thread never reaches a group id the kernel has given away.
+        self._lock = threading.Lock()
 
     def run(self) -> CommandResult:
         values = self.job.values()
@@ -84,81 +88,87 @@ class RunningCommand:
         user = self.user
         started = time.monotonic()
         try:
-            self.process = subprocess.Popen(
-                argv,
-                env=environment(self.job, self.command, user, values),
-                cwd=self.command.cwd,
-                stdin=_devnull(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                user=user.uid if user else None,
-                group=user.gid if user else None,
-                extra_groups=list(user.groups) if user else None,
-            )
+            with self._lock:
+                self.process = subprocess.Popen(
+                    argv,
+                    env=environment(self.job, self.command, user, values),
+                    cwd=self.command.cwd,
+                    stdin=_devnull(),
+                    stdout=_devnull(),
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    user=user.uid if user else None,
+                    group=user.gid if user else None,
+                    extra_groups=list(user.groups) if user else None,
+                )
         except (OSError, subprocess.SubprocessError) as error:
             reason = getattr(error, "strerror", None) or str(error)
             if getattr(error, "filename", None):
                 reason += f": {error.filename!r}"  # type: ignore[attr-defined]
-            return CommandResult(None, time.monotonic() - started, False, b"", b"",
+            return CommandResult(None, time.monotonic() - started, False, b"",
                                  f"cannot start: {reason}")
-        stdout, stderr, timed_out = self._collect(started + self.command.timeout)
-        # The exited leader still holds the group id, so this cannot hit a recycled group.
-        self.kill()
-        status = self.process.wait()
-        return CommandResult(status, time.monotonic() - started, timed_out, stdout, stderr)
+        stderr, timed_out = self._collect(started + self.command.timeout)
+        with self._lock:
+            # The exited leader still holds the group id, so this cannot hit a recycled group.
+            self._signal_group(signal.SIGKILL)
+            status = self.process.wait()
+        return CommandResult(status, time.monotonic() - started, timed_out, stderr)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (the command and anything it started)."""
+        with self._lock:
+            self._signal_group(sig)
+
+    def _signal_group(self, sig: int) -> None:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, sig)
 
-    def _collect(self, deadline: float) -> tuple[bytes, bytes, bool]:
-        """Keep the pipes' tails until the command exits; past the deadline TERM, then KILL.
+    def _collect(self, deadline: float) -> tuple[bytes, bool]:
+        """Keep stderr's tail until the command exits; past the deadline TERM, then KILL.
 
         The exit is seen through a pidfd, which does not reap: the leader stays a
         zombie, holding its process group id, until ``run`` has killed the group.
         """
         process = self.process
-        assert process is not None and process.stdout and process.stderr
-        out, err = process.stdout.fileno(), process.stderr.fileno()
-        tails = {out: b"", err: b""}
+        assert process is not None and process.stderr is not None
+        stderr = process.stderr.fileno()
+        os.set_blocking(stderr, False)
+        tail = b""
         timed_out = False
-        exited = False
         pidfd = os.pidfd_open(process.pid)
         try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(pidfd, selectors.EVENT_READ)
-                for fd in tails:
-                    os.set_blocking(fd, False)
-                    selector.register(fd, selectors.EVENT_READ)
-                while not exited:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self.kill(signal.SIGKILL if timed_out else signal.SIGTERM)
-                        timed_out, deadline = True, time.monotonic() + KILL_GRACE
-                        continue
-                    for key, _ in selector.select(remaining):
-                        if key.fd == pidfd:
-                            exited = True
-                        else:
-                            _read_tail(key.fd, tails, selector)
-                for fd in set(selector.get_map()) - {pidfd}:
-                    _read_tail(fd, tails, selector)
+            # poll, not a selector: no epoll descriptor to make and close for every command.
+            waiting = select.poll()
+            waiting.register(pidfd, select.POLLIN)
+            waiting.register(stderr, select.POLLIN)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.kill(signal.SIGKILL if timed_out else signal.SIGTERM)
+                    timed_out, deadline = True, time.monotonic() + KILL_GRACE
+                    continue
+                ready = dict(waiting.poll(remaining * 1000))
+                if stderr in ready:
+                    tail = _read_tail(stderr, tail, waiting)
+                if pidfd in ready:
+                    break
+            # What it wrote just before it exited (a descendant may still hold the pipe open).
+            tail = _read_tail(stderr, tail, waiting)
         finally:
             os.close(pidfd)
-            process.stdout.close()
             process.stderr.close()
-        return tails[out], tails[err], timed_out
+        return tail, timed_out
 
 
-def _read_tail(fd: int, tails: dict[int, bytes], selector: selectors.BaseSelector) -> None:
+def _read_tail(fd: int, tail: bytes, waiting: select.poll) -> bytes:
+    """``tail`` and what ``fd`` has now, cut to its last bytes; at its end, ``fd`` leaves
+    ``waiting``."""
     try:
-        chunk = os.read(fd, 65536)
+        while chunk := os.read(fd, 65536):
+            tail = (tail + chunk)[-STDERR_TAIL:]
     except BlockingIOError:
-        return
-    if chunk:
-        tails[fd] = (tails[fd] + chunk)[-OUTPUT_TAIL:]
-    else:
-        selector.unregister(fd)
+        return tail
+    with contextlib.suppress(KeyError):
+        waiting.unregister(fd)
+    return tail
