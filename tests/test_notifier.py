@@ -249,6 +249,28 @@ def test_after_an_overflow_the_rescan_reports_what_changed_exactly_once(tmp_path
     wait_for(lambda: os.fsencode(root / "new-dir" / "deep" / "after") in harness.paths())
 
 
+def test_a_file_seen_in_a_directory_empty_at_start_is_missed_by_the_rescan_once_gone(
+        tmp_path, watch):
+    # An empty directory starts with the shared empty snapshot; its first file must still be
+    # remembered, so that the rescan after an overflow knows the file and reports it deleted.
+    root = tmp_path / "root"
+    (root / "empty").mkdir(parents=True)
+    first = root / "empty" / "first"
+    with inotify_limit("max_queued_events", 16):
+        harness = watch(tree_rule(root, events="[create, close_write, delete]"))
+    first.write_bytes(b"x")
+    wait_for(lambda: os.fsencode(first) in harness.paths(event="close_write"))
+    with harness.table.lock:  # the queue fills first; the deletion's own event is lost
+        for index in range(40):
+            (root / f"filler{index}").write_bytes(b"x")
+        first.unlink()
+    wait_for(lambda: os.fsencode(first) in harness.paths(event="delete"))
+    assert harness.counters.overflows >= 1
+    assert (harness.table.by_path[os.fsencode(root / "empty")].files or {}) == {}
+    assert [synthetic for _, kind, path, synthetic in harness.events()
+            if kind == "delete" and path == os.fsencode(first)] == [True]
+
+
 def test_a_directory_made_again_before_its_events_are_read_is_watched_again(tmp_path, watch):
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)

@@ -17,8 +17,10 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import cast
 
 from watchd._pyinotify import pyinotify
 from watchd.events import (
@@ -83,6 +85,11 @@ DIRECTORY: FileState = (0, -2, 0)
 OTHER: FileState = (0, -3, 0)
 
 
+# The snapshot of an empty directory, shared until a name is noted in it: most directories
+# of a deep tree are leaves, and an empty dict of each one's own would cost 64 bytes a watch.
+NO_FILES: Mapping[bytes, FileState] = MappingProxyType({})
+
+
 def state_of(entry: os.DirEntry[bytes]) -> FileState:
     if entry.is_dir(follow_symlinks=False):
         return DIRECTORY
@@ -98,7 +105,7 @@ class WatchedDir:
     scope: Scope
     waiting: tuple[Root, ...] = ()
     # The snapshot: every name in the directory and what is known of it; None past the limit.
-    files: dict[bytes, FileState] | None = None
+    files: Mapping[bytes, FileState] | None = None
 
 
 class WatchTable:
@@ -381,14 +388,18 @@ class WatchTable:
         if self.snapshot_size + len(listing) > self.ruleset.settings.snapshot_limit:
             self._snapshot_full(entry.path)
             return
-        entry.files = {found.name: state_of(found) for found in listing}
+        entry.files = {found.name: state_of(found) for found in listing} if listing else NO_FILES
         self.snapshot_size += len(listing)
 
     def remember(self, entry: WatchedDir, name: bytes, state: FileState | None) -> None:
         """Note a name's state in its directory's snapshot (None: the name is gone)."""
-        files = entry.files
-        if files is None:
+        if entry.files is None:
             return
+        if entry.files is NO_FILES:
+            if state is None:
+                return
+            entry.files = {}
+        files = cast(dict[bytes, FileState], entry.files)
         if state is None:
             self.snapshot_size -= files.pop(name, None) is not None
             return
