@@ -136,3 +136,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(partial, path)
+    # The rename is durable only once its directory is: without this, a power cut in the next
+    # seconds could take a delivery the worker has already moved on from.
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
