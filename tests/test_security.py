@@ -125,6 +125,29 @@ def test_a_program_reached_through_trusted_symlinks_is_accepted(tmp_path):
 
 
 @ROOT_ONLY
+def test_each_action_naming_an_untrusted_program_gets_its_error_in_the_rules_and_drop_ins(
+        tmp_path, capsys):
+    # Programs are checked once per load; one found untrusted is not taken as checked.
+    program = tmp_path / "bin" / "program"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o775)
+    config = tmp_path / "rules.yaml"
+    config.write_text("rules:\n  - name: r\n    paths: [/tmp]\n    actions:\n"
+                      f"      - command: [/bin/true]\n      - command: [{program}]\n"
+                      f"      - command: [{program}, again]\n")
+    (tmp_path / "rules.d").mkdir()
+    drop_in = tmp_path / "rules.d" / "10-x.yaml"
+    drop_in.write_text(f"rules:\n  - name: d\n    paths: [/tmp]\n    actions:\n"
+                       f"      - command: [/bin/true]\n      - command: [{program}]\n")
+    errors = check(config, capsys)
+    assert f"{config}:6:18: rules[0].actions[1].command: " in errors
+    assert f"{config}:7:18: rules[0].actions[2].command: " in errors
+    assert f"{drop_in}:6:18: rules[0].actions[1].command: " in errors
+    assert errors.count(f"program {program} is writable by group") == 3
+
+
+@ROOT_ONLY
 def test_a_secret_file_not_owned_by_root_is_refused(tmp_path, capsys):
     secret = tmp_path / "hook.secret"
     secret.write_text("whsec_" + "A" * 44 + "\n")

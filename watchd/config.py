@@ -13,7 +13,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from watchd.models import DropIn, RulesFile, Settings
+from watchd.models import TRUSTED_PROGRAMS, DropIn, RulesFile, Settings
 from watchd.models import Rule as RuleModel
 from watchd.trust import Untrusted, read_trusted
 
@@ -88,10 +88,12 @@ def load(path: Path | str = DEFAULT_CONFIG) -> Config:
         drop_ins = []
         problems.append(Problem(str(main.parent / "rules.d"), 1, 1,
                                 f"cannot list: {error.strerror}"))
-    main_file = _validated(main, RulesFile, problems)
+    # One look per program for the whole load, however many actions name it.
+    context = {TRUSTED_PROGRAMS: set()}
+    main_file = _validated(main, RulesFile, problems, context)
     rules = list(main_file.rules) if main_file else []
     for drop_in in drop_ins:
-        validated = _validated(drop_in, DropIn, problems)
+        validated = _validated(drop_in, DropIn, problems, context)
         rules.extend(validated.rules if validated else ())
     problems.extend(_duplicate_names(rules))
     if problems or main_file is None:
@@ -219,7 +221,8 @@ def _reject_duplicate_keys(file: str, node: yaml.Node) -> None:
 
 
 def _validated(
-    path: Path, model: type[RulesFile] | type[DropIn], problems: list[Problem]
+    path: Path, model: type[RulesFile] | type[DropIn], problems: list[Problem],
+    context: dict[str, Any],
 ) -> _ValidatedFile | None:
     """The file, validated, its rules located; None (``problems`` extended) if it is invalid."""
     try:
@@ -232,7 +235,7 @@ def _validated(
         problems.append(Problem(document.file, *document.locate(()), "the file must be a mapping"))
         return None
     try:
-        validated = model.model_validate(data)
+        validated = model.model_validate(data, context=context)
     except pydantic.ValidationError as error:
         problems.extend(_problem(document, detail, model) for detail in error.errors())
         return None

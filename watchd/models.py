@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     Tag,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -31,6 +32,8 @@ from watchd.events import EVENT_NAMES, event_mask
 from watchd.placeholders import parse_template
 from watchd.secrets import SigningKey, read_signing_key
 from watchd.trust import check_program
+
+TRUSTED_PROGRAMS = "trusted_programs"  # validation context: programs checked in this load
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -181,11 +184,15 @@ class CommandAction(_Strict):
 
     @field_validator("command")
     @classmethod
-    def _trusted_program(cls, command: list[str]) -> list[str]:
+    def _trusted_program(cls, command: list[str], info: ValidationInfo) -> list[str]:
         if not command[0].startswith("/") or "{" in command[0]:
             raise ValueError(f"command[0] must be an absolute path to a program, not "
                              f"{command[0]!r}")
-        check_program(command[0])
+        # A program found untrusted is not remembered: every action naming it gets its error.
+        trusted: set[str] = (info.context or {}).get(TRUSTED_PROGRAMS, set())
+        if command[0] not in trusted:
+            check_program(command[0])
+            trusted.add(command[0])
         return command
 
     @model_validator(mode="after")
