@@ -87,27 +87,34 @@ class RunningCommand:
         argv = [render(template, values) for template in self.command.argv]
         user = self.user
         started = time.monotonic()
+        # The daemon keeps the write end too, until the command has exited: the pipe then
+        # never reports its end, and the exit is the one wake-up of a quiet command.
+        stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
         try:
-            with self._lock:
-                self.process = subprocess.Popen(
-                    argv,
-                    env=environment(self.job, self.command, user, values),
-                    cwd=self.command.cwd,
-                    stdin=_devnull(),
-                    stdout=_devnull(),
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,
-                    user=user.uid if user else None,
-                    group=user.gid if user else None,
-                    extra_groups=list(user.groups) if user else None,
-                )
-        except (OSError, subprocess.SubprocessError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            if getattr(error, "filename", None):
-                reason += f": {error.filename!r}"  # type: ignore[attr-defined]
-            return CommandResult(None, time.monotonic() - started, False, b"",
-                                 f"cannot start: {reason}")
-        stderr, timed_out = self._collect(started + self.command.timeout)
+            try:
+                with self._lock:
+                    self.process = subprocess.Popen(
+                        argv,
+                        env=environment(self.job, self.command, user, values),
+                        cwd=self.command.cwd,
+                        stdin=_devnull(),
+                        stdout=_devnull(),
+                        stderr=stderr_write,
+                        start_new_session=True,
+                        user=user.uid if user else None,
+                        group=user.gid if user else None,
+                        extra_groups=list(user.groups) if user else None,
+                    )
+            except (OSError, subprocess.SubprocessError) as error:
+                reason = getattr(error, "strerror", None) or str(error)
+                if getattr(error, "filename", None):
+                    reason += f": {error.filename!r}"  # type: ignore[attr-defined]
+                return CommandResult(None, time.monotonic() - started, False, b"",
+                                     f"cannot start: {reason}")
+            stderr, timed_out = self._collect(stderr_read, started + self.command.timeout)
+        finally:
+            os.close(stderr_read)
+            os.close(stderr_write)
         with self._lock:
             # The exited leader still holds the group id, so this cannot hit a recycled group.
             self._signal_group(signal.SIGKILL)
@@ -124,19 +131,17 @@ class RunningCommand:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, sig)
 
-    def _collect(self, deadline: float) -> tuple[bytes, bool]:
+    def _collect(self, stderr: int, deadline: float) -> tuple[bytes, bool]:
         """Keep stderr's tail until the command exits; past the deadline TERM, then KILL.
 
         The exit is seen through a pidfd, which does not reap: the leader stays a
         zombie, holding its process group id, until ``run`` has killed the group.
         """
-        process = self.process
-        assert process is not None and process.stderr is not None
-        stderr = process.stderr.fileno()
+        assert self.process is not None
         os.set_blocking(stderr, False)
         tail = b""
         timed_out = False
-        pidfd = os.pidfd_open(process.pid)
+        pidfd = os.pidfd_open(self.process.pid)
         try:
             # poll, not a selector: no epoll descriptor to make and close for every command.
             waiting = select.poll()
@@ -150,25 +155,16 @@ class RunningCommand:
                     continue
                 ready = dict(waiting.poll(remaining * 1000))
                 if stderr in ready:
-                    tail = _read_tail(stderr, tail, waiting)
+                    tail = _read_tail(stderr, tail)
                 if pidfd in ready:
-                    break
-            # What it wrote just before it exited (a descendant may still hold the pipe open).
-            tail = _read_tail(stderr, tail, waiting)
+                    return _read_tail(stderr, tail), timed_out  # what it wrote as it exited
         finally:
             os.close(pidfd)
-            process.stderr.close()
-        return tail, timed_out
 
 
-def _read_tail(fd: int, tail: bytes, waiting: select.poll) -> bytes:
-    """``tail`` and what ``fd`` has now, cut to its last bytes; at its end, ``fd`` leaves
-    ``waiting``."""
-    try:
+def _read_tail(fd: int, tail: bytes) -> bytes:
+    """``tail`` and what the pipe holds now, cut to its last ``STDERR_TAIL`` bytes."""
+    with contextlib.suppress(BlockingIOError):
         while chunk := os.read(fd, 65536):
             tail = (tail + chunk)[-STDERR_TAIL:]
-    except BlockingIOError:
-        return tail
-    with contextlib.suppress(KeyError):
-        waiting.unregister(fd)
     return tail
