@@ -154,10 +154,10 @@ class RunningCommand:
                     timed_out, deadline = True, time.monotonic() + KILL_GRACE
                     continue
                 ready = dict(waiting.poll(remaining * 1000))
-                if stderr in ready:
+                if stderr in ready:  # this poll also shows what it wrote as it exited
                     tail = _read_tail(stderr, tail)
                 if pidfd in ready:
-                    return _read_tail(stderr, tail), timed_out  # what it wrote as it exited
+                    return tail, timed_out
         finally:
             os.close(pidfd)
 
