@@ -87,6 +87,27 @@ def test_a_command_writing_megabytes_is_not_held_up_and_its_stderr_tail_is_kept(
     assert " stderr=xxxx" in line and line.endswith("x" * 400 + "last-words")
 
 
+# The shell's descriptors, then its signal mask and ignored signals, read with builtins only:
+# a child reading them could catch the shell with every signal blocked around its own fork.
+SHOW_FDS_AND_SIGNALS = ('exec > "$1.part"; ls /proc/$$/fd; while read -r key value; do '
+                        'case $key in SigBlk:|SigIgn:) echo "$key $value";; esac; '
+                        'done < /proc/$$/status; mv "$1.part" "$1"')
+
+
+def test_a_command_inherits_no_descriptor_and_starts_with_default_signals(
+        tmp_path, write_rules, daemon):
+    # The daemon starts holding fd 9 open, and Python ignores SIGPIPE and SIGXFSZ in it.
+    watched, shown = tmp_path / "in", tmp_path / "shown.txt"
+    watched.mkdir()
+    config = write_rules(one_rule(watched, ["/bin/sh", "-c", SHOW_FDS_AND_SIGNALS, "sh",
+                                            str(shown)]))
+    daemon(config, launcher=("/bin/sh", "-c", 'exec 9</dev/null; exec "$@"', "sh"))
+    (watched / "f").write_bytes(b"x")
+    wait_for(shown.exists)
+    assert shown.read_text().split() == ["0", "1", "2", "SigBlk:", "0000000000000000",
+                                         "SigIgn:", "0000000000000000"]
+
+
 def test_a_program_gone_since_the_rules_loaded_is_a_failure(tmp_path, write_rules, daemon):
     watched, program = tmp_path / "in", tmp_path / "program"
     watched.mkdir()
