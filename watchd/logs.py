@@ -23,10 +23,10 @@ LOGGER = logging.getLogger("watchd")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
-# Control characters (C0, DEL, C1) would let a file name end a log line or drive a terminal.
 RECORDS_WAITING = 10000  # records queued for the writer; beyond it they are dropped and counted
 BATCH_WAIT = 0.01  # seconds the writer gathers records after the first, before writing
 
+# Control characters (C0, DEL, C1) would let a file name end a log line or drive a terminal.
 _CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
 _CONTROL.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
 
@@ -118,14 +118,12 @@ class _Writer(threading.Thread):
             with contextlib.suppress(queue.Empty):
                 while len(batch) < RECORDS_WAITING:
                     batch.append(records.get_nowait())
-            stopping = False
             for record in batch:
-                if record is None:
-                    stopping = True
+                if record is None:  # from stop(): all that came before it is written
                     break
                 self.sink.handle(record)
             self._report_dropped()
-            if stopping:
+            if record is None:
                 return
 
     def _report_dropped(self) -> None:
