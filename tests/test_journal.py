@@ -69,6 +69,21 @@ def test_an_action_failure_as_the_journal_gets_it(captured):
     assert message.startswith("action failed: exited with status rule=ingest ")
 
 
+@pytest.mark.parametrize(("name", "shown"), [
+    (b"/srv/in/report.csv", "/srv/in/report.csv"),
+    ("/srv/in/report.csv", "/srv/in/report.csv"),
+    (b"/srv/in/caf\xc3\xa9", "/srv/in/café"),
+    ("/srv/in/café", "/srv/in/café"),
+    (b"a\\xff", "a\\\\xff"),  # a backslash is doubled: \xff in a line always means the byte
+    (b"a\xff", "a\\xff"),
+    (os.fsdecode(b"a\xff"), "a\\xff"),
+    (b"a\x7fb\x00c", "a\\x7fb\\x00c"),
+    ("a\x85b\tc", "a\\x85b\\tc"),
+])
+def test_a_name_is_shown_printable_and_unambiguous(name, shown):
+    assert logs.escape(name) == shown
+
+
 def test_a_name_decoded_with_surrogateescape_keeps_its_bytes(captured):
     logs.log(logging.INFO, "x", path=os.fsdecode(b"/in/\xfe"))
     assert entry_of(captured[0])["WATCHD_PATH"] == b"/in/\xfe"

@@ -36,6 +36,10 @@ def escape(value: bytes | str) -> str:
 
     A backslash is doubled first, so ``\\xff`` in the output always means the byte 0xff.
     """
+    # Most names need nothing escaped: found out at C speed, before the whole round trip below.
+    plain = value.decode("ascii") if isinstance(value, bytes) and value.isascii() else value
+    if isinstance(plain, str) and plain.isprintable() and "\\" not in plain:
+        return plain
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
     text = value.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
@@ -44,7 +48,7 @@ def escape(value: bytes | str) -> str:
 
 def _quoted(value: object) -> str:
     text = escape(value) if isinstance(value, bytes | str) else str(value)
-    if text == "" or any(c in text for c in ' "='):
+    if not text or " " in text or '"' in text or "=" in text:
         return '"' + text.replace('"', '\\"') + '"'
     return text
 
