@@ -78,7 +78,11 @@ def test_an_action_failure_as_the_journal_gets_it(captured):
     (b"a\xff", "a\\xff"),
     (os.fsdecode(b"a\xff"), "a\\xff"),
     (b"a\x7fb\x00c", "a\\x7fb\\x00c"),
-    ("a\x85b\tc", "a\\x85b\\tc"),
+    ("a\x85b\tc", "a\\u0085b\\tc"),  # a C1 control is a character, not the byte 0x85 …
+    (b"a\x85", "a\\x85"),  # … which alone is not UTF-8
+    ("a\u2028b", "a\\u2028b"),  # a line separator would break the line in some viewers
+    ("invoice\u202etxt.exe", "invoice\\u202etxt.exe"),  # a bidi override would show exe.txt
+    ("a\u00a0b\U000e0001", "a\\u00a0b\\U000e0001"),  # invisible: shown, so no two look alike
 ])
 def test_a_name_is_shown_printable_and_unambiguous(name, shown):
     assert logs.escape(name) == shown

@@ -26,15 +26,14 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 RECORDS_WAITING = 10000  # records queued for the writer; beyond it they are dropped and counted
 BATCH_WAIT = 0.01  # seconds the writer gathers records after the first, before writing
 
-# Control characters (C0, DEL, C1) would let a file name end a log line or drive a terminal.
-_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
-_CONTROL.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+_SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def escape(value: bytes | str) -> str:
-    """Printable text for any name: bytes that are not UTF-8 and control characters escaped.
+    """Printable text for any name: bytes that are not UTF-8 and unprintable characters escaped.
 
-    A backslash is doubled first, so ``\\xff`` in the output always means the byte 0xff.
+    A backslash is doubled first, so ``\\xff`` in the output always means the byte 0xff, and
+    ``\\u2028`` the character U+2028.
     """
     # Most names need nothing escaped: found out at C speed, before the whole round trip below.
     plain = value.decode("ascii") if isinstance(value, bytes) and value.isascii() else value
@@ -43,7 +42,20 @@ def escape(value: bytes | str) -> str:
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
     text = value.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
-    return text.translate(_CONTROL)
+    return "".join(map(_shown, text))
+
+
+def _shown(char: str) -> str:
+    """A character as a log line may hold it. Controls would let a name end the line or drive a
+    terminal; line separators and bidirectional overrides would make it read as other text."""
+    if char.isprintable():
+        return char
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if code < 0x80:  # an ASCII character is its byte: no other name shows the same
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _quoted(value: object) -> str:
