@@ -41,6 +41,7 @@ from watchd.dispatch import Dispatcher
 from watchd.jobs import JobQueue
 from watchd.notifier import Notifier
 from watchd.rules import compile_rules
+from watchd.trust import ProgramTrust, check_program
 
 BENCH = Path(__file__).resolve().parent
 PERFORMANCE = BENCH.parent / "docs" / "performance.md"
@@ -335,6 +336,25 @@ def bench_actions(report: Report, actions: int, runs: int) -> None:
                        ratio, "≥ 0.8x bare", ratio >= 0.8))
         if workers == 1:
             cpu_budget(report, label, bare, mine)
+
+
+def bench_program_trust(report: Report, checks: int, runs: int,
+                        program: str = "/usr/bin/true") -> None:
+    """The trust check a command's program gets before every run: the whole walk, and the
+    remembered verdict that spares it while nothing it looked at has changed."""
+    def per_check(check: Callable[[str], None]) -> float:
+        started = time.perf_counter()
+        for _ in range(checks):
+            check(program)
+        return (time.perf_counter() - started) / checks * 1e6
+
+    trust = ProgramTrust()
+    walks = [per_check(check_program) for _ in range(runs)]
+    kept = [per_check(trust.check) for _ in range(runs)]
+    label = f"program trust, {program}"
+    report.add(Row(label, "the whole check (walk to /)", "µs", walks, 1.0))
+    report.add(Row(label, "before each run (kept verdict)", "µs", kept,
+                   statistics.median(kept) / statistics.median(walks)))
 
 
 def cpu_budget(report: Report, label: str, bare: list[Spent], mine: list[Spent]) -> None:
@@ -681,6 +701,7 @@ def main() -> None:
     # A burst of actions lasts about a second: more and longer ones, so that one slow spell of
     # the machine does not decide a median.
     bench_actions(report, 200 if quick else 2_000, runs + 2)
+    bench_program_trust(report, 2_000 if quick else 20_000, runs + 2)
     bench_latency(report, 200 if quick else 2_000, runs)
     bench_setup(report, [10_000] if quick else [10_000, 100_000], runs)
     bench_reload(report, 10_000 if quick else 50_000, 5_000 if quick else 20_000)

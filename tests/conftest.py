@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -227,3 +230,28 @@ def notify_socket(tmp_path):
     receiver = NotifySocket(tmp_path / "notify")
     yield receiver
     receiver.sock.close()
+
+
+@pytest.fixture
+def user():
+    """A real user, made for the test and removed after it."""
+    name = f"wdt{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True)
+    yield pwd.getpwnam(name)
+    subprocess.run(["userdel", name], check=False)
+
+
+@pytest.fixture
+def shared_dir(tmp_path):
+    """A directory that the test's user can reach (pytest's own are root's, mode 0700)."""
+    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"watchd-test-{uuid.uuid4().hex[:8]}"
+    base.mkdir(mode=0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def as_user(user: pwd.struct_passwd, script: str) -> None:
+    """Run a shell script as ``user``, with its groups: what a local user could do."""
+    subprocess.run(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                    "--init-groups", "sh", "-euc", script], check=True)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import pwd
 import resource
 import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -27,16 +25,6 @@ def good_rules(program: str = "/bin/true") -> str:
 def check(config: Path, capsys) -> str:
     assert main(["check", "--config", str(config)]) == 1
     return capsys.readouterr().err
-
-
-@pytest.fixture
-def user():
-    """A real user, made for the test and removed after it."""
-    name = f"wdt{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True)
-    yield pwd.getpwnam(name)
-    subprocess.run(["userdel", name], check=False)
 
 
 # -- config trust --------------------------------------------------------------------------
@@ -232,15 +220,6 @@ def owner_rules(watched: Path, out: Path, extra: str = "") -> str:
               - command: {command}
                 user: "@owner"{extra}
         """
-
-
-@pytest.fixture
-def shared_dir(tmp_path):
-    """A directory that the test's user can reach (pytest's own are root's, mode 0700)."""
-    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"watchd-test-{uuid.uuid4().hex[:8]}"
-    base.mkdir(mode=0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @ROOT_ONLY

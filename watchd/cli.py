@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--log-target", choices=["auto", "journal", "stderr"], default="auto",
                             help="where to log (default auto: the journal when stderr is "
                                  "connected to it, else stderr)")
-    with_config(commands.add_parser("check", help="validate the rules and drop-ins"))
+    check_parser = with_config(commands.add_parser("check", help="validate the rules and drop-ins"))
+    check_parser.add_argument("--strict", action="store_true",
+                              help="treat warnings (commands open to injection) as errors")
     explain_parser = with_config(
         commands.add_parser("explain", help="which rules an event on PATH would fire, and why")
     )
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             logs.shutdown()
     if args.command == "check":
-        return _check(args.config)
+        return _check(args.config, args.strict)
     if args.command == "explain":
         return _explain(args.config, args.path, args.event)
     if args.command == "webhooks":
@@ -83,13 +85,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _check(path: Path) -> int:
+def _check(path: Path, strict: bool = False) -> int:
     try:
         config = load(path)
         ruleset = compile_rules(config)
     except ConfigError as error:
         _print_problems(error)
         print(f"{len(error.problems)} error(s): nothing applied", file=sys.stderr)
+        return 1
+    for warning in ruleset.warnings:
+        print(warning, file=sys.stderr)
+    if strict and ruleset.warnings:
+        print(f"{len(ruleset.warnings)} warning(s), errors with --strict", file=sys.stderr)
+        return 1
+    if ruleset.untrusted_paths:
+        # Not a config error to the daemon (a user could then stop it from starting), which
+        # watches the rest and says DEGRADED; an error here, for the admin to fix.
+        _print_problems(ConfigError(list(ruleset.untrusted_paths)))
+        print(f"{len(ruleset.untrusted_paths)} error(s): the daemon would not watch these "
+              "paths", file=sys.stderr)
         return 1
     enabled = sum(rule.enabled for rule in ruleset.rules)
     print(f"{path}: OK: {len(ruleset.rules)} rule(s), {enabled} enabled, "
@@ -101,7 +115,7 @@ def _check(path: Path) -> int:
               + (" (recursive)" if rule.recursive else ""))
         print(f"    events: {', '.join(rule.events)}; actions: {len(rule.actions)}")
     for root in ruleset.roots:
-        if not os.path.lexists(root.path):
+        if root.untrusted is None and not os.path.lexists(root.path):
             print(f"  note: {escape(root.path)} does not exist yet; it is watched once it appears")
     return 0
 
@@ -112,8 +126,8 @@ def _explain(path: Path, target: str, event: str | None) -> int:
     except ConfigError as error:
         _print_problems(error)
         return 1
-    resolved, is_dir = resolve(target)
-    for line in explain(ruleset, resolved, is_dir, event):
+    resolved, is_dir, mode = resolve(target)
+    for line in explain(ruleset, resolved, is_dir, event, mode):
         print(line)
     return 0
 

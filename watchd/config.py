@@ -6,6 +6,7 @@ raises ``ConfigError`` listing every problem found in every file.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import pydantic
 import yaml
 
-from watchd.models import TRUSTED_PROGRAMS, DropIn, RulesFile, Settings
+from watchd.lint import argv_warnings
+from watchd.models import TRUSTED_PROGRAMS, CommandAction, DropIn, RulesFile, Settings
 from watchd.models import Rule as RuleModel
 from watchd.trust import Untrusted, read_trusted
 
@@ -33,9 +35,11 @@ class Problem:
     line: int
     column: int
     message: str
+    warning: bool = False  # the rules are valid; this is something to fix all the same
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+        kind = "warning: " if self.warning else ""
+        return f"{self.file}:{self.line}:{self.column}: {kind}{self.message}"
 
 
 class ConfigError(Exception):
@@ -54,6 +58,8 @@ class SourcedRule:
     file: str
     line: int
     column: int
+    index: int = 0  # its place in its file's ``rules``
+    path_places: tuple[tuple[int, int], ...] = ()  # line and column of each of its paths
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Config:
     settings: Settings
     rules: tuple[SourcedRule, ...]
     files: tuple[str, ...] = field(default=())
+    warnings: tuple[Problem, ...] = field(default=())
 
 
 def drop_in_files(main: Path) -> list[Path]:
@@ -92,21 +99,25 @@ def load(path: Path | str = DEFAULT_CONFIG) -> Config:
     context = {TRUSTED_PROGRAMS: set()}
     main_file = _validated(main, RulesFile, problems, context)
     rules = list(main_file.rules) if main_file else []
+    warnings = list(main_file.warnings) if main_file else []
     for drop_in in drop_ins:
         validated = _validated(drop_in, DropIn, problems, context)
         rules.extend(validated.rules if validated else ())
+        warnings.extend(validated.warnings if validated else ())
     problems.extend(_duplicate_names(rules))
     if problems or main_file is None:
         raise ConfigError(problems)
     settings = main_file.model.settings
     assert isinstance(settings, Settings)
-    return Config(str(main), settings, tuple(rules), tuple(str(p) for p in [main, *drop_ins]))
+    return Config(str(main), settings, tuple(rules), tuple(str(p) for p in [main, *drop_ins]),
+                  tuple(warnings))
 
 
 @dataclass(frozen=True)
 class _ValidatedFile:
     model: RulesFile | DropIn
     rules: tuple[SourcedRule, ...]
+    warnings: tuple[Problem, ...]
 
 
 class _Document:
@@ -240,10 +251,24 @@ def _validated(
         problems.extend(_problem(document, detail, model) for detail in error.errors())
         return None
     rules = tuple(
-        SourcedRule(rule, document.file, *document.locate(("rules", index)))
+        SourcedRule(rule, document.file, *document.locate(("rules", index)), index,
+                    tuple(document.locate(("rules", index, "paths", j))
+                          for j in range(len(rule.paths))))
         for index, rule in enumerate(validated.rules)
     )
-    return _ValidatedFile(validated, rules)
+    return _ValidatedFile(validated, rules, tuple(_warnings(document, validated.rules)))
+
+
+def _warnings(document: _Document, rules: list[RuleModel]) -> Iterator[Problem]:
+    """What is valid but open to attack, located: commands open to injection."""
+    for index, rule in enumerate(rules):
+        for step, action in enumerate(rule.actions):
+            if not isinstance(action, CommandAction):
+                continue
+            for arg, message in argv_warnings(action.command):
+                loc = ("rules", index, "actions", step, "command", arg)
+                yield Problem(document.file, *document.locate(loc), f"{_dotted(loc)}: {message}",
+                              warning=True)
 
 
 def _problem(document: _Document, detail: Any, model: type[pydantic.BaseModel]) -> Problem:

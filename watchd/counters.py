@@ -24,6 +24,8 @@ class Counters:
     webhooks_dropped: int = 0
     own_writes_ignored: int = 0
     actions_skipped: int = 0
+    programs_untrusted: int = 0  # runs refused: the program became writable by others
+    refused_by_kind: int = 0  # jobs not run: the path was a symlink, FIFO… the rule did not name
     found_by_scan: int = 0  # events reported from a directory's listing, not the kernel's queue
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

@@ -9,6 +9,7 @@ run actions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -23,11 +24,11 @@ from watchd.deliveries import Deliveries
 from watchd.dispatch import Dispatcher
 from watchd.jobs import JobQueue
 from watchd.journal import MessageId
-from watchd.logs import log
+from watchd.logs import escape, log
 from watchd.mounts import MountTable, touches
 from watchd.notifier import Notifier
 from watchd.ownwrites import OwnWrites
-from watchd.rules import RuleSet, compile_rules
+from watchd.rules import Root, RuleSet, compile_rules
 from watchd.service import ServiceManager
 from watchd.workers import WorkerPool
 
@@ -35,7 +36,11 @@ EX_OK = 0
 EX_FATAL = 3
 EX_CONFIG = 78  # sysexits' EX_CONFIG: the unit's RestartPreventExitStatus
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-_DROPS = 0  # the byte the dispatcher writes to wake the loop: events were dropped
+# Bytes other threads write to the wakeup pipe, beside the signals' numbers: events were
+# dropped; a symlink on a watched path may have changed; the status line has news.
+_DROPS = 0
+_LINKS = 0xFE
+_STATUS = 0xFD
 # On stop, how long a webhook attempt under way may finish; an unfinished one is sent again.
 DELIVERY_STOP_WAIT = 2.0
 
@@ -53,7 +58,7 @@ class Daemon:
         self._drops_reported = 0
         self._next_drop_report = 0.0
         self._stopping = False
-        self._drop_wake_sent = False
+        self._wakes_sent: set[int] = set()
         self._reload_failure = ""
         self.service = ServiceManager()
 
@@ -64,6 +69,7 @@ class Daemon:
             _log_problems("invalid configuration; not starting", error, MessageId.CONFIG_INVALID)
             return EX_CONFIG
         logs.set_level(ruleset.settings.log_level)
+        _log_load_problems(ruleset)
         try:
             self._start(ruleset)
         except OSError as error:
@@ -89,11 +95,14 @@ class Daemon:
         self.deliveries = Deliveries(Path(ruleset.settings.state_dir), self.counters)
         self.deliveries.apply(ruleset)
         own_writes = OwnWrites()
-        self.workers = WorkerPool(self.jobs, self.counters, self.deliveries, own_writes)
+        self.workers = WorkerPool(self.jobs, self.counters, self.deliveries, own_writes,
+                                  functools.partial(self._wake, _STATUS))
         self.workers.resize(ruleset.settings.workers)
-        self.dispatcher = dispatcher = Dispatcher(self.jobs, self.counters, self._wake_for_drops,
+        self.dispatcher = dispatcher = Dispatcher(self.jobs, self.counters,
+                                                  functools.partial(self._wake, _DROPS),
                                                   own_writes)
-        self.notifier = Notifier.watching(ruleset, dispatcher, self.counters)
+        self.notifier = Notifier.watching(ruleset, dispatcher, self.counters,
+                                          functools.partial(self._wake, _LINKS))
         self.table = self.notifier.table
         self.mounts = MountTable()
         self.notifier.start()
@@ -104,11 +113,15 @@ class Daemon:
                                                  self._timeout(time.monotonic()))
             if mounts_changed:
                 self._mounts_changed()
+            # Cleared before the read: a byte a thread did not write, seeing its reason still
+            # set, is one this read takes.
+            self._wakes_sent.clear()
             try:
                 woken_by = os.read(self._wake_read, 512)
             except BlockingIOError:
                 woken_by = b""
-            self._drop_wake_sent = False
+            if _LINKS in woken_by:
+                self._reresolve()
             for signum in woken_by:
                 self._handle(signum)
             self._report_drops()
@@ -129,6 +142,20 @@ class Daemon:
                 self.table.rewatch(root)
                 log(logging.INFO, "a file system was mounted or unmounted at a watched path: "
                     "watching what is there now", path=root.path)
+
+    def _reresolve(self) -> None:
+        """A symlink on a watched path changed: resolve every root again, watch what moved."""
+        with self.table.lock:
+            current = self.table.ruleset
+            ruleset = current.reresolved()
+            if ruleset is not None:
+                self.table.apply(ruleset)
+        if ruleset is None:
+            return
+        before = {root.path: root for root in current.roots}
+        for root in ruleset.roots:
+            if root.path not in before or _moved(before[root.path], root):
+                _log_resolved(root)
 
     def _timeout(self, now: float) -> float | None:
         """How long the loop may sleep: until a drop report or a watchdog ping is due."""
@@ -168,6 +195,7 @@ class Daemon:
                 message_id=MessageId.RELOAD_FAILED)
             self._reload_failed(reason)
             return
+        _log_load_problems(ruleset)
         with self.table.lock:
             self.table.apply(ruleset)
         self.jobs.maxsize = self.dispatcher.debouncer.limit = ruleset.settings.queue_size
@@ -196,6 +224,14 @@ class Daemon:
             parts.append(f"{counters.dropped + counters.webhooks_dropped} dropped")
         if counters.overflows:
             parts.append(f"{counters.overflows} overflows")
+        untrusted = [root for root in self.table.ruleset.roots if root.untrusted]
+        if untrusted:
+            parts.append("DEGRADED: not following " + "; ".join(
+                f"{escape(root.path)} ({root.untrusted})" for root in untrusted))
+        if self.workers.untrusted_programs:
+            parts.append("DEGRADED: programs refused at their last run: " + "; ".join(
+                f"{escape(program)} ({reason})"
+                for program, reason in list(self.workers.untrusted_programs.items())))
         if self.table.refused_for_limit:
             parts.append(f"DEGRADED: {self.table.refused_for_limit} directories not watched "
                          "(inotify watch limit)")
@@ -209,12 +245,13 @@ class Daemon:
             debouncing=len(self.dispatcher.debouncer), skipped=self.jobs.skipped,
             running=self.workers.busy(), **self.counters.summary())
 
-    def _wake_for_drops(self) -> None:
-        # Called on the notifier thread for each drop: at most one byte until the loop wakes.
-        if not self._drop_wake_sent:
-            self._drop_wake_sent = True
+    def _wake(self, reason: int) -> None:
+        # Called on other threads (the notifier for each drop): one byte each until the loop
+        # has woken; a set's add and test are atomic under the interpreter lock.
+        if reason not in self._wakes_sent:
+            self._wakes_sent.add(reason)
             with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_write, bytes([_DROPS]))
+                os.write(self._wake_write, bytes([reason]))
 
     def _report_drops(self) -> None:
         dropped = self.counters.dropped
@@ -238,6 +275,32 @@ class Daemon:
 
 def _wake_only(signum: int, frame: object) -> None:
     """The C-level handler has already written ``signum`` to the wakeup pipe."""
+
+
+def _log_load_problems(ruleset: RuleSet) -> None:
+    """What ``watchd check`` would say of rules the daemon runs all the same."""
+    for problem in ruleset.warnings:
+        log(logging.WARNING, f"rules: {problem}", message_id=MessageId.RULES_WARNING)
+    for problem in ruleset.untrusted_paths:
+        log(logging.ERROR, f"not watched: {problem}", message_id=MessageId.PATH_UNTRUSTED)
+
+
+def _moved(old: Root, new: Root) -> bool:
+    return (old.links, old.untrusted) != (new.links, new.untrusted)
+
+
+def _log_resolved(root: Root) -> None:
+    rules = ",".join(rule.name for rule in root.rules)
+    if root.untrusted:
+        log(logging.ERROR, "a watched path now leads through an untrusted symlink: not "
+            f"followed; its directory stays watched: {root.untrusted}",
+            message_id=MessageId.PATH_UNTRUSTED, path=root.path, rule=rules)
+    elif root.links:
+        log(logging.WARNING, "a symlink on a watched path changed: watching where it leads now",
+            path=root.path, rule=rules)
+    else:
+        log(logging.WARNING, "a watched path no longer leads through a symlink: watching it as "
+            "it is", path=root.path, rule=rules)
 
 
 def _log_problems(message: str, error: ConfigError, message_id: MessageId) -> None:

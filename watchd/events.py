@@ -6,6 +6,7 @@ downstream (matching, actions, logs) sees only these.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 
 from watchd._pyinotify import pyinotify
@@ -60,6 +61,32 @@ EVENT_GROUPS: dict[str, int] = {
 
 EVENT_NAMES_BY_BIT: dict[int, str] = {bit: name for name, bit in EVENT_BITS.items()}
 EVENT_NAMES: tuple[str, ...] = (*EVENT_BITS, "close", "move", "all")
+
+
+# What a rule's ``kind`` may name: what the path an event is about is, as ``lstat`` sees it.
+FILE, DIR, SYMLINK, SPECIAL = "file", "dir", "symlink", "special"
+KINDS: tuple[str, ...] = (FILE, DIR, SYMLINK, SPECIAL)
+_SPECIAL_NAMES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISCHR, "character device"))
+
+
+def kind_of(mode: int) -> str:
+    """The kind of a file by its ``st_mode``: file (regular only), dir, symlink or special."""
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return DIR
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    return SPECIAL
+
+
+def describe_mode(mode: int) -> str:
+    """What a file is, in words an admin reads in a log line: ``a FIFO``, ``a symlink``."""
+    for test, name in _SPECIAL_NAMES:
+        if test(mode):
+            return f"a {name}"
+    return {FILE: "a regular file", DIR: "a directory", SYMLINK: "a symlink"}[kind_of(mode)]
 
 
 def event_mask(name: str) -> int:

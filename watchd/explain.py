@@ -7,7 +7,7 @@ import shlex
 import stat
 from collections.abc import Iterator
 
-from watchd.events import EVENT_BITS, FileEvent, event_mask
+from watchd.events import EVENT_BITS, KINDS, FileEvent, describe_mode, event_mask, kind_of
 from watchd.jobs import Job
 from watchd.logs import escape
 from watchd.placeholders import render
@@ -24,31 +24,34 @@ from watchd.rules import (
 )
 
 
-def resolve(path: str) -> tuple[bytes, bool]:
+def resolve(path: str) -> tuple[bytes, bool, int | None]:
     """The path as events would name it (its directory resolved, the name itself not followed),
-    and whether it is a directory."""
+    whether it is a directory, and its mode (None if it does not exist)."""
     raw = os.fsencode(path)
     absolute = os.path.abspath(raw)
     resolved = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
     try:
-        is_dir = stat.S_ISDIR(os.lstat(resolved).st_mode)
+        mode: int | None = os.lstat(resolved).st_mode
     except OSError:
-        is_dir = raw.endswith(b"/")
-    return resolved, is_dir
+        mode = None
+    return resolved, stat.S_ISDIR(mode) if mode is not None else raw.endswith(b"/"), mode
 
 
-def explain(ruleset: RuleSet, path: bytes, is_dir: bool, event: str | None) -> Iterator[str]:
-    yield f"{escape(path)} ({'directory' if is_dir else 'file'})" + (
-        f", event {event}" if event else ""
-    )
+def explain(ruleset: RuleSet, path: bytes, is_dir: bool, event: str | None,
+            mode: int | None = None) -> Iterator[str]:
+    """Why each rule would or would not fire; ``mode`` is the path's own, if it exists."""
+    what = describe_mode(mode) if mode is not None else (
+        "does not exist; taken as " + ("a directory" if is_dir else "a file"))
+    yield f"{escape(path)} ({what})" + (f", event {event}" if event else "")
     if not ruleset.rules:
         yield "no rules are configured"
     for rule in ruleset.rules:
-        yield from _explain_rule(ruleset, rule, path, is_dir, event)
+        yield from _explain_rule(ruleset, rule, path, is_dir, event, mode)
 
 
 def _explain_rule(
-    ruleset: RuleSet, rule: Rule, path: bytes, is_dir: bool, event: str | None
+    ruleset: RuleSet, rule: Rule, path: bytes, is_dir: bool, event: str | None,
+    mode: int | None,
 ) -> Iterator[str]:
     title = f"rule {rule.name} ({rule.source})"
     if not rule.enabled:
@@ -63,6 +66,8 @@ def _explain_rule(
     root, relative = under[0]
     bit = event_mask(event) if event else rule.mask
     reason = rule.refusal(bit, is_dir, relative)
+    if reason is None and mode is not None and kind_of(mode) not in rule.kinds:
+        reason = REASON_KIND
     if reason is not None:
         yield f"{title}: does not fire: {_reason(reason, rule, relative, event)}"
         return
@@ -87,7 +92,7 @@ def _reason(reason: str, rule: Rule, relative: bytes, event: str | None) -> str:
     shown = escape(relative)
     return {
         REASON_EVENT: f"event {event} is not among its events ({', '.join(rule.events)})",
-        REASON_KIND: f"it takes only kind: {rule.kind}",
+        REASON_KIND: "it takes only kind: " + ", ".join(k for k in KINDS if k in rule.kinds),
         REASON_DEPTH: f"{shown!r} is in a subdirectory and the rule is not recursive",
         REASON_INCLUDE: f"no include pattern matches {shown!r}",
         REASON_EXCLUDE: f"an exclude pattern matches {shown!r}",

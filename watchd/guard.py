@@ -3,8 +3,10 @@
 Between the event and the action, anyone who can write in the directory can replace the
 file: with a symlink to /etc/shadow, or a hard link to someone else's file. watchd never
 opens, chowns or chmods a triggering file itself; what it does is look once more, with
-``lstat`` (which does not follow a symlink), and skip the actions when the path vanished or
-turned into a symlink. For ``user: '@owner'`` the owner comes from that same ``lstat``.
+``lstat`` (which does not follow a symlink), and skip the actions when the path vanished,
+turned into a symlink, or is of a kind the rule does not take (a symlink or a FIFO moved
+into a drop box, unless the rule names them). For ``user: '@owner'`` the owner comes from
+that same ``lstat``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import pwd
 import stat
 
+from watchd.events import KINDS, SYMLINK, describe_mode, kind_of
 from watchd.jobs import Job
 from watchd.rules import Command, RunAs
 
@@ -26,21 +29,35 @@ class Refused(Exception):
     """The job's actions are not run; the message says why."""
 
 
+class WrongKind(Refused):
+    """The path is of a kind the rule does not take: not a failure, and said once per path."""
+
+
 def recheck(job: Job) -> os.stat_result | None:
     """The path's lstat now (None for an event about a path that is gone); Refused if the
-    path vanished or was swapped for a symlink since the event."""
+    path vanished, was swapped for a symlink, or is of a kind the rule does not take.
+
+    A path an event says is gone is looked at too: if something is there again, it is
+    what the action would be handed, and it must be of a kind the rule takes.
+    """
     event = job.event
-    if event.event in _GONE_EVENTS:
-        return None
+    gone = event.event in _GONE_EVENTS
     try:
         info = os.lstat(event.path)
     except FileNotFoundError:
+        if gone:
+            return None
         raise Refused("the path vanished before its action ran") from None
     except OSError as error:
         raise Refused(f"the path cannot be checked: {error.strerror}") from None
-    if stat.S_ISLNK(info.st_mode) and (event.is_dir or event.event in _NOT_A_SYMLINK):
+    kind = kind_of(info.st_mode)
+    if kind == SYMLINK and (event.is_dir or event.event in _NOT_A_SYMLINK):
         raise Refused("the path turned into a symlink before its action ran")
-    return info
+    if kind not in job.rule.kinds:
+        taken = ", ".join(k for k in KINDS if k in job.rule.kinds)
+        raise WrongKind(f"the path is {describe_mode(info.st_mode)} and the rule takes only "
+                        f"kind: {taken} (name {kind} in kind to act on it)")
+    return None if gone else info
 
 
 def owner(job: Job, command: Command, info: os.stat_result | None) -> RunAs:

@@ -28,7 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from watchd.events import EVENT_NAMES, event_mask
+from watchd.access import execute_problem
+from watchd.events import EVENT_NAMES, KINDS, event_mask
 from watchd.placeholders import parse_template
 from watchd.secrets import SigningKey, read_signing_key
 from watchd.trust import check_program
@@ -104,6 +105,21 @@ def _pattern(pattern: str) -> str:
 
 
 OWNER = "@owner"
+ANY_KIND = "any"
+KindName = Literal["file", "dir", "symlink", "special", "any"]
+_KIND_NAMES = [*KINDS, ANY_KIND]
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+Kinds = Annotated[
+    list[KindName],
+    BeforeValidator(_one_or_many),
+    WithJsonSchema({"anyOf": [{"enum": _KIND_NAMES},
+                              {"type": "array", "items": {"enum": _KIND_NAMES}, "minItems": 1}]}),
+]
 
 
 def _user(name: str) -> str:
@@ -201,6 +217,19 @@ class CommandAction(_Strict):
             raise ValueError("allow_root_owner applies only to user: '@owner'")
         return self
 
+    @model_validator(mode="after")
+    def _user_can_execute(self) -> CommandAction:
+        # Else every event fails at run time; '@owner' is known only then.
+        if self.user is not None and self.user != OWNER:
+            entry = pwd.getpwnam(self.user)
+            groups = os.getgrouplist(self.user, entry.pw_gid)
+            problem = execute_problem(self.command[0], entry.pw_uid, entry.pw_gid, groups,
+                                      user_name=self.user)
+            if problem:
+                raise ValueError(f"{problem}: user {self.user!r} cannot run "
+                                 f"{self.command[0]}")
+        return self
+
 
 class Webhook(_Strict):
     """POST the event as JSON, signed per Standard Webhooks when a secret is given."""
@@ -251,7 +280,10 @@ class Rule(_Strict):
     recursive: bool = False
     include: list[Pattern] | None = Field(default=None, min_length=1)
     exclude: list[Pattern] = Field(default_factory=list)
-    kind: Literal["any", "file", "dir"] = "any"
+    kind: Kinds = Field(default=["file", "dir"], min_length=1, description="what the path must "
+                        "be for the rule to act: file (a regular file), dir, symlink, special "
+                        "(FIFO, socket, device) or any, or a list of them; a symlink or a special "
+                        "file reaches an action only when named")
     debounce: Duration | None = Field(default=None, description="act once when the path has "
                                       "been quiet this long, with its last event")
     max_parallel: int | None = Field(default=None, ge=1, le=10_000, description="at most this "

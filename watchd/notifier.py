@@ -31,6 +31,7 @@ import select
 import struct
 import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from watchd._pyinotify import pyinotify
@@ -57,6 +58,7 @@ from watchd.logs import log
 from watchd.rules import EMPTY_SCOPE, RuleSet
 from watchd.watches import (
     DIRECTORY,
+    LINK_MASK,
     UNSEEN,
     FileState,
     WatchedDir,
@@ -118,13 +120,14 @@ class Notifier(pyinotify.ThreadedNotifier):
         table.report = self._report_found
 
     @classmethod
-    def watching(cls, ruleset: RuleSet, dispatcher: Dispatcher, counters: Counters) -> Notifier:
+    def watching(cls, ruleset: RuleSet, dispatcher: Dispatcher, counters: Counters,
+                 on_link_change: Callable[[], None] = lambda: None) -> Notifier:
         """A notifier on an inotify instance of its own, every root of ``ruleset`` watched.
 
         Not started: events wait in the kernel's queue until ``start``.
         """
         manager = WatchManager()
-        table = WatchTable(manager, ruleset)
+        table = WatchTable(manager, ruleset, on_link_change)
         with table.lock:
             table.apply(ruleset)
         return cls(manager, table, dispatcher, counters)
@@ -207,6 +210,8 @@ class Notifier(pyinotify.ThreadedNotifier):
         if scanned is not None and name in scanned.names and _seen_by_scan(scanned, mask, name):
             return
         path = entry.path + b"/" + name if name else entry.path
+        if name and self.table.links and mask & LINK_MASK:
+            self.table.link_changed(path)
         is_dir = bool(mask & IN_ISDIR)
         if name and mask & _SNAPSHOT_EVENTS and entry.files is not None:
             self.table.remember(entry, name, _state_after(mask, path, is_dir))

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import pathspec
 
-from watchd.config import Config, SourcedRule
-from watchd.events import FileEvent, event_mask
-from watchd.models import OWNER, CommandAction, Settings, WebhookAction
+from watchd.config import Config, Problem, SourcedRule
+from watchd.events import DIR, KINDS, FileEvent, event_mask
+from watchd.models import ANY_KIND, OWNER, CommandAction, Settings, WebhookAction
 from watchd.placeholders import Template, parse_template
 from watchd.secrets import SigningKey
+from watchd.trust import Resolution, resolve_watched
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Command:
     """A command action ready to run: argv templates and how to run them."""
 
     argv: tuple[Template, ...]
+    program: str  # command[0], a literal path: its trust is checked again before every run
     timeout: float
     user: RunAs | None
     cwd: bytes | None
@@ -55,6 +57,7 @@ class Command:
         as_owner = model.user == OWNER
         return cls(
             argv=tuple(parse_template(arg) for arg in model.command),
+            program=model.command[0],
             timeout=model.timeout,
             user=RunAs.lookup(model.user) if model.user and not as_owner else None,
             cwd=os.fsencode(model.cwd) if model.cwd else None,
@@ -105,7 +108,8 @@ class Rule:
     mask: int
     events: tuple[str, ...]
     recursive: bool
-    kind: str
+    kinds: frozenset[str]
+    paths: tuple[str, ...]  # as written: each is resolved again when a symlink on it changes
     include: pathspec.PathSpec | None
     exclude: pathspec.PathSpec | None
     enabled: bool
@@ -116,6 +120,8 @@ class Rule:
     on_busy: str = "queue"
     ignore_own_writes: bool = False
     include_patterns: tuple[str, ...] | None = None
+    # The values ``is_dir`` may have for the rule to fire, from ``kinds``: the hot path's test.
+    kind_by_is_dir: frozenset[bool] = frozenset((False, True))
 
     @classmethod
     def compile(cls, sourced: SourcedRule) -> Rule:
@@ -123,12 +129,14 @@ class Rule:
         mask = 0
         for name in model.events:
             mask |= event_mask(name)
+        kinds = frozenset(KINDS) if ANY_KIND in model.kind else frozenset(model.kind)
         return cls(
             name=model.name,
             mask=mask,
             events=tuple(model.events),
             recursive=model.recursive,
-            kind=model.kind,
+            kinds=kinds,
+            paths=tuple(model.paths),
             include=pathspec.GitIgnoreSpec.from_lines(model.include) if model.include else None,
             exclude=pathspec.GitIgnoreSpec.from_lines(model.exclude) if model.exclude else None,
             enabled=model.enabled,
@@ -139,13 +147,16 @@ class Rule:
             on_busy=model.on_busy,
             ignore_own_writes=model.ignore_own_writes,
             include_patterns=tuple(model.include) if model.include else None,
+            kind_by_is_dir=frozenset(kind == DIR for kind in kinds),
         )
 
     def refusal(self, bit: int, is_dir: bool, relative: bytes) -> str | None:
         """None if this rule fires for the event, else the reason it does not."""
         if not bit & self.mask:
             return REASON_EVENT
-        if self.kind != "any" and (self.kind == "dir") != is_dir:
+        # Only dir or not is known here; what a path that is not a directory is (a regular
+        # file, a symlink, a FIFO…) is told by the lstat just before the actions run.
+        if is_dir not in self.kind_by_is_dir:
             return REASON_KIND
         if not relative:
             return None
@@ -171,6 +182,8 @@ class Root:
     recursive: bool
     mask: int
     index: SuffixIndex | None = None
+    links: tuple[bytes, ...] = ()  # the symlinks its path was resolved through (see trust)
+    untrusted: str | None = None  # why it is not followed: a symlink on the way is not trusted
 
     def candidates(self, relative: bytes) -> tuple[Rule, ...] | list[Rule]:
         """The rules that may fire for ``relative``: all of them, or what the index allows."""
@@ -215,6 +228,9 @@ class RuleSet:
     roots: tuple[Root, ...]
     roots_by_path: dict[bytes, Root]
     files: tuple[str, ...]
+    # Watched paths that lead through an untrusted symlink, located in the rules files.
+    untrusted_paths: tuple[Problem, ...] = ()
+    warnings: tuple[Problem, ...] = ()  # the config's: logged at each load
     _scopes: dict[tuple[Root, ...], Scope] = field(default_factory=dict, repr=False)
 
     def scope(self, roots: tuple[Root, ...]) -> Scope:
@@ -224,27 +240,65 @@ class RuleSet:
             scope = self._scopes[roots] = Scope.of(roots) if roots else EMPTY_SCOPE
         return scope
 
+    def reresolved(self) -> RuleSet | None:
+        """The same rules with every path resolved again; None if none leads elsewhere now."""
+        roots = _roots(self.rules, _resolve_paths(self.rules))
+        if [_reach(root) for root in roots] == [_reach(root) for root in self.roots]:
+            return None
+        return RuleSet(self.settings, self.rules, roots, {root.path: root for root in roots},
+                       self.files)
+
 
 def compile_rules(config: Config) -> RuleSet:
-    """Compile a validated config; the roots are resolved (symlinks followed) here, once."""
+    """Compile a validated config; each root is resolved here, through trusted symlinks only."""
     rules = tuple(Rule.compile(sourced) for sourced in config.rules)
-    grouped: dict[bytes, list[Rule]] = {}
-    for rule, sourced in zip(rules, config.rules, strict=True):
-        for path in sourced.model.paths if rule.enabled else ():
-            members = grouped.setdefault(os.fsencode(os.path.realpath(path)), [])
-            if rule not in members:
-                members.append(rule)
-    roots = tuple(_root(path, tuple(members)) for path, members in grouped.items())
+    resolutions = _resolve_paths(rules)
+    roots = _roots(rules, resolutions)
     return RuleSet(
         settings=config.settings,
         rules=rules,
         roots=roots,
         roots_by_path={root.path: root for root in roots},
         files=config.files,
+        untrusted_paths=tuple(_untrusted_paths(config, resolutions)),
+        warnings=config.warnings,
     )
 
 
-def _root(path: bytes, rules: tuple[Rule, ...]) -> Root:
+def _resolve_paths(rules: tuple[Rule, ...]) -> dict[str, Resolution]:
+    return {path: resolve_watched(path) for rule in rules if rule.enabled for path in rule.paths}
+
+
+def _roots(rules: tuple[Rule, ...], resolutions: dict[str, Resolution]) -> tuple[Root, ...]:
+    """The rules grouped by the path each of theirs leads to."""
+    grouped: dict[bytes, tuple[list[Rule], list[Resolution]]] = {}
+    for rule in rules:
+        for path in rule.paths if rule.enabled else ():
+            resolution = resolutions[path]
+            members, ways = grouped.setdefault(os.fsencode(resolution.path), ([], []))
+            if rule not in members:
+                members.append(rule)
+            ways.append(resolution)
+    return tuple(_root(path, tuple(members), ways) for path, (members, ways) in grouped.items())
+
+
+def _untrusted_paths(config: Config, resolutions: dict[str, Resolution]) -> Iterator[Problem]:
+    for sourced in config.rules:
+        for index, path in enumerate(sourced.model.paths if sourced.model.enabled else ()):
+            reason = resolutions[path].untrusted
+            if reason is not None:
+                line, column = sourced.path_places[index]
+                yield Problem(sourced.file, line, column,
+                              f"rules[{sourced.index}].paths[{index}]: {reason}; watchd will "
+                              "not follow it (point the rule at the real directory, or make "
+                              "the symlink root's)")
+
+
+def _reach(root: Root) -> tuple[bytes, tuple[bytes, ...], str | None]:
+    return root.path, root.links, root.untrusted
+
+
+def _root(path: bytes, rules: tuple[Rule, ...], ways: list[Resolution]) -> Root:
     mask = 0
     for rule in rules:
         mask |= rule.mask
@@ -255,6 +309,8 @@ def _root(path: bytes, rules: tuple[Rule, ...]) -> Root:
         recursive=any(rule.recursive for rule in rules),
         mask=mask,
         index=SuffixIndex.of(rules) if len(rules) >= INDEX_FROM else None,
+        links=tuple(dict.fromkeys(os.fsencode(link) for way in ways for link in way.links)),
+        untrusted=next((way.untrusted for way in ways if way.untrusted), None),
     )
 
 

@@ -17,9 +17,11 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 MAX_LINKS = 40
+Lstat = Callable[[str], os.stat_result]
 
 
 def trusted_owners() -> frozenset[int]:
@@ -42,7 +44,7 @@ def _owner_problem(path: str, info: os.stat_result, what: str) -> str | None:
     return None
 
 
-def check_directories(path: str) -> None:
+def check_directories(path: str, lstat: Lstat = os.lstat) -> None:
     """Every directory above ``path``, up to /, trusted; Untrusted if not.
 
     A directory reached through a symlink (``/bin`` on a merged-/usr system) is checked as a
@@ -51,7 +53,7 @@ def check_directories(path: str) -> None:
     directory = os.path.dirname(path)
     while True:
         try:
-            info = os.lstat(directory)
+            info = lstat(directory)
         except OSError as error:
             raise Untrusted(f"cannot check directory {directory}: {error.strerror}") from None
         if stat.S_ISLNK(info.st_mode):
@@ -60,7 +62,7 @@ def check_directories(path: str) -> None:
             if problem is None and not os.path.isdir(target):
                 problem = f"{directory} does not lead to a directory"
             if problem is None:
-                check_directories(os.path.join(target, "."))
+                check_directories(os.path.join(target, "."), lstat)
         elif not stat.S_ISDIR(info.st_mode):
             problem = f"{directory} is not a directory"
         else:
@@ -88,7 +90,7 @@ def open_trusted(path: str, what: str = "file", secret: bool = False) -> int:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise Untrusted(f"{what} {path} is not a regular file")
-        problem = _owner_problem(path, info, what)
+        problem = _owner_problem(path, info, what) or _links_problem(path, info, what)
         if problem is None and secret and stat.S_IMODE(info.st_mode) & 0o077:
             problem = (f"{what} {path} is open to group or others (mode "
                        f"{stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}")
@@ -101,6 +103,15 @@ def open_trusted(path: str, what: str = "file", secret: bool = False) -> int:
     return fd
 
 
+def _links_problem(path: str, info: os.stat_result, what: str) -> str | None:
+    # A second name for the file means someone else may have chosen what it holds: a hard
+    # link to another file is that file, whoever owns the link's directory (sshd refuses them).
+    if info.st_nlink > 1:
+        return (f"{what} {path} has {info.st_nlink} hard links: it may be another file under a "
+                f"second name; give it a file of its own (cp, not ln)")
+    return None
+
+
 def read_trusted(path: str, limit: int, what: str = "file", secret: bool = False) -> bytes:
     """Up to ``limit + 1`` bytes of a trusted file (one more than allowed tells it is too big)."""
     fd = open_trusted(path, what, secret)
@@ -108,10 +119,10 @@ def read_trusted(path: str, limit: int, what: str = "file", secret: bool = False
         return stream.read(limit + 1)
 
 
-def check_program(path: str) -> None:
+def check_program(path: str, lstat: Lstat = os.lstat) -> None:
     """A command's program: every link on the way, and the file it leads to, trusted."""
-    for step in _resolve(path):
-        info = os.lstat(step)
+    for step in _resolve(path, lstat):
+        info = lstat(step)
         if stat.S_ISLNK(info.st_mode):
             problem = _owner_problem(step, info, "symlink")
         elif not stat.S_ISREG(info.st_mode):
@@ -122,14 +133,14 @@ def check_program(path: str) -> None:
                 problem = f"program {step} is not executable"
         if problem:
             raise Untrusted(problem)
-        check_directories(step)
+        check_directories(step, lstat)
 
 
-def _resolve(path: str) -> Iterator[str]:
+def _resolve(path: str, lstat: Lstat) -> Iterator[str]:
     """``path``, then each symlink's target in turn, ending with the file itself."""
     for _ in range(MAX_LINKS):
         try:
-            info = os.lstat(path)
+            info = lstat(path)
         except OSError as error:
             raise Untrusted(f"program {path}: {error.strerror}") from None
         yield path
@@ -138,3 +149,108 @@ def _resolve(path: str) -> Iterator[str]:
         target = os.readlink(path)
         path = os.path.normpath(os.path.join(os.path.dirname(path), target))
     raise Untrusted(f"program {path}: too many levels of symlinks")
+
+
+# What identifies a file's state for trust: which file it is and when its inode last changed.
+# A chown, a chmod, a rename over it or a write all change one of these; nothing else can
+# change its owner or mode.
+_Identity = tuple[int, int, int]
+
+
+class ProgramTrust:
+    """``check_program`` before every run, without walking the chain every time.
+
+    A trusted verdict is kept with the identity and change time of everything the check
+    looked at (the program, each symlink on the way, each directory up to /); it holds while
+    an ``lstat`` of each still shows the same. A change to any of them (a chown of the
+    program to a user, a chmod of a directory) makes the next run check it all again.
+    """
+
+    def __init__(self) -> None:
+        # Workers share it; a verdict is replaced whole, and a stale one never matches.
+        self._trusted: dict[str, tuple[tuple[str, _Identity], ...]] = {}
+
+    def check(self, path: str) -> None:
+        """Untrusted if ``path`` may not be run now."""
+        seen = self._trusted.get(path)
+        if seen is not None and all(_unchanged(place, identity) for place, identity in seen):
+            return
+        looked_at: dict[str, _Identity] = {}
+
+        def lstat(place: str) -> os.stat_result:
+            info = os.lstat(place)
+            looked_at.setdefault(place, (info.st_dev, info.st_ino, info.st_ctime_ns))
+            return info
+
+        check_program(path, lstat)
+        self._trusted[path] = tuple(looked_at.items())
+
+
+def _unchanged(place: str, identity: _Identity) -> bool:
+    try:
+        info = os.lstat(place)
+    except OSError:
+        return False
+    return (info.st_dev, info.st_ino, info.st_ctime_ns) == identity
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Where a watched path leads, crossing only trusted symlinks.
+
+    ``path`` has no symlink in it (as of the look), or, when ``untrusted`` says why a link
+    on the way is not followed, is that link's own path with the rest of the path after it.
+    ``links`` are the symlinks crossed, and the refused one last: a change to any of them
+    changes where the path leads.
+    """
+
+    path: str
+    links: tuple[str, ...] = ()
+    untrusted: str | None = None
+
+
+def resolve_watched(path: str) -> Resolution:
+    """Resolve ``path`` component by component, as the kernel would, following a symlink
+    only if it and every directory above it are trusted the way a rules file is.
+
+    A user who owns the directory a watched path is in could otherwise point it at a
+    directory only root may read, and have root's actions run on what is there.
+    """
+    done = "/"
+    links: list[str] = []
+    pending = list(reversed(path.split("/")))
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            done = os.path.dirname(done)
+            continue
+        here = os.path.join(done, part)
+        try:
+            info = os.lstat(here)
+        except OSError:
+            return Resolution(os.path.join(here, *reversed(pending)), tuple(links))
+        if not stat.S_ISLNK(info.st_mode):
+            done = here
+            continue
+        links.append(here)
+        problem = _link_problem(here, info, len(links))
+        if problem:
+            return Resolution(os.path.join(here, *reversed(pending)), tuple(links), problem)
+        target = os.readlink(here)
+        done = "/" if target.startswith("/") else done
+        pending.extend(reversed(target.split("/")))
+    return Resolution(done, tuple(links))
+
+
+def _link_problem(link: str, info: os.stat_result, hops: int) -> str | None:
+    if hops > MAX_LINKS:
+        return f"{link}: too many levels of symlinks"
+    problem = _owner_problem(link, info, "symlink")
+    if problem is None:
+        try:
+            check_directories(link)
+        except Untrusted as untrusted:
+            problem = f"symlink {link} is in an untrusted place: {untrusted}"
+    return problem

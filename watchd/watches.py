@@ -42,6 +42,8 @@ from watchd.rules import EMPTY_SCOPE, Root, RuleSet, Scope
 STRUCTURE_MASK = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
                   | IN_MOVE_SELF)
 WAITING_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
+# What a directory holding a symlink that a root's path crosses is watched for: its change.
+LINK_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF
 FLAGS = IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -111,9 +113,15 @@ class WatchedDir:
 class WatchTable:
     """All watches of the daemon. Every method must be called with ``lock`` held."""
 
-    def __init__(self, manager: WatchManager, ruleset: RuleSet) -> None:
+    def __init__(self, manager: WatchManager, ruleset: RuleSet,
+                 on_link_change: Callable[[], None] = lambda: None) -> None:
         self.manager = manager
         self.ruleset = ruleset
+        # Asked for when a symlink a root's path crosses may lead elsewhere now: the daemon
+        # then resolves every root again (``RuleSet.reresolved``) and applies what changed.
+        self.on_link_change = on_link_change
+        self.links: set[bytes] = set()  # the symlinks roots' paths cross, by their own path
+        self.link_dirs: set[bytes] = set()  # the directories those symlinks are in
         self.lock = threading.RLock()
         self.by_wd: dict[int, WatchedDir] = {}
         self.by_path: dict[bytes, WatchedDir] = {}
@@ -164,7 +172,7 @@ class WatchTable:
         one that was watched.
         """
         entry = self.by_path.get(path)
-        mask = _mask(scope, waiting or (entry.waiting if entry else ()))
+        mask = _mask(scope, waiting or (entry.waiting if entry else ()), path in self.link_dirs)
         try:
             wd = self.manager.add(path, mask)
         except OSError as error:
@@ -246,7 +254,7 @@ class WatchTable:
             self.by_path[entry.path] = entry
         for entry in moved:
             scope = self.scope_for(entry.path)
-            if scope is EMPTY_SCOPE:
+            if scope is EMPTY_SCOPE and entry.path not in self.link_dirs:
                 self.unwatch(entry)
             else:
                 self.watch(entry.path, scope)
@@ -260,12 +268,22 @@ class WatchTable:
         """Watch a root as it is now: a directory tree, a file (via its directory), or missing.
 
         With ``report``, what is found in a root directory is reported: it appeared
-        while the daemon ran, so its contents are new.
+        while the daemon ran, so its contents are new. A root behind an untrusted symlink
+        is not followed: only the symlink's directory is watched, for the day it changes.
         """
+        for link in root.links:
+            self._watch_link(link)
+        if root.untrusted is not None:
+            return
         try:
             mode = os.lstat(root.path).st_mode
         except OSError:
             self._wait_for(root)
+            return
+        if stat.S_ISLNK(mode):
+            # It became a symlink since it was resolved: whether to follow it is decided anew.
+            self._watch_link(root.path)
+            self.on_link_change()
             return
         if stat.S_ISDIR(mode):
             for parent, entry in self.walk(root.path, self.scope_for(root.path), report):
@@ -277,6 +295,20 @@ class WatchTable:
             self.attached[parent] = (*self.attached.get(parent, ()), root)
         if self.watch(parent, self.scope_for(parent)) is None:
             self._wait_for(root)
+
+    def _watch_link(self, link: bytes) -> None:
+        """Watch the directory a symlink on a root's path is in, for that name's changes."""
+        parent = os.path.dirname(link)
+        self.links.add(link)
+        known = self.by_path.get(parent)
+        if parent not in self.link_dirs or known is None:
+            self.link_dirs.add(parent)
+            self.watch(parent, known.scope if known else self.scope_for(parent))
+
+    def link_changed(self, path: bytes) -> None:
+        """A name changed in a directory holding such a symlink; is it one of them?"""
+        if path in self.links:
+            self.on_link_change()
 
     def _wait_for(self, root: Root) -> None:
         """Watch the nearest existing ancestor of a missing root for the next name to appear."""
@@ -305,7 +337,7 @@ class WatchTable:
         if not arrived:
             return
         entry.waiting = tuple(r for r in entry.waiting if r not in arrived)
-        if not entry.waiting and entry.scope is EMPTY_SCOPE:
+        if not entry.waiting and entry.scope is EMPTY_SCOPE and entry.path not in self.link_dirs:
             self.unwatch(entry)
         elif not entry.waiting:
             self.watch(entry.path, entry.scope)
@@ -325,6 +357,8 @@ class WatchTable:
             if root.path in self.by_path and _same_reach(root, ruleset.roots_by_path.get(root.path))
         }
         self.ruleset = ruleset
+        self.links = {link for root in ruleset.roots for link in root.links}
+        self.link_dirs = {os.path.dirname(link) for link in self.links}
         new_paths = set(ruleset.roots_by_path)
         self.attached = {
             parent: kept
@@ -334,7 +368,7 @@ class WatchTable:
         for entry in list(self.by_wd.values()):
             entry.waiting = ()
             scope = self.scope_for(entry.path)
-            if scope is EMPTY_SCOPE:
+            if scope is EMPTY_SCOPE and entry.path not in self.link_dirs:
                 self.unwatch(entry)
             else:
                 self.watch(entry.path, scope)
@@ -442,9 +476,9 @@ def _is_dir(path: bytes) -> bool:
         return False
 
 
-def _mask(scope: Scope, waiting: tuple[Root, ...]) -> int:
+def _mask(scope: Scope, waiting: tuple[Root, ...], holds_links: bool) -> int:
     mask = scope.mask | STRUCTURE_MASK if scope is not EMPTY_SCOPE else 0
-    return mask | (WAITING_MASK if waiting else 0)
+    return mask | (WAITING_MASK if waiting else 0) | (LINK_MASK if holds_links else 0)
 
 
 def _same_reach(old: Root, new: Root | None) -> bool:

@@ -6,24 +6,29 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from watchd.actions.command import CommandResult, RunningCommand
 from watchd.counters import Counters
 from watchd.deliveries import Deliveries
-from watchd.guard import Refused, owner, recheck
+from watchd.guard import Refused, WrongKind, owner, recheck
 from watchd.jobs import Job, JobKey, JobQueue
 from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.ownwrites import OwnWrites
 from watchd.rules import Command, RunAs
+from watchd.trust import ProgramTrust, Untrusted
 
 # How long a command stopped for a newer event (on_busy: restart) gets between TERM and KILL.
 RESTART_GRACE = 2.0
+# Paths whose refusal for their kind has been logged (each once); the oldest are forgotten.
+KIND_REFUSALS_REMEMBERED = 10_000
 
 
 class WorkerPool:
     def __init__(self, jobs: JobQueue, counters: Counters, deliveries: Deliveries,
-                 own_writes: OwnWrites) -> None:
+                 own_writes: OwnWrites, on_status_change: Callable[[], None] = lambda: None,
+                 ) -> None:
         self.jobs = jobs
         self.counters = counters
         self.deliveries = deliveries
@@ -32,6 +37,11 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._running: dict[threading.Thread, tuple[JobKey, RunningCommand]] = {}
         self._restarted: set[threading.Thread] = set()
+        self._kind_refused: dict[JobKey, None] = {}
+        self._programs = ProgramTrust()
+        # Programs that failed their trust check at their last run, and why: for STATUS=.
+        self.untrusted_programs: dict[str, str] = {}
+        self.on_status_change = on_status_change
         self._lock = threading.Lock()
         jobs.on_restart = self.restart
 
@@ -100,6 +110,9 @@ class WorkerPool:
         try:
             # Once, before the first action: later ones may move the file on purpose.
             info = recheck(job)
+        except WrongKind as refusal:
+            self._refused_kind(job, refusal)
+            return
         except Refused as refusal:
             self._skipped(job, 0, refusal)
             return
@@ -122,14 +135,45 @@ class WorkerPool:
             if not ok:
                 return
 
+    def _refused_kind(self, job: Job, refusal: WrongKind) -> None:
+        """Counted every time, logged once per rule and path: a user could make many."""
+        self.counters.add("refused_by_kind")
+        with self._lock:
+            if job.key in self._kind_refused:
+                return
+            self._kind_refused[job.key] = None
+            if len(self._kind_refused) > KIND_REFUSALS_REMEMBERED:
+                del self._kind_refused[next(iter(self._kind_refused))]
+        log(logging.WARNING, f"not acted on: {refusal}", rule=job.rule.name,
+            event=job.event.event, path=job.event.path)
+
     def _skipped(self, job: Job, index: int, refusal: Refused) -> None:
         self.counters.add("actions_skipped")
         log(logging.WARNING, f"action skipped: {refusal}", rule=job.rule.name,
             event=job.event.event, path=job.event.path, step=index + 1)
 
+    def _program_trusted(self, job: Job, index: int, command: Command) -> bool:
+        """Whether the program may still run: a user may have been given it since the load."""
+        try:
+            self._programs.check(command.program)
+        except Untrusted as untrusted:
+            if self.untrusted_programs.get(command.program) != str(untrusted):
+                self.untrusted_programs[command.program] = str(untrusted)
+                self.on_status_change()
+            self.counters.add("programs_untrusted")
+            log(logging.ERROR, f"action failed: not run: {untrusted}",
+                message_id=MessageId.PROGRAM_UNTRUSTED, rule=job.rule.name, event=job.event.event,
+                path=job.event.path, action="command", step=index + 1, program=command.program)
+            return False
+        if self.untrusted_programs.pop(command.program, None) is not None:
+            self.on_status_change()
+        return True
+
     def _run_command(self, job: Job, index: int, command: Command,
                      user: RunAs | None) -> bool | None:
         """Run one command: True if it succeeded, False if it failed, None if restarted."""
+        if not self._program_trusted(job, index, command):
+            return False
         me = threading.current_thread()
         running = RunningCommand(job, command, user)
         with self._lock:

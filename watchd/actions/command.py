@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from watchd.jobs import Job
+from watchd.logs import escape
 from watchd.placeholders import PLACEHOLDERS, render
 from watchd.rules import Command, RunAs
 
@@ -114,11 +115,8 @@ class RunningCommand:
                         extra_groups=list(user.groups) if user else None,
                     )
             except (OSError, subprocess.SubprocessError) as error:
-                reason = getattr(error, "strerror", None) or str(error)
-                if getattr(error, "filename", None):
-                    reason += f": {error.filename!r}"  # type: ignore[attr-defined]
                 return CommandResult(None, time.monotonic() - started, False, b"",
-                                     f"cannot start: {reason}")
+                                     _start_failure(error))
             stderr, timed_out = self._collect(stderr_read, started + self.command.timeout)
         finally:
             os.close(stderr_read)
@@ -168,6 +166,15 @@ class RunningCommand:
                     return tail, timed_out
         finally:
             os.close(pidfd)
+
+
+def _start_failure(error: OSError | subprocess.SubprocessError) -> str:
+    """Why a command did not start, in words: the file it names escaped, never a repr."""
+    reason = getattr(error, "strerror", None) or str(error)
+    filename = getattr(error, "filename", None)
+    if filename:
+        return f"cannot start {escape(os.fsencode(filename))}: {reason}"
+    return f"cannot start: {reason}"
 
 
 def _spawn_turn(user: RunAs | None) -> contextlib.AbstractContextManager[object]:
