@@ -7,6 +7,7 @@ handed over after the rules loaded. The daemon is the real one, run as root.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -200,10 +201,57 @@ def test_a_root_swapped_for_a_users_symlink_is_never_followed(
     (private / "secret2").write_bytes(b"x")
     # A real directory again, without a reload: watched again.
     as_user(user, f"rm {drop}; mkdir {drop}")
-    process.wait_log("a watched path no longer leads through a symlink")
+    process.wait_log("a watched path no longer leads through an untrusted symlink")
     as_user(user, f"echo b > {drop}/b")
     wait_for(lambda: len(records(out)) >= 2, what="the action for the new real directory")
     assert paths_acted_on(out) == [os.fsencode(drop / "a"), os.fsencode(drop / "b")]
+
+
+def test_a_symlink_made_where_a_watched_path_was_missing_is_not_followed(
+        shared_dir, tmp_path, write_rules, daemon, user):
+    private, base = tmp_path / "private", shared_dir / "base"
+    (private / "in").mkdir(parents=True, mode=0o700)
+    (private / "in" / "old").write_bytes(b"secret")
+    base.mkdir()
+    os.chown(base, user.pw_uid, user.pw_gid)
+    out = shared_dir / "out.jsonl"
+    process = daemon(write_rules(f"""\
+        rules:
+          - name: hash
+            paths: [{base}/q/in]
+            events: [create, close_write]
+            actions: [{{command: {recorder(out)}}}]
+        """))
+    as_user(user, f"ln -s {private} {base}/q")
+    process.wait_log("a watched path now leads through an untrusted symlink: not followed")
+    (private / "in" / "new").write_bytes(b"x")
+    as_user(user, f"rm {base}/q; mkdir -p {base}/q/in; echo x > {base}/q/in/mine")
+    wait_for(lambda: os.fsencode(base / "q" / "in" / "mine") in paths_acted_on(out),
+             what="the action for the real directory")
+    assert all(b"private" not in path and not path.endswith((b"/old", b"/new"))
+               for path in paths_acted_on(out))
+
+
+def test_a_directory_on_a_watched_path_swapped_for_a_symlink_is_not_followed(
+        shared_dir, tmp_path, write_rules, daemon, user):
+    private, base = tmp_path / "private", shared_dir / "base"
+    (private / "in").mkdir(parents=True, mode=0o700)
+    base.mkdir()
+    os.chown(base, user.pw_uid, user.pw_gid)
+    as_user(user, f"mkdir -p {base}/a/in")
+    out = shared_dir / "out.jsonl"
+    process = daemon(write_rules(f"""\
+        rules:
+          - {{name: hash, paths: [{base}/a/in], actions: [{{command: {recorder(out)}}}]}}
+        """))
+    as_user(user, f"mv {base}/a {base}/a.old; ln -s {private} {base}/a")
+    process.wait_log("a watched path now leads through an untrusted symlink: not followed")
+    (private / "in" / "secret").write_bytes(b"x")
+    as_user(user, f"echo x > {base}/a.old/in/moved")  # no longer at the watched path
+    as_user(user, f"rm {base}/a; mkdir -p {base}/a/in; echo x > {base}/a/in/mine")
+    wait_for(lambda: os.fsencode(base / "a" / "in" / "mine") in paths_acted_on(out),
+             what="the action for the real directory")
+    assert paths_acted_on(out) == [os.fsencode(base / "a" / "in" / "mine")]
 
 
 def test_a_trusted_symlink_root_is_followed_again_when_swapped(shared_dir, write_rules, daemon):
@@ -365,24 +413,30 @@ def test_a_command_that_cannot_start_says_why_in_words(shared_dir, write_rules, 
 
 # -- 8. what a command may leave running -----------------------------------------------------
 
-def test_setsid_fork_is_the_way_to_leave_something_running(tmp_path, write_rules, daemon):
+# The detached job closes the pipe the command substitution reads only after setsid(): once
+# the substitution returns, the job is out of the group that is killed when the command ends.
+DETACH = (": \"$(setsid sh -c 'echo $$ >> {pids}; exec sleep 1000 </dev/null >/dev/null 2>&1'"
+          " &)\"")
+
+
+def test_the_documented_way_to_leave_something_running_always_works(tmp_path, write_rules,
+                                                                      daemon):
     watched, pids = tmp_path / "in", tmp_path / "pids"
     watched.mkdir()
-    script = f"setsid -f sh -c 'echo $$ >> {pids}; exec sleep 1000' </dev/null >/dev/null 2>&1"
     process = daemon(write_rules(f"""\
-        settings: {{workers: 1}}
+        settings: {{workers: 4}}
         rules:
           - name: spawn
             paths: [{watched}]
-            actions: [{{command: [/bin/sh, -c, "{script}"]}}]
+            actions: [{{command: [/bin/sh, -c, {json.dumps(DETACH.format(pids=pids))}]}}]
         """))
-    for i in range(10):
+    for i in range(20):
         (watched / str(i)).write_bytes(b"x")
-    process.wait_log("action ok", 10)
-    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 10)
+    process.wait_log("action ok", 20)
     survivors = [int(pid) for pid in pids.read_text().split()]
     try:
         # The group was killed when each action ended, before its "action ok" line.
+        assert len(survivors) == 20
         assert all(alive(pid) for pid in survivors)
     finally:
         for pid in survivors:

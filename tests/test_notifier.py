@@ -312,3 +312,24 @@ def test_the_late_drop_of_an_old_watch_leaves_the_new_one_at_its_path(tmp_path):
             assert table.by_wd[new_wd] is table.by_path[sub]
     finally:
         manager.close()
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering max_queued_events needs root")
+def test_a_second_overflow_does_not_report_the_first_ones_files_again(tmp_path, watch):
+    root = tmp_path / "root"
+    (root / "existing").mkdir(parents=True)
+    with inotify_limit("max_queued_events", 64):
+        harness = watch(tree_rule(root, events="[close_write]"))
+    made: list[bytes] = []
+    for burst in range(2):
+        with harness.table.lock:  # hold the reader back: the kernel queue overflows
+            for index in range(500):
+                path = root / "existing" / f"b{burst}-{index}"
+                path.write_bytes(b"x")
+                made.append(os.fsencode(path))
+        wait_for(lambda burst=burst: harness.counters.overflows > burst)
+        wait_for(lambda: set(made) <= set(harness.paths(event="close_write")),
+                 what="every new file's close_write")
+    (root / "existing" / "last").write_bytes(b"x")  # read after both rescans
+    wait_for(lambda: os.fsencode(root / "existing" / "last") in harness.paths())
+    reported = harness.paths(event="close_write")
+    assert [path for path in made if reported.count(path) != 1] == []

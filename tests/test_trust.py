@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from watchd.trust import ProgramTrust, Untrusted, resolve_watched
+from watchd.trust import ProgramTrust, Untrusted, check_program, resolve_watched
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="ownership needs root")
 pytestmark = ROOT_ONLY
@@ -85,3 +85,39 @@ def test_a_kept_verdict_ends_with_any_change_to_what_was_checked(tmp_path):
     replacement.rename(program)  # another file under the same name
     with pytest.raises(Untrusted, match="is writable by group or others"):
         trust.check(str(program))
+
+
+def trusted_program(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+
+
+def test_a_programs_relative_symlink_is_followed_where_the_kernel_goes(tmp_path):
+    # tmp/link -> real/bin, and real/bin/tool -> ../share/t: execve runs real/share/t.
+    (tmp_path / "real" / "bin").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("real/bin")
+    (tmp_path / "real" / "bin" / "tool").symlink_to("../share/t")
+    trusted_program(tmp_path / "share" / "t")  # what reading the path as text would check
+    trusted_program(tmp_path / "real" / "share" / "t")
+    (tmp_path / "real" / "share" / "t").chmod(0o757)
+    with pytest.raises(Untrusted, match=f"program {tmp_path}/real/share/t is writable"):
+        check_program(f"{tmp_path}/link/tool")
+
+
+def test_each_symlink_of_a_chain_of_directories_is_checked(tmp_path):
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open").chmod(0o777)
+    trusted_program(tmp_path / "real" / "prog")
+    (tmp_path / "open" / "hop").symlink_to(tmp_path / "real")  # others may swap this one
+    (tmp_path / "first").symlink_to(tmp_path / "open" / "hop")
+    with pytest.raises(Untrusted, match=f"directory {tmp_path}/open is writable by group"):
+        check_program(f"{tmp_path}/first/prog")
+
+
+def test_names_others_may_replace_are_watch_points(tmp_path):
+    (tmp_path / "home" / "drop").mkdir(parents=True)
+    os.chown(tmp_path / "home", 65534, 65534)  # a user's directory: they may rename drop
+    resolution = resolve_watched(f"{tmp_path}/home/drop")
+    assert resolution.links == (f"{tmp_path}/home/drop",)
+    assert resolution.untrusted is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -68,6 +69,28 @@ def _event_name(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a closed pipe, a Ctrl-C or a system error is said in words, never
+    as a traceback (those are for bugs)."""
+    try:
+        return _command(argv)
+    except BrokenPipeError:
+        # The reader went away (| head): nothing more can be said, and exiting must not try
+        # to flush to it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as error:
+        print(f"watchd: {error}", file=sys.stderr)
+        return 1
+
+
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell shows for a command ended by SIGPIPE
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+
+def _command(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         logs.setup(target=args.log_target)
@@ -95,15 +118,15 @@ def _check(path: Path, strict: bool = False) -> int:
         return 1
     for warning in ruleset.warnings:
         print(warning, file=sys.stderr)
-    if strict and ruleset.warnings:
-        print(f"{len(ruleset.warnings)} warning(s), errors with --strict", file=sys.stderr)
-        return 1
+    # Not a config error to the daemon (a user could then keep it from starting), which
+    # watches the rest and says DEGRADED; an error here, for the admin to fix.
+    _print_problems(ConfigError(list(ruleset.untrusted_paths)))
     if ruleset.untrusted_paths:
-        # Not a config error to the daemon (a user could then stop it from starting), which
-        # watches the rest and says DEGRADED; an error here, for the admin to fix.
-        _print_problems(ConfigError(list(ruleset.untrusted_paths)))
         print(f"{len(ruleset.untrusted_paths)} error(s): the daemon would not watch these "
               "paths", file=sys.stderr)
+    if strict and ruleset.warnings:
+        print(f"{len(ruleset.warnings)} warning(s), errors with --strict", file=sys.stderr)
+    if ruleset.untrusted_paths or (strict and ruleset.warnings):
         return 1
     enabled = sum(rule.enabled for rule in ruleset.rules)
     print(f"{path}: OK: {len(ruleset.rules)} rule(s), {enabled} enabled, "

@@ -70,6 +70,18 @@ class Daemon:
             return EX_CONFIG
         logs.set_level(ruleset.settings.log_level)
         _log_load_problems(ruleset)
+        # Signals first: a stop asked for during a long first walk is not lost.
+        previous = {signum: signal.signal(signum, _wake_only) for signum in HANDLED_SIGNALS}
+        previous_wakeup = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        try:
+            return self._serve(ruleset)
+        finally:
+            # Whoever called run() gets its process back as it was (a test, an embedding).
+            signal.set_wakeup_fd(previous_wakeup)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _serve(self, ruleset: RuleSet) -> int:
         try:
             self._start(ruleset)
         except OSError as error:
@@ -87,10 +99,6 @@ class Daemon:
         return status
 
     def _start(self, ruleset: RuleSet) -> None:
-        # Signals first: a stop asked for during a long first walk is not lost.
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, _wake_only)
-        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         self.jobs = JobQueue(ruleset.settings.queue_size)
         self.deliveries = Deliveries(Path(ruleset.settings.state_dir), self.counters)
         self.deliveries.apply(ruleset)
@@ -154,8 +162,7 @@ class Daemon:
             return
         before = {root.path: root for root in current.roots}
         for root in ruleset.roots:
-            if root.path not in before or _moved(before[root.path], root):
-                _log_resolved(root)
+            _log_resolved(before.get(root.path), root)
 
     def _timeout(self, now: float) -> float | None:
         """How long the loop may sleep: until a drop report or a watchdog ping is due."""
@@ -266,11 +273,25 @@ class Daemon:
         grace = self.table.ruleset.settings.stop_grace
         self.service.stopping(grace)
         self.notifier.stop()
-        abandoned = self.dispatcher.debouncer.stop() + self.workers.stop(grace)
+        abandoned = self.dispatcher.debouncer.stop() + self.workers.stop(grace,
+                                                                          self._asked_to_hurry)
         self.deliveries.stop(DELIVERY_STOP_WAIT)
         self._report_drops()
         log(logging.INFO, "stopped", message_id=MessageId.STOPPED, abandoned=abandoned or None,
             **self.counters.summary())
+
+
+    def _asked_to_hurry(self, timeout: float) -> bool:
+        """During the stop grace: whether a second SIGTERM or SIGINT came within ``timeout``."""
+        if not select.select([self._wake_read], [], [], timeout)[0]:
+            return False
+        with contextlib.suppress(BlockingIOError):
+            for signum in os.read(self._wake_read, 512):
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    log(logging.WARNING, f"{signal.Signals(signum).name} again: killing the "
+                        "running actions now")
+                    return True
+        return False
 
 
 def _wake_only(signum: int, frame: object) -> None:
@@ -285,22 +306,21 @@ def _log_load_problems(ruleset: RuleSet) -> None:
         log(logging.ERROR, f"not watched: {problem}", message_id=MessageId.PATH_UNTRUSTED)
 
 
-def _moved(old: Root, new: Root) -> bool:
-    return (old.links, old.untrusted) != (new.links, new.untrusted)
-
-
-def _log_resolved(root: Root) -> None:
-    rules = ",".join(rule.name for rule in root.rules)
-    if root.untrusted:
+def _log_resolved(old: Root | None, new: Root) -> None:
+    """Say where a root leads now, if that changed (``old``: the root at that path before)."""
+    rules = ",".join(rule.name for rule in new.rules)
+    if old is not None and old.untrusted == new.untrusted:
+        return
+    if new.untrusted:
         log(logging.ERROR, "a watched path now leads through an untrusted symlink: not "
-            f"followed; its directory stays watched: {root.untrusted}",
-            message_id=MessageId.PATH_UNTRUSTED, path=root.path, rule=rules)
-    elif root.links:
-        log(logging.WARNING, "a symlink on a watched path changed: watching where it leads now",
-            path=root.path, rule=rules)
+            f"followed; its directory stays watched: {new.untrusted}",
+            message_id=MessageId.PATH_UNTRUSTED, path=new.path, rule=rules)
+    elif old is not None:
+        log(logging.WARNING, "a watched path no longer leads through an untrusted symlink: "
+            "watching it as it is", path=new.path, rule=rules)
     else:
-        log(logging.WARNING, "a watched path no longer leads through a symlink: watching it as "
-            "it is", path=root.path, rule=rules)
+        log(logging.WARNING, "a symlink on a watched path changed: watching where it leads now",
+            path=new.path, rule=rules)
 
 
 def _log_problems(message: str, error: ConfigError, message_id: MessageId) -> None:

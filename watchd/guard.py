@@ -44,7 +44,7 @@ def recheck(job: Job) -> os.stat_result | None:
     gone = event.event in _GONE_EVENTS
     try:
         info = os.lstat(event.path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if gone:
             return None
         raise Refused("the path vanished before its action ran") from None

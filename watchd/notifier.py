@@ -212,7 +212,9 @@ class Notifier(pyinotify.ThreadedNotifier):
         path = entry.path + b"/" + name if name else entry.path
         if name and self.table.links and mask & LINK_MASK:
             self.table.link_changed(path)
-        is_dir = bool(mask & IN_ISDIR)
+        # The kernel sends a watched directory's own delete_self and move_self without
+        # IN_ISDIR; every watch is of a directory (IN_ONLYDIR), so they are about one.
+        is_dir = bool(mask & IN_ISDIR) or (not name and bool(mask & _SELF_EVENTS))
         if name and mask & _SNAPSHOT_EVENTS and entry.files is not None:
             self.table.remember(entry, name, _state_after(mask, path, is_dir))
         src_path = b""
@@ -264,9 +266,11 @@ class Notifier(pyinotify.ThreadedNotifier):
             del self._scanned[wd]
             entry = self.table.by_wd.get(wd)
             for name in scanned.unclosed if entry is not None else ():
-                event = FileEvent(entry.path + b"/" + name, "close_write", IN_CLOSE_WRITE, False,
-                                  synthetic=True)
-                self._emit(entry, event)
+                path = entry.path + b"/" + name
+                # Its state as reported: a later rescan reports it again only if it changed.
+                self.table.remember(entry, name, _state_after(IN_CLOSE_WRITE, path, False))
+                self._emit(entry, FileEvent(path, "close_write", IN_CLOSE_WRITE, False,
+                                            synthetic=True))
         for cookie, move in list(self._moves.items()):
             if move.generation <= generation:
                 del self._moves[cookie]
@@ -293,6 +297,8 @@ class Notifier(pyinotify.ThreadedNotifier):
                 self._rescan(entry, since)
         for root in self.table.ruleset.roots:
             self.table.establish(root, report=False)
+        if self.table.links:
+            self.table.on_link_change()  # a swap of a symlink may be among the lost events
 
     def _rescan(self, entry: WatchedDir, since: int) -> None:
         listing = self.table.listing(entry.path)
@@ -331,6 +337,9 @@ class Notifier(pyinotify.ThreadedNotifier):
             return  # gone since the listing: the kernel's own events tell
         now = (info.st_ino, info.st_size, info.st_mtime_ns)
         changed = info.st_ctime_ns >= since if known is UNSEEN else now != known
+        scanned = self._scanned.get(entry.wd)
+        if scanned is not None and found.name in scanned.unclosed:
+            return  # found by an earlier listing; its close_write is still to be reported
         if changed:
             self._emit(entry, FileEvent(found.path, "close_write", IN_CLOSE_WRITE, False,
                                         synthetic=True))

@@ -58,7 +58,9 @@ def check_directories(path: str, lstat: Lstat = os.lstat) -> None:
             raise Untrusted(f"cannot check directory {directory}: {error.strerror}") from None
         if stat.S_ISLNK(info.st_mode):
             problem = _owner_problem(directory, info, "symlink")
-            target = os.path.realpath(directory)
+            # One hop at a time, so that each symlink of a chain is checked where it is.
+            target = os.path.normpath(os.path.join(
+                os.path.realpath(os.path.dirname(directory)), os.readlink(directory)))
             if problem is None and not os.path.isdir(target):
                 problem = f"{directory} does not lead to a directory"
             if problem is None:
@@ -146,8 +148,10 @@ def _resolve(path: str, lstat: Lstat) -> Iterator[str]:
         yield path
         if not stat.S_ISLNK(info.st_mode):
             return
+        # Relative to where the link really is: ``..`` after a symlinked directory goes
+        # where the kernel goes, not where the text of the path says.
         target = os.readlink(path)
-        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+        path = os.path.normpath(os.path.join(os.path.realpath(os.path.dirname(path)), target))
     raise Untrusted(f"program {path}: too many levels of symlinks")
 
 
@@ -200,8 +204,9 @@ class Resolution:
 
     ``path`` has no symlink in it (as of the look), or, when ``untrusted`` says why a link
     on the way is not followed, is that link's own path with the rest of the path after it.
-    ``links`` are the symlinks crossed, and the refused one last: a change to any of them
-    changes where the path leads.
+    ``links`` are the names on the way whose change can change where it leads: each symlink
+    crossed (the refused one last), and each name in a directory that someone other than root
+    may rename or replace. Their directories are watched.
     """
 
     path: str
@@ -216,8 +221,9 @@ def resolve_watched(path: str) -> Resolution:
     A user who owns the directory a watched path is in could otherwise point it at a
     directory only root may read, and have root's actions run on what is there.
     """
-    done = "/"
-    links: list[str] = []
+    done, parent = "/", os.lstat("/")
+    links: dict[str, None] = {}
+    hops = 0
     pending = list(reversed(path.split("/")))
     while pending:
         part = pending.pop()
@@ -225,23 +231,45 @@ def resolve_watched(path: str) -> Resolution:
             continue
         if part == "..":
             done = os.path.dirname(done)
+            parent = os.lstat(done)
             continue
         here = os.path.join(done, part)
         try:
             info = os.lstat(here)
         except OSError:
-            return Resolution(os.path.join(here, *reversed(pending)), tuple(links))
+            return _resolved(here, pending, links)
+        if stat.S_ISLNK(info.st_mode) or _replaceable(done, parent, info):
+            links[here] = None
         if not stat.S_ISLNK(info.st_mode):
-            done = here
+            done, parent = here, info
             continue
-        links.append(here)
-        problem = _link_problem(here, info, len(links))
+        hops += 1
+        problem = _link_problem(here, info, hops)
+        try:
+            target = os.readlink(here)
+        except OSError as error:
+            problem = problem or f"cannot read symlink {here}: {error.strerror}"
         if problem:
-            return Resolution(os.path.join(here, *reversed(pending)), tuple(links), problem)
-        target = os.readlink(here)
-        done = "/" if target.startswith("/") else done
+            return _resolved(here, pending, links, problem)
+        if target.startswith("/"):
+            done, parent = "/", os.lstat("/")
         pending.extend(reversed(target.split("/")))
     return Resolution(done, tuple(links))
+
+
+def _resolved(here: str, pending: list[str], links: dict[str, None],
+              problem: str | None = None) -> Resolution:
+    """Resolved up to ``here``; the rest of the path as written after it."""
+    rest = os.path.normpath(os.path.join(here, *reversed(pending)))
+    return Resolution(rest, tuple(links), problem)
+
+
+def _replaceable(directory: str, info: os.stat_result, entry: os.stat_result) -> bool:
+    """Whether someone other than root may rename or replace a name in ``directory``."""
+    if _owner_problem(directory, info, "directory") is not None:
+        return True
+    # In a sticky directory (/tmp) the entry's owner may still rename it.
+    return bool(info.st_mode & stat.S_ISVTX) and entry.st_uid not in trusted_owners()
 
 
 def _link_problem(link: str, info: os.stat_result, hops: int) -> str | None:

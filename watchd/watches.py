@@ -37,6 +37,7 @@ from watchd.events import (
 from watchd.journal import MessageId
 from watchd.logs import log
 from watchd.rules import EMPTY_SCOPE, Root, RuleSet, Scope
+from watchd.trust import resolve_watched
 
 # What every watch needs to keep the table and its snapshot true, whatever its rules ask for.
 STRUCTURE_MASK = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
@@ -120,8 +121,10 @@ class WatchTable:
         # Asked for when a symlink a root's path crosses may lead elsewhere now: the daemon
         # then resolves every root again (``RuleSet.reresolved``) and applies what changed.
         self.on_link_change = on_link_change
-        self.links: set[bytes] = set()  # the symlinks roots' paths cross, by their own path
-        self.link_dirs: set[bytes] = set()  # the directories those symlinks are in
+        # Names on roots' paths whose change can change where they lead (the symlinks they
+        # cross, names others may replace; see trust.resolve_watched), with those roots.
+        self.links: dict[bytes, tuple[Root, ...]] = {}
+        self.link_dirs: set[bytes] = set()  # the directories those names are in
         self.lock = threading.RLock()
         self.by_wd: dict[int, WatchedDir] = {}
         self.by_path: dict[bytes, WatchedDir] = {}
@@ -157,9 +160,11 @@ class WatchTable:
     def child_scope(self, parent: WatchedDir, path: bytes) -> Scope:
         """The scope of a new subdirectory: its parent's recursive roots and any rooted here."""
         here = self.ruleset.roots_by_path.get(path)
-        if not parent.scope.recursive and here is None:
+        # Roots that are files in it: a walk that reaches it after them must keep them.
+        files = self.attached.get(path, ())
+        if not parent.scope.recursive and here is None and not files:
             return EMPTY_SCOPE
-        roots = ((here,) if here is not None else ()) + parent.scope.recursive
+        roots = ((here,) if here is not None else ()) + files + parent.scope.recursive
         return self.ruleset.scope(roots)
 
     # -- adding and removing ---------------------------------------------------------------
@@ -217,6 +222,7 @@ class WatchTable:
         if entry is not None:
             for root in self.unwatch(entry, in_kernel=False):
                 self.establish(root, report)
+            self._keep_link_dirs()
 
     def rewatch(self, root: Root) -> None:
         """Watch a root afresh, its old watches all dropped: a mount came or went under it."""
@@ -237,6 +243,7 @@ class WatchTable:
             lost.extend(self.unwatch(entry))
         for root in lost:
             self.establish(root)
+        self._keep_link_dirs()
 
     def rename_tree(self, old: bytes, new: bytes) -> bool:
         """A watched directory was renamed within watched space; False if it was not watched."""
@@ -272,18 +279,13 @@ class WatchTable:
         is not followed: only the symlink's directory is watched, for the day it changes.
         """
         for link in root.links:
-            self._watch_link(link)
-        if root.untrusted is not None:
+            self._watch_link(link, root)
+        if root.untrusted is not None or self._leads_elsewhere(root):
             return
         try:
             mode = os.lstat(root.path).st_mode
         except OSError:
             self._wait_for(root)
-            return
-        if stat.S_ISLNK(mode):
-            # It became a symlink since it was resolved: whether to follow it is decided anew.
-            self._watch_link(root.path)
-            self.on_link_change()
             return
         if stat.S_ISDIR(mode):
             for parent, entry in self.walk(root.path, self.scope_for(root.path), report):
@@ -296,19 +298,44 @@ class WatchTable:
         if self.watch(parent, self.scope_for(parent)) is None:
             self._wait_for(root)
 
-    def _watch_link(self, link: bytes) -> None:
-        """Watch the directory a symlink on a root's path is in, for that name's changes."""
+    def _leads_elsewhere(self, root: Root) -> bool:
+        """Whether a symlink appeared on the root's path since it was resolved (where a name
+        was missing, or in place of a directory): then nothing is followed, and the daemon
+        is asked to resolve the roots again."""
+        now = resolve_watched(os.fsdecode(root.path))
+        for link in now.links:
+            self._watch_link(os.fsencode(link), root)
+        if os.fsencode(now.path) == root.path and now.untrusted is None:
+            return False
+        self.on_link_change()
+        return True
+
+    def _watch_link(self, link: bytes, root: Root) -> None:
+        """Watch the directory ``link`` is in, for that name's changes."""
         parent = os.path.dirname(link)
-        self.links.add(link)
+        roots = self.links.get(link, ())
+        if root not in roots:
+            self.links[link] = (*roots, root)
         known = self.by_path.get(parent)
         if parent not in self.link_dirs or known is None:
             self.link_dirs.add(parent)
             self.watch(parent, known.scope if known else self.scope_for(parent))
 
     def link_changed(self, path: bytes) -> None:
-        """A name changed in a directory holding such a symlink; is it one of them?"""
-        if path in self.links:
-            self.on_link_change()
+        """A name changed in a directory holding such names; if it is one, the roots it
+        leads to are watched afresh, and the daemon resolves every root again."""
+        roots = self.links.get(path)
+        if roots is None:
+            return
+        for root in roots:
+            self.rewatch(root)
+        self.on_link_change()
+
+    def _keep_link_dirs(self) -> None:
+        """Watch again the directories of such names that an unwatch took away."""
+        for link, roots in list(self.links.items()):
+            if os.path.dirname(link) not in self.by_path:
+                self._watch_link(link, roots[0])
 
     def _wait_for(self, root: Root) -> None:
         """Watch the nearest existing ancestor of a missing root for the next name to appear."""
@@ -357,7 +384,10 @@ class WatchTable:
             if root.path in self.by_path and _same_reach(root, ruleset.roots_by_path.get(root.path))
         }
         self.ruleset = ruleset
-        self.links = {link for root in ruleset.roots for link in root.links}
+        self.links = {}
+        for root in ruleset.roots:
+            for link in root.links:
+                self.links[link] = (*self.links.get(link, ()), root)
         self.link_dirs = {os.path.dirname(link) for link in self.links}
         new_paths = set(ruleset.roots_by_path)
         self.attached = {
@@ -375,6 +405,7 @@ class WatchTable:
         for root in ruleset.roots:
             if root.path not in in_place:
                 self.establish(root, report=False)
+        self._keep_link_dirs()  # of roots kept in place, whose links may be new
 
     # -- walking ---------------------------------------------------------------------------
 

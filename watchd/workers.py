@@ -21,6 +21,8 @@ from watchd.trust import ProgramTrust, Untrusted
 
 # How long a command stopped for a newer event (on_busy: restart) gets between TERM and KILL.
 RESTART_GRACE = 2.0
+# How long the stop waits at a time for a second SIGTERM, between looks at the workers.
+HURRY_TURN = 0.2
 # Paths whose refusal for their kind has been logged (each once); the oldest are forgotten.
 KIND_REFUSALS_REMEMBERED = 10_000
 
@@ -56,18 +58,23 @@ class WorkerPool:
             self._threads.append(thread)
             thread.start()
 
-    def stop(self, grace: float) -> int:
+    def stop(self, grace: float, hurry: Callable[[float], bool] = lambda wait: False) -> int:
         """Run nothing new; wait up to ``grace`` for running actions, then kill them.
 
-        Returns how many queued jobs were not run.
+        ``hurry(seconds)`` waits up to that long for a reason to kill them at once (a second
+        SIGTERM); it is asked in short turns. Returns how many queued jobs were not run.
         """
         self.stopping.set()
         abandoned = self.jobs.close()
-        if not self._join(grace):
-            with self._lock:
-                for _, command in self._running.values():
-                    command.kill()
-            self._join(grace)
+        deadline = time.monotonic() + grace
+        while not self._join(0):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or hurry(min(remaining, HURRY_TURN)):
+                with self._lock:
+                    for _, command in self._running.values():
+                        command.kill()
+                self._join(grace)
+                break
         return abandoned
 
     def restart(self, key: JobKey) -> None:
@@ -157,15 +164,19 @@ class WorkerPool:
         try:
             self._programs.check(command.program)
         except Untrusted as untrusted:
-            if self.untrusted_programs.get(command.program) != str(untrusted):
+            with self._lock:
+                news = self.untrusted_programs.get(command.program) != str(untrusted)
                 self.untrusted_programs[command.program] = str(untrusted)
+            if news:
                 self.on_status_change()
             self.counters.add("programs_untrusted")
             log(logging.ERROR, f"action failed: not run: {untrusted}",
                 message_id=MessageId.PROGRAM_UNTRUSTED, rule=job.rule.name, event=job.event.event,
                 path=job.event.path, action="command", step=index + 1, program=command.program)
             return False
-        if self.untrusted_programs.pop(command.program, None) is not None:
+        if command.program in self.untrusted_programs:
+            with self._lock:
+                self.untrusted_programs.pop(command.program, None)
             self.on_status_change()
         return True
 
