@@ -112,7 +112,7 @@ class Watchd:
 
     @property
     def count(self) -> int:
-        return self.counters.events
+        return self.counters.inotify_records
 
     def start(self) -> None:
         self.notifier.start()

@@ -218,7 +218,7 @@ class Watchd(intake.Watchd):
 
     @property
     def count(self) -> int:
-        return self.counters.events + self.counters.found_by_scan
+        return self.counters.inotify_records + self.counters.found_by_scan
 
     def stop(self) -> None:
         super().stop()

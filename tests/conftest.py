@@ -165,16 +165,46 @@ def zombie_children(pid: int) -> list[int]:
     return zombies
 
 
+# The machine's own values of the limits a test changed, kept on disk until put back: a run
+# that is killed (SIGKILL, a lost CI machine) cannot run its finally, the next run can.
+CHANGED_LIMITS = Path(os.environ.get("WATCHD_TEST_LIMITS", "/var/tmp/watchd-test-limits.json"))
+
+
 @contextlib.contextmanager
 def inotify_limit(name: str, value: int) -> Iterator[None]:
-    """Lower (or raise) one of /proc/sys/fs/inotify's limits for the block; restored after."""
+    """Lower (or raise) one of /proc/sys/fs/inotify's limits for the block; restored after,
+    and at the next run's start if this one was killed before it could."""
     limit = Path(f"/proc/sys/fs/inotify/{name}")
     saved = limit.read_text()
+    originals = _changed_limits()
+    originals.setdefault(name, saved)
+    CHANGED_LIMITS.write_text(json.dumps(originals))
     limit.write_text(f"{value}\n")
     try:
         yield
     finally:
         limit.write_text(saved)
+        originals = _changed_limits()
+        originals.pop(name, None)
+        CHANGED_LIMITS.write_text(json.dumps(originals))
+
+
+def _changed_limits() -> dict[str, str]:
+    return json.loads(CHANGED_LIMITS.read_text()) if CHANGED_LIMITS.exists() else {}
+
+
+def restore_limits() -> dict[str, str]:
+    """Put back every limit an earlier run left changed; what was put back."""
+    originals = _changed_limits()
+    for name, value in originals.items():
+        Path(f"/proc/sys/fs/inotify/{name}").write_text(value)
+    CHANGED_LIMITS.unlink(missing_ok=True)
+    return originals
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.geteuid() == 0:
+        restore_limits()
 
 
 def kernel_watches(pid: int, only_fd: int | None = None) -> dict[int, int]:

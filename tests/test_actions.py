@@ -67,7 +67,7 @@ def test_a_failure_is_logged_with_status_and_stderr_and_stops_the_chain(
     (watched / "f").write_bytes(b"x")
     process.wait_log("action failed")
     line = next(ln for ln in process.log().splitlines() if "action failed" in ln)
-    assert "ERROR action failed: exited with status; 1 later action(s) skipped" in line
+    assert "ERROR action failed: exited with status 3; 1 later action(s) skipped" in line
     assert "rule=chain" in line and "exit_status=3" in line and 'stderr="disk on fire"' in line
     assert len(records(out)) == 1
 
@@ -143,7 +143,7 @@ def test_timeout_kills_the_whole_group_even_when_it_ignores_sigterm(tmp_path, wr
     wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2)
     shell, child = (int(pid) for pid in pids.read_text().split())
     assert alive(shell) and alive(child)
-    process.wait_log("timed out; process group killed")
+    process.wait_log("timed out after 0.5s; process group killed")
     assert not alive(shell) and not alive(child)
     assert zombie_children(process.pid) == []
 

@@ -10,11 +10,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from conftest import alive, env_of, recorder, records, wait_for
 from test_events import fired, rule
 
+from watchd.cli import main
 from watchd.daemon import HANDLED_SIGNALS, Daemon
 
 # -- 1. a directory's own delete_self / move_self say it is a directory ----------------------
@@ -113,3 +116,175 @@ def test_a_closed_pipe_is_no_traceback(tmp_path, write_rules):
                            shell=True, capture_output=True, text=True, check=True)
     assert len(piped.stdout.splitlines()) == 2
     assert piped.stderr == ""
+
+
+# -- 8. SIGHUPs are merged; 9. a rename storm does not hold the main loop ---------------------
+
+def test_sighups_during_a_reload_make_one_more_not_one_each(tmp_path, write_rules, daemon):
+    watched = tmp_path / "tree"
+    for index in range(2000):
+        (watched / f"d{index}").mkdir(parents=True)
+    process = daemon(write_rules(f"""\
+        rules:
+          - {{name: r, paths: [{watched}], recursive: true, actions: [{{command: [/bin/true]}}]}}
+        """))
+    for _ in range(200):
+        process.signal(signal.SIGHUP)
+    process.wait_log("INFO reloaded")
+    process.signal(signal.SIGTERM)
+    assert process.process.wait(timeout=10) == 0
+    assert process.log().count("INFO reloaded") < 50  # 200 if each made a reload
+
+
+def test_a_rename_storm_does_not_hold_a_reload(tmp_path, write_rules, daemon):
+    watched, outside = tmp_path / "w", tmp_path / "outside"
+    for index in range(20_000):  # each move out scans the watch table for what was below
+        (watched / "tree" / f"d{index}").mkdir(parents=True)
+    outside.mkdir()
+    process = daemon(write_rules(f"""\
+        rules:
+          - {{name: r, paths: [{watched}], recursive: true, actions: [{{command: [/bin/true]}}]}}
+        """))
+    storming = threading.Event()
+    renamed = [0]
+
+    def storm() -> None:
+        while not storming.is_set():
+            made = watched / f"d{renamed[0]}"
+            made.mkdir()
+            os.rename(made, outside / made.name)
+            renamed[0] += 1
+            time.sleep(0.002)  # the pace of the storm (500 renames a second), not a wait
+
+    thread = threading.Thread(target=storm)
+    thread.start()
+    try:
+        wait_for(lambda: renamed[0] > 500, what="the storm under way")
+        process.signal(signal.SIGHUP)
+        process.wait_log("INFO reloaded", timeout=5)  # 28 s when the reader held the lock
+        process.signal(signal.SIGUSR1)
+        process.wait_log("INFO counters", timeout=5)
+    finally:
+        storming.set()
+        thread.join()
+
+
+# -- 17. a kernel limit a test changed is put back, even after a SIGKILL ----------------------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="kernel limits need root")
+def test_a_limit_left_changed_by_a_killed_run_is_put_back_at_the_next_start(tmp_path):
+    limit = Path("/proc/sys/fs/inotify/max_queued_events")
+    original = limit.read_text()
+    record = tmp_path / "limits.json"
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal, conftest\n"
+         "with conftest.inotify_limit('max_queued_events', 17):\n"
+         "    os.kill(os.getpid(), signal.SIGKILL)"],
+        cwd=Path(__file__).parent, env={**os.environ, "WATCHD_TEST_LIMITS": str(record)})
+    try:
+        assert killed.returncode == -signal.SIGKILL
+        assert limit.read_text() == "17\n"
+        # What the next run does first (conftest's pytest_sessionstart).
+        restored = subprocess.run(
+            [sys.executable, "-c", "import conftest; print(conftest.restore_limits())"],
+            cwd=Path(__file__).parent, env={**os.environ, "WATCHD_TEST_LIMITS": str(record)},
+            capture_output=True, text=True, check=True)
+        assert "max_queued_events" in restored.stdout
+        assert limit.read_text() == original and not record.exists()
+    finally:
+        limit.write_text(original)
+
+
+# -- 13. every error of every file at once, in order -------------------------------------------
+
+TRUE = "[{command: [/bin/true]}]"
+
+
+def test_check_reports_every_error_of_every_file_sorted(tmp_path, capsys):
+    etc = tmp_path / "etc"
+    (etc / "rules.d").mkdir(parents=True)
+    (etc / "rules.yaml").write_text(
+        "rules:\n  - name: same\n    paths: [/tmp]\n    paths: [/srv]\n"
+        f"    actions: {TRUE}\n  - name: other\n    paths: [relative]\n    actions: {TRUE}\n")
+    (etc / "rules.d" / "10-x.yaml").write_text(
+        f"rules:\n  - name: same\n    paths: [/tmp]\n    actions: {TRUE}\n"
+        f"  - name: bad\n    paths: [/tmp]\n    events: [nope]\n    actions: {TRUE}\n")
+    assert main(["check", "--config", str(etc / "rules.yaml")]) == 1
+    errors = capsys.readouterr().err.splitlines()[:-1]  # the count last
+    located = [line.split(": ", 1)[0] for line in errors]
+    assert located == [f"{etc}/rules.yaml:4:5", f"{etc}/rules.yaml:7:13",
+                       f"{etc}/rules.d/10-x.yaml:2:5", f"{etc}/rules.d/10-x.yaml:7:14"]
+    assert "duplicate key 'paths'" in errors[0]
+    assert "path must be absolute" in errors[1]
+    assert "duplicate rule name 'same'" in errors[2]
+    assert "unknown event 'nope'" in errors[3]
+
+
+# -- 14. messages that say what happened; 15. ignore_case -------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("rules:\n\t- name: x\n", "rules.yaml:2:1: YAML: a tab: indent with spaces"),
+    ("rules:\n  - {name: x, paths: [/tmp], include: [*.csv], actions: [{command: [/bin/true]}]}\n",
+     'must be quoted: "*.csv"'),
+    ("rules:\n  - {name: no, paths: [/tmp], actions: [{command: [/bin/true]}]}\n",
+     'rules[0].name: Input should be a valid string: YAML read no as False; quote it ("no")'),
+    ("rules:\n  - {name: x, paths: [/tmp], recursiv: true, actions: [{command: [/bin/true]}]}\n",
+     "unknown key 'recursiv' (did you mean 'recursive'?)"),
+    ("rules:\n  - {name: x, path: [/tmp], actions: [{command: [/bin/true]}]}\n",
+     "unknown key 'path' (did you mean 'paths'?)"),
+    ("rules:\n  - {name: x, paths: [/tmp], actions: [{comand: [/bin/true]}]}\n",
+     "(did you mean 'command'?)"),
+    ("rules:\n  - {name: x, paths: [/tmp], actions: [{command: [/bin/true], cwd: '{dir}'}]}\n",
+     "cwd: placeholders are not allowed here ('{dir}'): give a fixed absolute path"),
+], ids=["tab", "unquoted-star", "yaml-boolean", "recursiv", "path", "comand", "cwd-placeholder"])
+def test_an_error_says_what_to_do(tmp_path, capsys, text, expected):
+    config = tmp_path / "rules.yaml"
+    config.write_text(text)
+    assert main(["check", "--config", str(config)]) == 1
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    ("exit 1", "action failed: exited with status 1 "),
+    ("kill -KILL $$", "action failed: killed by signal SIGKILL "),
+    ("sleep 30", "action failed: timed out after 0.5s; process group killed "),
+])
+def test_a_failure_is_said_in_words(tmp_path, write_rules, daemon, script, expected):
+    watched = tmp_path / "in"
+    watched.mkdir()
+    process = daemon(write_rules(f"""\
+        rules:
+          - name: r
+            paths: [{watched}]
+            actions: [{{command: [/bin/sh, -c, "{script}"], timeout: 500ms}}]
+        """))
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("action failed")
+    assert expected in process.log()
+
+
+def test_explain_names_the_exclude_pattern_that_matched(tmp_path, write_rules, capsys):
+    config = write_rules(f"""\
+        rules:
+          - name: r
+            paths: [{tmp_path}]
+            exclude: ["*.tmp", "!keep.tmp", ".*"]
+            actions: [{{command: [/bin/true]}}]
+        """)
+    assert main(["explain", str(tmp_path / ".cache"), "--config", str(config)]) == 0
+    assert "does not fire: exclude pattern '.*' matches '.cache'" in capsys.readouterr().out
+
+
+def test_ignore_case_matches_names_in_any_case(tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    daemon(write_rules("rules:\n" + rule("photos", [watched], out, include='["*.jpg"]',
+                                         exclude='["raw/"]', ignore_case="true",
+                                         recursive="true")
+                       + rule("exact", [watched], out, include='["*.jpg"]')))
+    (watched / "RAW").mkdir()
+    for name in ("IMG_0001.JPG", "RAW/IMG_0002.JPG", "img_0003.jpg"):
+        (watched / name).write_bytes(b"x")
+    wait_for(lambda: len(fired(out)) >= 3)
+    assert sorted((name, os.path.basename(path)) for name, _, path, _ in fired(out)) == [
+        ("exact", b"img_0003.jpg"), ("photos", b"IMG_0001.JPG"), ("photos", b"img_0003.jpg")]

@@ -6,6 +6,7 @@ raises ``ConfigError`` listing every problem found in every file.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import pydantic
 import yaml
 
 from watchd.lint import argv_warnings
-from watchd.models import TRUSTED_PROGRAMS, CommandAction, DropIn, RulesFile, Settings
+from watchd.models import TRUSTED_PROGRAMS, CommandAction, DropIn, RulesFile, Settings, Webhook
 from watchd.models import Rule as RuleModel
 from watchd.trust import Untrusted, read_trusted
 
@@ -97,15 +98,19 @@ def load(path: Path | str = DEFAULT_CONFIG) -> Config:
                                 f"cannot list: {error.strerror}"))
     # One look per program for the whole load, however many actions name it.
     context = {TRUSTED_PROGRAMS: set()}
-    main_file = _validated(main, RulesFile, problems, context)
+    names: list[_RuleName] = []
+    main_file = _validated(main, RulesFile, problems, context, names)
     rules = list(main_file.rules) if main_file else []
     warnings = list(main_file.warnings) if main_file else []
     for drop_in in drop_ins:
-        validated = _validated(drop_in, DropIn, problems, context)
+        validated = _validated(drop_in, DropIn, problems, context, names)
         rules.extend(validated.rules if validated else ())
         warnings.extend(validated.warnings if validated else ())
-    problems.extend(_duplicate_names(rules))
+    problems.extend(_duplicate_names(names))
     if problems or main_file is None:
+        order = {str(file): index for index, file in enumerate([main, *drop_ins])}
+        problems.sort(key=lambda problem: (order.get(problem.file, -1), problem.line,
+                                           problem.column))
         raise ConfigError(problems)
     settings = main_file.model.settings
     assert isinstance(settings, Settings)
@@ -120,13 +125,35 @@ class _ValidatedFile:
     warnings: tuple[Problem, ...]
 
 
+@dataclass(frozen=True)
+class _RuleName:
+    """A rule's name as written, valid file or not: duplicates are told whatever else is wrong."""
+
+    name: str
+    file: str
+    line: int
+    column: int
+
+
 class _Document:
     """A YAML document's data together with its node tree, for locating errors."""
 
-    def __init__(self, file: str, node: yaml.Node | None, data: Any) -> None:
+    def __init__(self, file: str, node: yaml.Node | None, data: Any,
+                 duplicates: list[Problem]) -> None:
         self.file = file
         self.node = node
         self.data = data
+        self.duplicates = duplicates  # keys given twice: told, and the last one taken
+
+    def scalar(self, loc: tuple[int | str, ...]) -> str | None:
+        """The text of the scalar that ``loc`` names, as written; None if there is none."""
+        node = self.node
+        for step in loc:
+            child = _child(node, step) if node is not None else None
+            if child is None:
+                return None
+            node = child[1]
+        return node.value if isinstance(node, yaml.ScalarNode) else None
 
     def locate(self, loc: tuple[int | str, ...], at_key: bool = False) -> tuple[int, int]:
         """Line and column (1-based) of the node that ``loc`` names, or of its nearest parent."""
@@ -172,20 +199,23 @@ def _read_document(path: Path) -> _Document:
         _check_structure(file, text)
         loader = _LOADER(text)
         node = loader.get_single_node()
-        if node is not None:
-            _reject_duplicate_keys(file, node)
+        duplicates = _duplicate_keys(file, node) if node is not None else []
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(filter(None, [error.context, error.problem]))
+        if mark is not None and text[mark.index : mark.index + 1] == "\t":
+            message = "a tab: indent with spaces (YAML does not allow tabs there)"
+        elif "alias" in (error.context or ""):
+            message += f"; {_QUOTE_STAR}"
         raise ConfigError([Problem(file, line, column, f"YAML: {message}")]) from None
     except yaml.YAMLError as error:
         raise ConfigError([Problem(file, 1, 1, f"YAML: {error}")]) from None
     finally:
         if loader is not None:
             loader.dispose()
-    return _Document(file, node, data)
+    return _Document(file, node, data, duplicates)
 
 
 def _check_structure(file: str, text: str) -> None:
@@ -198,7 +228,7 @@ def _check_structure(file: str, text: str) -> None:
     for event in yaml.parse(text, Loader=_LOADER):
         problem = None
         if isinstance(event, yaml.AliasEvent):
-            problem = "YAML aliases (*name) are not allowed in a rules file"
+            problem = f"YAML aliases (*name) are not allowed in a rules file; {_QUOTE_STAR}"
         elif getattr(event, "anchor", None) is not None:
             problem = "YAML anchors (&name) are not allowed in a rules file"
         elif isinstance(event, yaml.CollectionStartEvent):
@@ -212,7 +242,8 @@ def _check_structure(file: str, text: str) -> None:
             raise ConfigError([Problem(file, mark.line + 1, mark.column + 1, problem)])
 
 
-def _reject_duplicate_keys(file: str, node: yaml.Node) -> None:
+def _duplicate_keys(file: str, node: yaml.Node) -> list[Problem]:
+    found = []
     pending = [node]
     while pending:
         current = pending.pop()
@@ -222,34 +253,50 @@ def _reject_duplicate_keys(file: str, node: yaml.Node) -> None:
                 key = str(key_node.value)
                 if key in seen:
                     mark = key_node.start_mark
-                    raise ConfigError(
-                        [Problem(file, mark.line + 1, mark.column + 1, f"duplicate key {key!r}")]
-                    )
+                    found.append(Problem(file, mark.line + 1, mark.column + 1,
+                                         f"duplicate key {key!r}"))
                 seen.add(key)
                 pending.append(value_node)
         elif isinstance(current, yaml.SequenceNode):
             pending.extend(current.value)
+    return found
 
 
 def _validated(
     path: Path, model: type[RulesFile] | type[DropIn], problems: list[Problem],
-    context: dict[str, Any],
+    context: dict[str, Any], names: list[_RuleName],
 ) -> _ValidatedFile | None:
-    """The file, validated, its rules located; None (``problems`` extended) if it is invalid."""
+    """The file, validated, its rules located; None (``problems`` extended) if it is invalid.
+    ``names`` gets its rules' names in any case."""
     try:
         document = _read_document(path)
     except ConfigError as error:
         problems.extend(error.problems)
         return None
+    problems.extend(document.duplicates)
     data = {} if document.data is None else document.data
     if not isinstance(data, dict):
         problems.append(Problem(document.file, *document.locate(()), "the file must be a mapping"))
         return None
+    names.extend(_rule_names(document, data.get("rules")))
+    # A file with a duplicate key is validated all the same, for its other errors.
+    validated = _validate(document, model, data, problems, context)
+    if validated is None or document.duplicates:
+        return None
+    return _located(document, validated)
+
+
+def _validate(document: _Document, model: type[RulesFile] | type[DropIn], data: dict[str, Any],
+              problems: list[Problem], context: dict[str, Any]) -> RulesFile | DropIn | None:
     try:
         validated = model.model_validate(data, context=context)
     except pydantic.ValidationError as error:
         problems.extend(_problem(document, detail, model) for detail in error.errors())
         return None
+    return validated
+
+
+def _located(document: _Document, validated: RulesFile | DropIn) -> _ValidatedFile:
     rules = tuple(
         SourcedRule(rule, document.file, *document.locate(("rules", index)), index,
                     tuple(document.locate(("rules", index, "paths", j))
@@ -271,6 +318,16 @@ def _warnings(document: _Document, rules: list[RuleModel]) -> Iterator[Problem]:
                               warning=True)
 
 
+_QUOTE_STAR = 'a value that starts with * (a pattern like *.csv) must be quoted: "*.csv"'
+_KEYS = sorted({name for model in (RulesFile, DropIn, Settings, RuleModel, CommandAction, Webhook)
+                for name in model.model_fields} | {"webhook"})
+
+
+def _did_you_mean(key: object) -> str:
+    close = difflib.get_close_matches(str(key), _KEYS, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _problem(document: _Document, detail: Any, model: type[pydantic.BaseModel]) -> Problem:
     loc = tuple(step for step in detail["loc"] if isinstance(step, int) or not _is_tag(step))
     kind = detail["type"]
@@ -281,15 +338,27 @@ def _problem(document: _Document, detail: Any, model: type[pydantic.BaseModel]) 
         hint = ""
         if model is DropIn and key == "settings":
             hint = " (drop-ins hold only 'rules'; settings belong in the main file)"
-        message = f"unknown key {key!r}{hint}"
+        message = f"unknown key {key!r}{hint or _did_you_mean(key)}"
         where = _dotted(loc[:-1])
     elif kind == "missing":
         message = f"missing required key {loc[-1]!r}"
         where = _dotted(loc[:-1])
     else:
-        message = str(detail["msg"]).removeprefix("Value error, ")
+        message = str(detail["msg"]).removeprefix("Value error, ") + _hint(document, detail, loc)
     line, column = document.locate(loc, at_key)
     return Problem(document.file, line, column, f"{where}: {message}" if where else message)
+
+
+def _hint(document: _Document, detail: Any, loc: tuple[int | str, ...]) -> str:
+    """What the admin most likely meant, for errors whose cause is not in pydantic's words."""
+    value = detail.get("input")
+    if detail["type"] == "string_type" and isinstance(value, bool | int | float):
+        written = document.scalar(loc)
+        return (f": YAML read {written} as {value!r}; quote it (\"{written}\") to mean the "
+                "text" if written else "")
+    if detail["type"] == "action_kind" and isinstance(value, dict):
+        return next((_did_you_mean(key) for key in value if _did_you_mean(key)), "")
+    return ""
 
 
 _TYPE_TAGS = frozenset({"bool", "float", "int", "none", "str", "dict", "list"})
@@ -307,19 +376,19 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def _duplicate_names(rules: list[SourcedRule]) -> list[Problem]:
-    first: dict[str, SourcedRule] = {}
+def _rule_names(document: _Document, rules: Any) -> Iterator[_RuleName]:
+    for index, rule in enumerate(rules if isinstance(rules, list) else ()):
+        if isinstance(rule, dict) and isinstance(rule.get("name"), str):
+            yield _RuleName(rule["name"], document.file, *document.locate(("rules", index)))
+
+
+def _duplicate_names(names: list[_RuleName]) -> list[Problem]:
+    first: dict[str, _RuleName] = {}
     problems = []
-    for rule in rules:
-        earlier = first.setdefault(rule.model.name, rule)
+    for rule in names:
+        earlier = first.setdefault(rule.name, rule)
         if earlier is not rule:
-            problems.append(
-                Problem(
-                    rule.file,
-                    rule.line,
-                    rule.column,
-                    f"duplicate rule name {rule.model.name!r} "
-                    f"(first at {earlier.file}:{earlier.line}:{earlier.column})",
-                )
-            )
+            problems.append(Problem(rule.file, rule.line, rule.column,
+                                    f"duplicate rule name {rule.name!r} "
+                                    f"(first at {earlier.file}:{earlier.line}:{earlier.column})"))
     return problems

@@ -12,7 +12,8 @@ DROP_REPORT_INTERVAL = 1.0  # seconds: dropped events or deliveries are logged a
 class Counters:
     # Most counters are written by one thread only (a reader may see them a moment late);
     # those that several threads write go through ``add``.
-    events: int = 0
+    inotify_records: int = 0  # read from the kernel, whatever they were about
+    events: int = 0  # handed to the rules: the kernel's in watched scopes, and found by scan
     matched: int = 0
     actions_ok: int = 0
     actions_failed: int = 0

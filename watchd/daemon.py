@@ -130,7 +130,8 @@ class Daemon:
                 woken_by = b""
             if _LINKS in woken_by:
                 self._reresolve()
-            for signum in woken_by:
+            # Each signal once per turn: SIGHUPs that came during a reload make one more.
+            for signum in dict.fromkeys(woken_by):
                 self._handle(signum)
             self._report_drops()
             if not self.notifier.is_alive():

@@ -7,6 +7,8 @@ import shlex
 import stat
 from collections.abc import Iterator
 
+import pathspec
+
 from watchd.events import EVENT_BITS, KINDS, FileEvent, describe_mode, event_mask, kind_of
 from watchd.jobs import Job
 from watchd.logs import escape
@@ -69,7 +71,7 @@ def _explain_rule(
     if reason is None and mode is not None and kind_of(mode) not in rule.kinds:
         reason = REASON_KIND
     if reason is not None:
-        yield f"{title}: does not fire: {_reason(reason, rule, relative, event)}"
+        yield f"{title}: does not fire: {_reason(reason, rule, relative, event, is_dir)}"
         return
     names = [event] if event else [n for n, b in EVENT_BITS.items() if b & rule.mask]
     yield f"{title}: fires on {', '.join(names)}"
@@ -88,13 +90,25 @@ def _describe(action: Action, values: dict[str, bytes]) -> str:
     return f"command: {shlex.join(argv)}"
 
 
-def _reason(reason: str, rule: Rule, relative: bytes, event: str | None) -> str:
+def _reason(reason: str, rule: Rule, relative: bytes, event: str | None, is_dir: bool) -> str:
     shown = escape(relative)
     return {
         REASON_EVENT: f"event {event} is not among its events ({', '.join(rule.events)})",
         REASON_KIND: "it takes only kind: " + ", ".join(k for k in KINDS if k in rule.kinds),
         REASON_DEPTH: f"{shown!r} is in a subdirectory and the rule is not recursive",
         REASON_INCLUDE: f"no include pattern matches {shown!r}",
-        REASON_EXCLUDE: f"an exclude pattern matches {shown!r}",
+        REASON_EXCLUDE: f"exclude pattern {_excluding(rule, relative, is_dir)!r} matches "
+                        f"{shown!r}",
     }[reason]
 
+
+def _excluding(rule: Rule, relative: bytes, is_dir: bool) -> str:
+    """The exclude pattern that decided: the last one matching (a later ``!`` one would have
+    taken the path back)."""
+    subject = rule.subject(relative, is_dir)
+    deciding = ""
+    for pattern in rule.exclude_patterns:
+        written = pattern.lower() if rule.ignore_case else pattern
+        if pathspec.GitIgnoreSpec.from_lines([written]).match_file(subject):
+            deciding = pattern
+    return deciding

@@ -78,6 +78,9 @@ def _no_nul(text: str) -> str:
 
 def _absolute(path: str) -> str:
     _no_nul(path)
+    if "{" in path:
+        raise ValueError(f"placeholders are not allowed here ({path!r}): give a fixed absolute "
+                         "path")
     if not path.startswith("/"):
         raise ValueError(f"path must be absolute: {path!r}")
     return os.path.normpath(path)
@@ -291,6 +294,8 @@ class Rule(_Strict):
     on_busy: Literal["queue", "skip", "restart"] = Field(
         default="queue", description="an event for a path whose action still runs: queue one "
         "more run after it, skip it, or restart the action")
+    ignore_case: bool = Field(default=False, description="include and exclude patterns match "
+                              "names case-insensitively (IMG_0001.JPG matches *.jpg)")
     ignore_own_writes: bool = Field(default=False, description="ignore events on the path an "
                                     "action of this rule runs for, while it runs and 1 s after")
     enabled: bool = True

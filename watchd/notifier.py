@@ -163,15 +163,22 @@ class Notifier(pyinotify.ThreadedNotifier):
             append((wd, mask, cookie, name))
 
     def process_events(self) -> None:
-        """Handle what was read; then settle new directories and moves against the backlog."""
+        """Handle what was read; then settle new directories and moves against the backlog.
+
+        The table's lock is taken for one round at a time: under a steady stream of renames
+        there is always a move to settle, and a reload must still get its turn.
+        """
         with self.table.lock:
             self._translate_queued()
-            while (self._scanned or self._moves) and not self._stop_event.is_set():
-                settled = self._generation
-                self._generation += 1
-                if self._moves:
-                    # The two halves of a rename are queued together, but a read can split them.
-                    select.select([self._fd], [], [], _MOVE_SETTLE_MS / 1000)
+        while (self._scanned or self._moves) and not self._stop_event.is_set():
+            settled = self._generation
+            self._generation += 1
+            if self._moves:
+                # The two halves of a rename are queued together, but a read can split them.
+                select.select([self._fd], [], [], _MOVE_SETTLE_MS / 1000)
+            else:
+                time.sleep(0)  # a waiting reload may take the lock between two rounds
+            with self.table.lock:
                 self.read_events()
                 self._translate_queued()
                 self._settle(settled)
@@ -180,7 +187,7 @@ class Notifier(pyinotify.ThreadedNotifier):
         queued = self._eventq
         while queued:
             record = queued.popleft()
-            self.counters.events += 1
+            self.counters.inotify_records += 1
             try:
                 self._translate(*record)
             except Exception:
@@ -278,6 +285,7 @@ class Notifier(pyinotify.ThreadedNotifier):
                     self.table.unwatch_tree(move.path)
 
     def _emit(self, entry: WatchedDir, event: FileEvent) -> None:
+        self.counters.events += 1
         if event.synthetic:
             self.counters.found_by_scan += 1
         self.dispatcher.submit(event, entry.scope)

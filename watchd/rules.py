@@ -120,6 +120,8 @@ class Rule:
     on_busy: str = "queue"
     ignore_own_writes: bool = False
     include_patterns: tuple[str, ...] | None = None
+    exclude_patterns: tuple[str, ...] = ()
+    ignore_case: bool = False
     # The values ``is_dir`` may have for the rule to fire, from ``kinds``: the hot path's test.
     kind_by_is_dir: frozenset[bool] = frozenset((False, True))
 
@@ -137,8 +139,8 @@ class Rule:
             recursive=model.recursive,
             kinds=kinds,
             paths=tuple(model.paths),
-            include=pathspec.GitIgnoreSpec.from_lines(model.include) if model.include else None,
-            exclude=pathspec.GitIgnoreSpec.from_lines(model.exclude) if model.exclude else None,
+            include=_spec(model.include, model.ignore_case),
+            exclude=_spec(model.exclude, model.ignore_case),
             enabled=model.enabled,
             actions=tuple(_compile_action(action) for action in model.actions),
             source=f"{sourced.file}:{sourced.line}",
@@ -147,8 +149,15 @@ class Rule:
             on_busy=model.on_busy,
             ignore_own_writes=model.ignore_own_writes,
             include_patterns=tuple(model.include) if model.include else None,
+            exclude_patterns=tuple(model.exclude),
+            ignore_case=model.ignore_case,
             kind_by_is_dir=frozenset(kind == DIR for kind in kinds),
         )
+
+    def subject(self, relative: bytes, is_dir: bool) -> str:
+        """What the patterns are matched against: the relative path, ``/`` after a directory."""
+        subject = os.fsdecode(relative) + ("/" if is_dir else "")
+        return subject.lower() if self.ignore_case else subject
 
     def refusal(self, bit: int, is_dir: bool, relative: bytes) -> str | None:
         """None if this rule fires for the event, else the reason it does not."""
@@ -164,7 +173,7 @@ class Rule:
             return REASON_DEPTH
         if self.include is None and self.exclude is None:
             return None
-        subject = os.fsdecode(relative) + ("/" if is_dir else "")
+        subject = self.subject(relative, is_dir)
         if self.include is not None and not self.include.match_file(subject):
             return REASON_INCLUDE
         if self.exclude is not None and self.exclude.match_file(subject):
@@ -318,6 +327,14 @@ INDEX_FROM = 16  # rules on one root; below it, trying each is as fast as lookin
 _GLOB = frozenset(b"*?[]\\!/")
 
 
+def _spec(patterns: list[str] | None, ignore_case: bool) -> pathspec.PathSpec | None:
+    """The patterns compiled; for ``ignore_case`` lower-cased, as the names they meet are."""
+    if not patterns:
+        return None
+    return pathspec.GitIgnoreSpec.from_lines([p.lower() for p in patterns] if ignore_case
+                                             else patterns)
+
+
 def _suffixes(include: tuple[str, ...] | None) -> tuple[bytes, ...] | None:
     """``(b"csv", …)`` if every include pattern is ``*.csv``-like, else None."""
     if not include:
@@ -347,7 +364,8 @@ class SuffixIndex:
         always: list[tuple[int, Rule]] = []
         by_suffix: dict[bytes, list[tuple[int, Rule]]] = {}
         for position, rule in enumerate(rules):
-            suffixes = _suffixes(rule.include_patterns)
+            # A name's case is not folded for the look-up: such rules are always tried.
+            suffixes = None if rule.ignore_case else _suffixes(rule.include_patterns)
             if suffixes is None:
                 always.append((position, rule))
             for suffix in dict.fromkeys(suffixes or ()):

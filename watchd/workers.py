@@ -218,12 +218,7 @@ def _log_result(job: Job, index: int, result: CommandResult) -> None:
     if result.ok:
         log(logging.INFO, "action ok", **fields)
         return
-    if result.timed_out:
-        reason = "timed out; process group killed"
-    elif result.error:
-        reason = result.error
-    else:
-        reason = "exited with status" if (result.status or 0) > 0 else "killed by signal"
+    reason = _failure(result, job, index)
     remaining = len(job.rule.actions) - index - 1
     if remaining:
         reason += f"; {remaining} later action(s) skipped"
@@ -234,3 +229,19 @@ def _log_result(job: Job, index: int, result: CommandResult) -> None:
         **fields,
         stderr=result.stderr.strip()[-512:] or None,
     )
+
+
+def _failure(result: CommandResult, job: Job, index: int) -> str:
+    """How a command failed, in words: the number is in a field too, the signal named."""
+    if result.timed_out:
+        timeout = job.rule.actions[index].timeout
+        return f"timed out after {timeout:g}s; process group killed"
+    if result.error:
+        return result.error
+    status = result.status or 0
+    if status > 0:
+        return f"exited with status {status}"
+    try:
+        return f"killed by signal {signal.Signals(-status).name}"
+    except ValueError:
+        return f"killed by signal {-status}"

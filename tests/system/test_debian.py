@@ -220,6 +220,8 @@ WEBHOOK_RULE = """\
 
 def test_the_hardened_drop_in_still_runs_reading_and_webhook_rules(installed):
     installed.run(["systemd-run", "--unit=receiver", "/usr/bin/python3", "-c", RECEIVER])
+    wait_until(installed, "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", "
+               "8099)).close()'", "the receiver listening")
     installed.sh("cp /usr/share/doc/watchd/examples/hardened.conf "
                  "/etc/systemd/system/watchd.service.d/ && systemctl daemon-reload "
                  f"&& {RESTART}")
