@@ -201,7 +201,8 @@ def test_stop_lets_a_running_action_finish(tmp_path, write_rules, daemon):
     script = f"sleep 1; echo finished > {done}"
     process = daemon(write_rules(one_rule(watched, ["/bin/sh", "-c", script])))
     (watched / "f").write_bytes(b"x")
-    wait_for(lambda: "sleep 1" in " ".join(_children_cmdlines(process.pid)))
+    # The script itself, with this test's own path: a stray "sleep 1…" elsewhere is not it.
+    wait_for(lambda: script in " ".join(_children_cmdlines(process.pid)))
     assert process.stop() == 0
     assert done.read_text() == "finished\n"
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import alive, env_of, recorder, records, wait_for
+from conftest import alive, env_of, kernel_watches, recorder, records, wait_for
 from test_events import fired, rule
 
 from watchd.cli import main
@@ -288,3 +288,45 @@ def test_ignore_case_matches_names_in_any_case(tmp_path, write_rules, daemon):
     wait_for(lambda: len(fired(out)) >= 3)
     assert sorted((name, os.path.basename(path)) for name, _, path, _ in fired(out)) == [
         ("exact", b"img_0003.jpg"), ("photos", b"IMG_0001.JPG"), ("photos", b"img_0003.jpg")]
+
+
+# -- 3. an unmount reaches its rule; 4. nothing from a directory already moved out -----------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_an_unmount_reaches_its_rule_every_time(tmp_path, write_rules, daemon):
+    tree, out = tmp_path / "t", tmp_path / "out.jsonl"
+    (tree / "d").mkdir(parents=True)
+    process = daemon(write_rules("rules:\n" + rule("gone", [tree / "d" / "sub"], out,
+                                                   ["unmount"], kind="any")))
+    for attempt in range(1, 6):
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(tree / "d")], check=True)
+        try:
+            (tree / "d" / "sub").mkdir()
+            inode = (tree / "d" / "sub").stat().st_ino
+            wait_for(lambda inode=inode: inode in kernel_watches(process.pid).values(),
+                     what="the directory on the new mount watched")
+        finally:
+            subprocess.run(["umount", str(tree / "d")], check=True)
+        wait_for(lambda attempt=attempt: len(records(out)) >= attempt,
+                 what=f"unmount action {attempt}")
+    assert {name for name, *_ in fired(out)} == {"gone"}
+
+
+def test_events_from_a_directory_moved_out_never_reach_actions(tmp_path, write_rules, daemon):
+    watched, outside, out = tmp_path / "w", tmp_path / "outside", tmp_path / "out.jsonl"
+    outside.mkdir()
+    process = daemon(write_rules("rules:\n" + rule("all", [watched], out,
+                                                   ["create", "delete", "close_write"],
+                                                   recursive="true")))
+    for index in range(20):
+        (watched / f"d{index}").mkdir(parents=True)
+    wait_for(lambda: len(fired(out)) >= 20, what="the directories' creates")
+    for index in range(20):
+        os.rename(watched / f"d{index}", outside / f"d{index}")
+        (outside / f"d{index}" / "x").write_bytes(b"x")
+        (outside / f"d{index}" / "x").unlink()
+    (watched / "last").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(watched / "last") in [path for *_, path, _ in fired(out)])
+    process.signal(signal.SIGUSR1)  # everything before is read: the moves have settled
+    process.wait_log("INFO counters")
+    assert [path for *_, path, _ in fired(out) if path.endswith(b"/x")] == []

@@ -98,7 +98,8 @@ def test_reload_is_bracketed_by_reloading_and_ready(tmp_path, write_rules, daemo
     assert any("RELOADING" in m for m in failed)
     status = next(m for m in failed if "READY" in m)["STATUS"]
     assert "last reload FAILED, previous rules in force: " in status
-    assert f"{config}:3:" in status
+    # The first error by line (the file's errors are sorted), and how many more.
+    assert f"{config}:2:5: rules[0]: missing required key 'actions' (and 1 more)" in status
     (watched / "still").touch()  # the old rules still fire
     wait_for(lambda: records(out))
 

@@ -386,3 +386,14 @@ def test_an_unwritable_state_directory_stops_the_start(tmp_path, write_rules, da
     process = daemon(config, wait=False)
     assert process.process.wait(15) == 3
     assert "cannot start" in process.log() and "state" in process.log()
+
+
+def test_deliveries_keep_the_order_of_events_with_many_workers(tmp_path, write_rules, daemon,
+                                                               receiver, watched):
+    daemon(write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook",
+                                     settings=", workers: 4")))
+    names = [f"seq{index:02}" for index in range(40)]
+    for name in names:
+        (watched / name).write_bytes(b"x")
+    wait_for(lambda: len(receiver.to("/hook")) >= 40, what="40 deliveries")
+    assert [json.loads(r["body"])["name"] for r in receiver.to("/hook")] == names

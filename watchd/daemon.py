@@ -143,12 +143,12 @@ class Daemon:
         return EX_OK
 
     def _mounts_changed(self) -> None:
-        points = self.mounts.changed()
+        mounted, unmounted = self.mounts.changed()
         with self.table.lock:
-            roots = [root for root in self.table.ruleset.roots
-                     if any(touches(point, root.path) for point in points)]
-            for root in roots:
-                self.table.rewatch(root)
+            for root in self.table.ruleset.roots:
+                if not any(touches(point, root.path) for point in mounted | unmounted):
+                    continue
+                self.table.rewatch(root, unmounted)
                 log(logging.INFO, "a file system was mounted or unmounted at a watched path: "
                     "watching what is there now", path=root.path)
 

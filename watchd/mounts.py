@@ -34,12 +34,12 @@ class MountTable:
         return frozenset(_unescape(line.split(b" ", 5)[4])
                          for line in b"".join(chunks).splitlines() if line.count(b" ") >= 5)
 
-    def changed(self) -> frozenset[bytes]:
-        """Mount points mounted or unmounted since the last call."""
+    def changed(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """Mount points mounted, and unmounted, since the last call."""
         points = self._read()
-        changed = points ^ self._points
+        mounted, unmounted = points - self._points, self._points - points
         self._points = points
-        return changed
+        return mounted, unmounted
 
     def close(self) -> None:
         os.close(self.fd)

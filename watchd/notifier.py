@@ -91,6 +91,7 @@ class _MoveOut:
     generation: int
     path: bytes
     is_dir: bool
+    held: list[tuple[int, int, int, bytes]] = field(default_factory=list)
 
 
 def _seen_by_scan(scanned: _Scanned, mask: int, name: bytes) -> bool:
@@ -203,6 +204,9 @@ class Notifier(pyinotify.ThreadedNotifier):
             return
         entry = self.table.by_wd.get(wd)
         if entry is None:
+            self._after_unwatch(wd, mask)
+            return
+        if self._moves and self._held((wd, mask, cookie, name), entry):
             return
         if mask & IN_IGNORED:
             # After an unmount, what the mount covered is not new: it is watched, not reported.
@@ -225,10 +229,12 @@ class Notifier(pyinotify.ThreadedNotifier):
         if name and mask & _SNAPSHOT_EVENTS and entry.files is not None:
             self.table.remember(entry, name, _state_after(mask, path, is_dir))
         src_path = b""
+        arrived_from: _MoveOut | None = None
         if mask & IN_MOVED_FROM:
             self._moves[cookie] = _MoveOut(self._generation, path, is_dir)
         elif mask & IN_MOVED_TO and cookie in self._moves:
-            src_path = self._moves.pop(cookie).path
+            arrived_from = self._moves.pop(cookie)
+            src_path = arrived_from.path
         # A directory's own events come twice (from it and from its parent): keep the parent's.
         if mask & entry.scope.mask and (
             name or mask & _SELF_EVENTS or os.path.dirname(path) not in self.table.by_path
@@ -237,9 +243,31 @@ class Notifier(pyinotify.ThreadedNotifier):
             self._emit(entry, event)
         if name and mask & (IN_CREATE | IN_MOVED_TO):
             self._arrived(entry, name, path, is_dir, src_path)
+            for record in arrived_from.held if arrived_from is not None else ():
+                self._translate(*record)  # from inside it, now under its new path
         elif not name and mask & IN_MOVE_SELF and os.path.dirname(path) not in self.table.by_path:
             # A root directory itself was renamed away; its parent is not watched to say where.
             self.table.unwatch_tree(entry.path)
+
+    def _held(self, record: tuple[int, int, int, bytes], entry: WatchedDir) -> bool:
+        """Hold a record from inside a directory whose move out is not settled yet: it is
+        told under the new path if the move stays in the tree, and never if it left."""
+        for move in self._moves.values():
+            if move.is_dir and (entry.path == move.path
+                                or entry.path.startswith(move.path + b"/")):
+                move.held.append(record)
+                return True
+        return False
+
+    def _after_unwatch(self, wd: int, mask: int) -> None:
+        """A record for a watch removed here: its unmount is still news; its end is the last."""
+        entry = self.table.retired.get(wd)
+        if entry is None:
+            return
+        if mask & IN_IGNORED:
+            del self.table.retired[wd]
+        elif mask & IN_UNMOUNT and mask & entry.scope.mask:
+            self._emit(entry, FileEvent(entry.path, "unmount", IN_UNMOUNT, True))
 
     def _arrived(self, entry: WatchedDir, name: bytes, path: bytes, is_dir: bool,
                  src_path: bytes) -> None:
@@ -296,6 +324,7 @@ class Notifier(pyinotify.ThreadedNotifier):
         """The kernel dropped events: compare every watched directory with its snapshot and
         report what changed, then watch again whatever is not watched."""
         self.counters.overflows += 1
+        self.table.retired.clear()  # their IN_IGNORED may be among what was lost
         log(logging.WARNING, "inotify queue overflowed: events were lost; rescanning every "
             "watched directory", message_id=MessageId.QUEUE_OVERFLOW,
             overflows=self.counters.overflows)

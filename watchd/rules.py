@@ -17,6 +17,7 @@ import pathspec
 from watchd.config import Config, Problem, SourcedRule
 from watchd.events import DIR, KINDS, FileEvent, event_mask
 from watchd.models import ANY_KIND, OWNER, CommandAction, Settings, WebhookAction
+from watchd.models import Rule as RuleModel
 from watchd.placeholders import Template, parse_template
 from watchd.secrets import SigningKey
 from watchd.trust import Resolution, resolve_watched
@@ -145,7 +146,7 @@ class Rule:
             actions=tuple(_compile_action(action) for action in model.actions),
             source=f"{sourced.file}:{sourced.line}",
             debounce=model.debounce or None,
-            max_parallel=model.max_parallel,
+            max_parallel=_max_parallel(model),
             on_busy=model.on_busy,
             ignore_own_writes=model.ignore_own_writes,
             include_patterns=tuple(model.include) if model.include else None,
@@ -325,6 +326,14 @@ def _root(path: bytes, rules: tuple[Rule, ...], ways: list[Resolution]) -> Root:
 
 INDEX_FROM = 16  # rules on one root; below it, trying each is as fast as looking up
 _GLOB = frozenset(b"*?[]\\!/")
+
+
+def _max_parallel(model: RuleModel) -> int | None:
+    """A rule with a webhook runs one job at a time unless it says otherwise: its deliveries
+    then go out in the order of the events, whatever the number of workers."""
+    if model.max_parallel is None and any(isinstance(a, WebhookAction) for a in model.actions):
+        return 1
+    return model.max_parallel
 
 
 def _spec(patterns: list[str] | None, ignore_case: bool) -> pathspec.PathSpec | None:

@@ -128,6 +128,9 @@ class WatchTable:
         self.lock = threading.RLock()
         self.by_wd: dict[int, WatchedDir] = {}
         self.by_path: dict[bytes, WatchedDir] = {}
+        # Watches removed here, until the kernel's IN_IGNORED for them is read: records it
+        # queued before (an IN_UNMOUNT, when a mount change made us drop the watch) still count.
+        self.retired: dict[int, WatchedDir] = {}
         self.attached: dict[bytes, tuple[Root, ...]] = {}  # parent dir -> roots that are files
         self._warned: set[bytes] = set()
         self.refused_for_limit = 0  # directories not watched for want of inotify watches
@@ -190,6 +193,7 @@ class WatchTable:
             # watch) or covered by a mount (nothing can reach it): its watch goes either way.
             del self.by_wd[entry.wd]
             self.manager.remove(entry.wd)
+            self._retire(entry)
         stale = self.by_wd.get(wd)
         if stale is not None and stale is not entry:
             # Same inode under another path: the old path was renamed without our seeing it.
@@ -200,12 +204,18 @@ class WatchTable:
         self.by_path[path] = entry
         return entry
 
-    def unwatch(self, entry: WatchedDir, in_kernel: bool = True) -> list[Root]:
-        """Stop watching one directory; the roots that must be looked for again."""
+    def unwatch(self, entry: WatchedDir, in_kernel: bool = True, retire: bool = True,
+                ) -> list[Root]:
+        """Stop watching one directory; the roots that must be looked for again.
+
+        ``in_kernel``: remove the watch (else the kernel ends it); ``retire``: its records
+        still queued are read (not when the kernel's last one, IN_IGNORED, was)."""
         if self.by_wd.get(entry.wd) is entry:
             del self.by_wd[entry.wd]
             if in_kernel:
                 self.manager.remove(entry.wd)
+            if retire:
+                self._retire(entry)
         if self.by_path.get(entry.path) is entry:
             del self.by_path[entry.path]
         if entry.files is not None:
@@ -216,19 +226,28 @@ class WatchTable:
         lost.extend(entry.waiting)
         return lost
 
+    def _retire(self, entry: WatchedDir) -> None:
+        # A copy, as it was: the entry itself may be watched again under a new descriptor.
+        self.retired[entry.wd] = WatchedDir(entry.path, entry.wd, entry.scope)
+
     def forget(self, wd: int, report: bool = True) -> None:
         """The kernel dropped watch ``wd`` (its directory is gone): look for its roots again."""
         entry = self.by_wd.get(wd)
         if entry is not None:
-            for root in self.unwatch(entry, in_kernel=False):
+            for root in self.unwatch(entry, in_kernel=False, retire=False):
                 self.establish(root, report)
             self._keep_link_dirs()
 
-    def rewatch(self, root: Root) -> None:
-        """Watch a root afresh, its old watches all dropped: a mount came or went under it."""
+    def rewatch(self, root: Root, unmounted: frozenset[bytes] = frozenset()) -> None:
+        """Watch a root afresh, its old watches all dropped: a mount came or went under it.
+
+        The watches on a file system that was ``unmounted`` are the kernel's to end: it may
+        not have sent their IN_UNMOUNT yet, and removing them first would lose it.
+        """
         lost = {root}
         for entry in self.subtree(root.path):
-            lost.update(self.unwatch(entry))
+            gone = any(touches_below(point, entry.path) for point in unmounted)
+            lost.update(self.unwatch(entry, in_kernel=not gone))
         for each in lost:
             self.establish(each, report=False)
 
@@ -497,6 +516,11 @@ class WatchTable:
         elif path not in self._warned:
             self._warned.add(path)
             log(logging.WARNING, f"cannot watch: {error.strerror}", path=path)
+
+
+def touches_below(point: bytes, path: bytes) -> bool:
+    """Whether ``path`` is at or below the mount point ``point``."""
+    return path == point or path.startswith(point.rstrip(b"/") + b"/")
 
 
 def _is_dir(path: bytes) -> bool:
