@@ -330,3 +330,50 @@ def test_events_from_a_directory_moved_out_never_reach_actions(tmp_path, write_r
     process.signal(signal.SIGUSR1)  # everything before is read: the moves have settled
     process.wait_log("INFO counters")
     assert [path for *_, path, _ in fired(out) if path.endswith(b"/x")] == []
+
+
+# -- 5. watchd's own reads are not events; 6. a file still being written is told once, whole --
+
+def test_watchds_own_listings_are_never_reported(tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "w", tmp_path / "out.jsonl"
+    for name in ("a", "b/c"):
+        (watched / name).mkdir(parents=True)
+    (watched / "f").write_bytes(b"data")
+    process = daemon(write_rules("rules:\n" + rule("reads", [watched], out,
+                                                   ["open", "access", "close_nowrite"],
+                                                   recursive="true", kind="any")))
+    (watched / "new" / "deeper").mkdir(parents=True)  # watched, then listed, by watchd
+    inode = (watched / "new" / "deeper").stat().st_ino
+    wait_for(lambda: inode in kernel_watches(process.pid).values())
+    (watched / "f").read_bytes()  # a real read: reported
+    wait_for(lambda: ("reads", "close_nowrite", os.fsencode(watched / "f"), b"") in fired(out))
+    assert {path for _, _, path, _ in fired(out)} == {os.fsencode(watched / "f")}
+
+
+def test_a_file_still_open_for_writing_when_found_is_acted_on_once_whole(tmp_path, write_rules,
+                                                                         daemon):
+    watched, staging, sizes = tmp_path / "w", tmp_path / "staging", tmp_path / "sizes"
+    watched.mkdir()
+    (staging / "n" / "a" / "b").mkdir(parents=True)
+    process = daemon(write_rules(f"""\
+        rules:
+          - name: sizes
+            paths: [{watched}]
+            recursive: true
+            kind: file
+            actions:
+              - command: [/bin/sh, -c, 'wc -c < "$1" >> {sizes}', sh, "{{path}}"]
+        """))
+    with open(staging / "n" / "a" / "b" / "f.txt", "wb") as writer:
+        writer.write(b"half")
+        writer.flush()
+        os.rename(staging / "n", watched / "n")  # found by listing, while still open
+        inode = (watched / "n" / "a" / "b").stat().st_ino
+        wait_for(lambda: inode in kernel_watches(process.pid).values())
+        (watched / "marker").write_bytes(b"m")  # read after the listing's backlog
+        wait_for(lambda: sizes.exists() and sizes.read_text().split() == ["1"])
+        writer.write(b" and the rest")
+    wait_for(lambda: len(sizes.read_text().split()) >= 2)
+    (watched / "sentinel").write_bytes(b"s")  # read after everything before it
+    wait_for(lambda: len(sizes.read_text().split()) >= 3)
+    assert sizes.read_text().split() == ["1", "17", "1"]

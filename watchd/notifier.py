@@ -24,10 +24,12 @@ What pyinotify 0.9.6 gets wrong, and what this subclass does instead:
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
 import logging
 import os
 import select
+import stat
 import struct
 import termios
 import time
@@ -39,6 +41,7 @@ from watchd.counters import Counters
 from watchd.dispatch import Dispatcher
 from watchd.events import (
     ALL_EVENTS,
+    IN_CLOSE_NOWRITE,
     IN_CLOSE_WRITE,
     IN_CREATE,
     IN_DELETE,
@@ -48,6 +51,7 @@ from watchd.events import (
     IN_MOVE_SELF,
     IN_MOVED_FROM,
     IN_MOVED_TO,
+    IN_OPEN,
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
     FileEvent,
@@ -59,6 +63,7 @@ from watchd.rules import EMPTY_SCOPE, RuleSet
 from watchd.watches import (
     DIRECTORY,
     LINK_MASK,
+    READ_MASK,
     UNSEEN,
     FileState,
     WatchedDir,
@@ -118,6 +123,7 @@ class Notifier(pyinotify.ThreadedNotifier):
         self._moves: dict[int, _MoveOut] = {}
         self._read_at = self._previous_read_at = time.time_ns()
         self._unmounted: set[int] = set()
+        self._opened: dict[bytes, int] = {}  # watchd's own opens whose open event was read
         table.report = self._report_found
 
     @classmethod
@@ -238,7 +244,7 @@ class Notifier(pyinotify.ThreadedNotifier):
         # A directory's own events come twice (from it and from its parent): keep the parent's.
         if mask & entry.scope.mask and (
             name or mask & _SELF_EVENTS or os.path.dirname(path) not in self.table.by_path
-        ):
+        ) and not (mask & READ_MASK and self.table.own_reads and self._own_read(path, mask)):
             event = FileEvent(path, event_name(mask), mask & ALL_EVENTS, is_dir, src_path)
             self._emit(entry, event)
         if name and mask & (IN_CREATE | IN_MOVED_TO):
@@ -248,6 +254,26 @@ class Notifier(pyinotify.ThreadedNotifier):
         elif not name and mask & IN_MOVE_SELF and os.path.dirname(path) not in self.table.by_path:
             # A root directory itself was renamed away; its parent is not watched to say where.
             self.table.unwatch_tree(entry.path)
+
+    def _own_read(self, path: bytes, mask: int) -> bool:
+        """Whether an open, access or close_nowrite of ``path`` is one of watchd's own reads
+        (listing a directory, looking at a file): from its open to its close."""
+        expected = self.table.own_reads.get(path, 0)
+        opened = self._opened.get(path, 0)
+        if mask & IN_OPEN:
+            if opened >= expected:
+                return False
+            self._opened[path] = opened + 1
+            return True
+        if not opened:
+            return False
+        if mask & IN_CLOSE_NOWRITE:
+            if opened > 1:
+                self._opened[path] = opened - 1
+            else:
+                del self._opened[path]
+            self.table.read_back(path)
+        return True
 
     def _held(self, record: tuple[int, int, int, bytes], entry: WatchedDir) -> bool:
         """Hold a record from inside a directory whose move out is not settled yet: it is
@@ -302,6 +328,8 @@ class Notifier(pyinotify.ThreadedNotifier):
             entry = self.table.by_wd.get(wd)
             for name in scanned.unclosed if entry is not None else ():
                 path = entry.path + b"/" + name
+                if self._open_for_writing(path):
+                    continue  # its writer's own close_write is still to come, and is told
                 # Its state as reported: a later rescan reports it again only if it changed.
                 self.table.remember(entry, name, _state_after(IN_CLOSE_WRITE, path, False))
                 self._emit(entry, FileEvent(path, "close_write", IN_CLOSE_WRITE, False,
@@ -311,6 +339,35 @@ class Notifier(pyinotify.ThreadedNotifier):
                 del self._moves[cookie]
                 if move.is_dir:
                     self.table.unwatch_tree(move.path)
+
+    def _open_for_writing(self, path: bytes) -> bool:
+        """Whether someone still has the regular file at ``path`` open for writing.
+
+        A read lease is granted only while nobody does (fcntl(2), F_SETLEASE): asked for on
+        a read-only descriptor, opened without following a symlink and without blocking,
+        released at once; nothing is read. Where a lease cannot be had (another owner's file
+        for a daemon that is not root, a file system without leases) the answer is no.
+        """
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+        self.table.reading(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            self.table.read_back(path)  # not opened: no events of it will come
+            return False
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as error:
+            return error.errno == errno.EAGAIN
+        else:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            return False
+        finally:
+            os.close(fd)
 
     def _emit(self, entry: WatchedDir, event: FileEvent) -> None:
         self.counters.events += 1
@@ -325,6 +382,8 @@ class Notifier(pyinotify.ThreadedNotifier):
         report what changed, then watch again whatever is not watched."""
         self.counters.overflows += 1
         self.table.retired.clear()  # their IN_IGNORED may be among what was lost
+        self.table.own_reads.clear()  # and the closes of watchd's own reads
+        self._opened.clear()
         log(logging.WARNING, "inotify queue overflowed: events were lost; rescanning every "
             "watched directory", message_id=MessageId.QUEUE_OVERFLOW,
             overflows=self.counters.overflows)

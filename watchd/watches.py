@@ -24,6 +24,8 @@ from typing import cast
 
 from watchd._pyinotify import pyinotify
 from watchd.events import (
+    IN_ACCESS,
+    IN_CLOSE_NOWRITE,
     IN_CREATE,
     IN_DELETE,
     IN_DELETE_SELF,
@@ -33,6 +35,7 @@ from watchd.events import (
     IN_MOVED_FROM,
     IN_MOVED_TO,
     IN_ONLYDIR,
+    IN_OPEN,
 )
 from watchd.journal import MessageId
 from watchd.logs import log
@@ -46,6 +49,8 @@ WAITING_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
 # What a directory holding a symlink that a root's path crosses is watched for: its change.
 LINK_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF
 FLAGS = IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
+# What watchd's own reads of a path make the kernel report: never told as events.
+READ_MASK = IN_OPEN | IN_ACCESS | IN_CLOSE_NOWRITE
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
@@ -131,6 +136,9 @@ class WatchTable:
         # Watches removed here, until the kernel's IN_IGNORED for them is read: records it
         # queued before (an IN_UNMOUNT, when a mount change made us drop the watch) still count.
         self.retired: dict[int, WatchedDir] = {}
+        # Paths watchd itself opens for reading, with how many of its opens are still to be
+        # read back: their open, access and close_nowrite are its own, not news.
+        self.own_reads: dict[bytes, int] = {}
         self.attached: dict[bytes, tuple[Root, ...]] = {}  # parent dir -> roots that are files
         self._warned: set[bytes] = set()
         self.refused_for_limit = 0  # directories not watched for want of inotify watches
@@ -455,12 +463,31 @@ class WatchTable:
                             pending.append(child)
                 yield parent, entry
 
+    def reading(self, path: bytes) -> None:
+        """watchd is about to open ``path`` (a directory to list, a file to look at): what
+        the kernel reports of that open is its own. Only noted where a rule asks for such
+        events, so that nothing is expected that will not come."""
+        parent = self.by_path.get(os.path.dirname(path))
+        teller = parent if parent is not None else self.by_path.get(path)
+        if teller is not None and teller.scope.mask & READ_MASK:
+            self.own_reads[path] = self.own_reads.get(path, 0) + 1
+
+    def read_back(self, path: bytes) -> None:
+        """One of watchd's own opens of ``path`` is over (its close was read, or it failed)."""
+        left = self.own_reads.get(path, 0) - 1
+        if left > 0:
+            self.own_reads[path] = left
+        else:
+            self.own_reads.pop(path, None)
+
     def listing(self, path: bytes) -> list[os.DirEntry[bytes]] | None:
         """The entries of a directory; None if it cannot be listed (gone, or refused)."""
+        self.reading(path)
         try:
             with os.scandir(path) as entries:
                 return list(entries)
         except OSError as error:
+            self.read_back(path)  # not opened: none of its events will come
             self._refused(path, error)
             return None
 
