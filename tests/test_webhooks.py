@@ -397,3 +397,22 @@ def test_deliveries_keep_the_order_of_events_with_many_workers(tmp_path, write_r
         (watched / name).write_bytes(b"x")
     wait_for(lambda: len(receiver.to("/hook")) >= 40, what="40 deliveries")
     assert [json.loads(r["body"])["name"] for r in receiver.to("/hook")] == names
+
+
+def test_ctrl_c_during_a_replay_is_no_traceback(tmp_path, write_rules, daemon, receiver,
+                                                 watched):
+    receiver.script["/refuses"] = [400]
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/refuses"))
+    process = daemon(config)
+    (watched / "f.csv").write_bytes(b"x")
+    process.wait_log("dead letter")
+    process.stop()
+    config.write_text(config.read_text().replace("/refuses", "/held"))
+    receiver.hold.clear()  # the replay's attempt hangs until Ctrl-C
+    replay = subprocess.Popen([PYTHON, "-m", "watchd", "webhooks", "replay", "--all",
+                               "--config", str(config)], stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: receiver.to("/held"), what="the replay's attempt")
+    replay.send_signal(signal.SIGINT)
+    _, stderr = replay.communicate(timeout=15)
+    assert replay.returncode == 130
+    assert stderr == "interrupted\n"
