@@ -79,6 +79,7 @@ _MOVE_SETTLE_MS = 5
 # during it: the margin covers file-system timestamp granularity.
 _OVERFLOW_MARGIN_NS = 1_000_000_000
 _GONE = None
+_MOVES = IN_MOVED_FROM | IN_MOVED_TO
 _SNAPSHOT_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
 
 
@@ -214,15 +215,8 @@ class Notifier(pyinotify.ThreadedNotifier):
             return
         if self._moves and self._held((wd, mask, cookie, name), entry):
             return
-        if mask & IN_IGNORED:
-            # After an unmount, what the mount covered is not new: it is watched, not reported.
-            self.table.forget(wd, report=wd not in self._unmounted)
-            self._unmounted.discard(wd)
+        if mask & (IN_IGNORED | IN_UNMOUNT) and self._watch_ended(wd, mask, entry):
             return
-        if mask & IN_UNMOUNT:
-            self._unmounted.add(wd)
-            log(logging.WARNING, "a watched file system was unmounted; watching what is there "
-                "now", path=entry.path)
         scanned = self._scanned.get(wd)
         if scanned is not None and name in scanned.names and _seen_by_scan(scanned, mask, name):
             return
@@ -234,26 +228,46 @@ class Notifier(pyinotify.ThreadedNotifier):
         is_dir = bool(mask & IN_ISDIR) or (not name and bool(mask & _SELF_EVENTS))
         if name and mask & _SNAPSHOT_EVENTS and entry.files is not None:
             self.table.remember(entry, name, _state_after(mask, path, is_dir))
-        src_path = b""
-        arrived_from: _MoveOut | None = None
-        if mask & IN_MOVED_FROM:
-            self._moves[cookie] = _MoveOut(self._generation, path, is_dir)
-        elif mask & IN_MOVED_TO and cookie in self._moves:
-            arrived_from = self._moves.pop(cookie)
-            src_path = arrived_from.path
-        # A directory's own events come twice (from it and from its parent): keep the parent's.
-        if mask & entry.scope.mask and (
-            name or mask & _SELF_EVENTS or os.path.dirname(path) not in self.table.by_path
-        ) and not (mask & READ_MASK and self.table.own_reads and self._own_read(path, mask)):
+        move = self._pair(mask, cookie, path, is_dir) if mask & _MOVES else None
+        src_path = move.path if move is not None else b""
+        if mask & entry.scope.mask and self._news(mask, name, path):
             event = FileEvent(path, event_name(mask), mask & ALL_EVENTS, is_dir, src_path)
             self._emit(entry, event)
         if name and mask & (IN_CREATE | IN_MOVED_TO):
             self._arrived(entry, name, path, is_dir, src_path)
-            for record in arrived_from.held if arrived_from is not None else ():
+            for record in move.held if move is not None else ():
                 self._translate(*record)  # from inside it, now under its new path
         elif not name and mask & IN_MOVE_SELF and os.path.dirname(path) not in self.table.by_path:
             # A root directory itself was renamed away; its parent is not watched to say where.
             self.table.unwatch_tree(entry.path)
+
+    def _watch_ended(self, wd: int, mask: int, entry: WatchedDir) -> bool:
+        """The kernel's word that a watch ended (IN_IGNORED: consumed) or that its file
+        system went away (IN_UNMOUNT: told too)."""
+        if mask & IN_IGNORED:
+            # After an unmount, what the mount covered is not new: it is watched, not reported.
+            self.table.forget(wd, report=wd not in self._unmounted)
+            self._unmounted.discard(wd)
+            return True
+        self._unmounted.add(wd)
+        log(logging.WARNING, "a watched file system was unmounted; watching what is there now",
+            path=entry.path)
+        return False
+
+    def _pair(self, mask: int, cookie: int, path: bytes, is_dir: bool) -> _MoveOut | None:
+        """Note a move's first half; for its second, the first (None if it was not seen)."""
+        if mask & IN_MOVED_FROM:
+            self._moves[cookie] = _MoveOut(self._generation, path, is_dir)
+            return None
+        return self._moves.pop(cookie, None)
+
+    def _news(self, mask: int, name: bytes, path: bytes) -> bool:
+        """Whether a record in a scope that asks for it is to be told: a directory's own
+        events come twice (from it and from its parent), and the parent's is kept; watchd's
+        own reads are never told."""
+        if not (name or mask & _SELF_EVENTS or os.path.dirname(path) not in self.table.by_path):
+            return False
+        return not (mask & READ_MASK and self.table.own_reads and self._own_read(path, mask))
 
     def _own_read(self, path: bytes, mask: int) -> bool:
         """Whether an open, access or close_nowrite of ``path`` is one of watchd's own reads
