@@ -377,3 +377,47 @@ def test_a_file_still_open_for_writing_when_found_is_acted_on_once_whole(tmp_pat
     (watched / "sentinel").write_bytes(b"s")  # read after everything before it
     wait_for(lambda: len(sizes.read_text().split()) >= 3)
     assert sizes.read_text().split() == ["1", "17", "1"]
+
+
+def test_a_directory_made_again_at_a_moved_out_path_is_watched_and_told(tmp_path, write_rules,
+                                                                        daemon):
+    watched, outside, out = tmp_path / "w", tmp_path / "outside", tmp_path / "out.jsonl"
+    (watched / "d").mkdir(parents=True)
+    outside.mkdir()
+    daemon(write_rules("rules:\n" + rule("all", [watched], out, ["close_write"],
+                                         recursive="true")))
+    os.rename(watched / "d", outside / "d")  # log rotation: move out, make again, write
+    (watched / "d").mkdir()
+    (watched / "d" / "x").write_bytes(b"x")
+    (outside / "d" / "gone").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(watched / "d" / "x") in [p for *_, p, _ in fired(out)])
+    (watched / "d" / "later").write_bytes(b"x")  # still watched once the move settled
+    wait_for(lambda: os.fsencode(watched / "d" / "later") in [p for *_, p, _ in fired(out)])
+    assert all(b"gone" not in path for *_, path, _ in fired(out))
+
+
+@pytest.mark.parametrize("events", [["close"], ["open", "access"], ["close_nowrite"]])
+def test_own_reads_are_told_apart_whatever_the_rule_asks_for(tmp_path, write_rules, daemon,
+                                                             events):
+    watched, out = tmp_path / "w", tmp_path / "out.jsonl"
+    watched.mkdir()
+    (watched / "f").write_bytes(b"data")
+    process = daemon(write_rules("rules:\n" + rule("reads", [watched], out, events,
+                                                   recursive="true", kind="any")))
+    for round_ in range(3):
+        (watched / f"new{round_}").mkdir()  # listed by watchd
+        inode = (watched / f"new{round_}").stat().st_ino
+        wait_for(lambda inode=inode: inode in kernel_watches(process.pid).values())
+        (watched / "f").read_bytes()  # a real read, each round
+        wait_for(lambda round_=round_: len(fired(out)) >= round_ + 1)
+    wait_for(lambda: {p for *_, p, _ in fired(out)} == {os.fsencode(watched / "f")})
+    assert {p for *_, p, _ in fired(out)} == {os.fsencode(watched / "f")}
+
+
+def test_a_path_with_a_literal_brace_is_a_path(tmp_path, capsys):
+    braced = tmp_path / "in{box"
+    braced.mkdir()
+    config = tmp_path / "rules.yaml"
+    config.write_text(f"rules:\n  - {{name: r, paths: ['{braced}'], actions: "
+                      "[{command: [/bin/true]}]}\n")
+    assert main(["check", "--config", str(config)]) == 0

@@ -76,10 +76,11 @@ class Daemon:
         try:
             return self._serve(ruleset)
         finally:
-            # Whoever called run() gets its process back as it was (a test, an embedding).
-            signal.set_wakeup_fd(previous_wakeup)
+            # Whoever called run() gets its process back as it was (a test, an embedding);
+            # the handlers first, so that no signal finds a handler that writes nowhere.
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            signal.set_wakeup_fd(previous_wakeup)
 
     def _serve(self, ruleset: RuleSet) -> int:
         try:

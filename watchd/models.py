@@ -78,12 +78,20 @@ def _no_nul(text: str) -> str:
 
 def _absolute(path: str) -> str:
     _no_nul(path)
-    if "{" in path:
+    if _has_placeholder(path):
         raise ValueError(f"placeholders are not allowed here ({path!r}): give a fixed absolute "
                          "path")
     if not path.startswith("/"):
         raise ValueError(f"path must be absolute: {path!r}")
     return os.path.normpath(path)
+
+
+def _has_placeholder(text: str) -> bool:
+    """Whether ``text`` names a placeholder; a lone brace in a path is only a brace."""
+    try:
+        return any(isinstance(part, str) for part in parse_template(text))
+    except ValueError:
+        return False
 
 
 def _template(text: str) -> str:

@@ -29,6 +29,7 @@ import fcntl
 import logging
 import os
 import select
+import signal
 import stat
 import struct
 import termios
@@ -80,6 +81,7 @@ _MOVE_SETTLE_MS = 5
 _OVERFLOW_MARGIN_NS = 1_000_000_000
 _GONE = None
 _MOVES = IN_MOVED_FROM | IN_MOVED_TO
+_LEASE_BROKEN = signal.SIGURG  # ignored by default: a broken lease must not end the daemon
 _SNAPSHOT_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
 
 
@@ -97,6 +99,7 @@ class _MoveOut:
     generation: int
     path: bytes
     is_dir: bool
+    watches: dict[int, WatchedDir] = field(default_factory=dict)  # the moved tree's, by wd
     held: list[tuple[int, int, int, bytes]] = field(default_factory=list)
 
 
@@ -126,6 +129,7 @@ class Notifier(pyinotify.ThreadedNotifier):
         self._unmounted: set[int] = set()
         self._opened: dict[bytes, int] = {}  # watchd's own opens whose open event was read
         table.report = self._report_found
+        table.unmounted = self._unmounted_by_mount_table
 
     @classmethod
     def watching(cls, ruleset: RuleSet, dispatcher: Dispatcher, counters: Counters,
@@ -230,7 +234,7 @@ class Notifier(pyinotify.ThreadedNotifier):
             self.table.remember(entry, name, _state_after(mask, path, is_dir))
         move = self._pair(mask, cookie, path, is_dir) if mask & _MOVES else None
         src_path = move.path if move is not None else b""
-        if mask & entry.scope.mask and self._news(mask, name, path):
+        if self._news(mask, name, path) and mask & entry.scope.mask:
             event = FileEvent(path, event_name(mask), mask & ALL_EVENTS, is_dir, src_path)
             self._emit(entry, event)
         if name and mask & (IN_CREATE | IN_MOVED_TO):
@@ -255,9 +259,14 @@ class Notifier(pyinotify.ThreadedNotifier):
         return False
 
     def _pair(self, mask: int, cookie: int, path: bytes, is_dir: bool) -> _MoveOut | None:
-        """Note a move's first half; for its second, the first (None if it was not seen)."""
+        """Note a move's first half; for its second, the first (None if it was not seen).
+
+        A directory's watches are noted with it, by descriptor: a new directory made at the
+        old path meanwhile (rotation: ``mv d old; mkdir d``) is not the one that moved.
+        """
         if mask & IN_MOVED_FROM:
-            self._moves[cookie] = _MoveOut(self._generation, path, is_dir)
+            below = {e.wd: e for e in self.table.subtree(path)} if is_dir else {}
+            self._moves[cookie] = _MoveOut(self._generation, path, is_dir, below)
             return None
         return self._moves.pop(cookie, None)
 
@@ -293,20 +302,30 @@ class Notifier(pyinotify.ThreadedNotifier):
         """Hold a record from inside a directory whose move out is not settled yet: it is
         told under the new path if the move stays in the tree, and never if it left."""
         for move in self._moves.values():
-            if move.is_dir and (entry.path == move.path
-                                or entry.path.startswith(move.path + b"/")):
+            if move.watches.get(record[0]) is entry:
                 move.held.append(record)
                 return True
         return False
 
     def _after_unwatch(self, wd: int, mask: int) -> None:
-        """A record for a watch removed here: its unmount is still news; its end is the last."""
+        """A record for a watch removed here: its unmount is still news (unless the mount
+        table told it first); its end is the last."""
         entry = self.table.retired.get(wd)
         if entry is None:
             return
         if mask & IN_IGNORED:
             del self.table.retired[wd]
-        elif mask & IN_UNMOUNT and mask & entry.scope.mask:
+            self._unmounted.discard(wd)
+        elif mask & IN_UNMOUNT and wd not in self._unmounted:
+            self._unmounted_by_mount_table(entry)
+
+    def _unmounted_by_mount_table(self, entry: WatchedDir) -> None:
+        """Tell a directory's unmount once, whether the kernel's IN_UNMOUNT or the mount
+        table says it first."""
+        if entry.wd in self._unmounted:
+            return
+        self._unmounted.add(entry.wd)
+        if entry.scope.mask & IN_UNMOUNT:
             self._emit(entry, FileEvent(entry.path, "unmount", IN_UNMOUNT, True))
 
     def _arrived(self, entry: WatchedDir, name: bytes, path: bytes, is_dir: bool,
@@ -351,29 +370,41 @@ class Notifier(pyinotify.ThreadedNotifier):
         for cookie, move in list(self._moves.items()):
             if move.generation <= generation:
                 del self._moves[cookie]
-                if move.is_dir:
-                    self.table.unwatch_tree(move.path)
+                if move.watches:
+                    # Its held records are dropped; those that ended a watch still count.
+                    ended = frozenset(wd for wd, mask, _, _ in move.held if mask & IN_IGNORED)
+                    self.table.unwatch_entries(move.watches, ended)
 
     def _open_for_writing(self, path: bytes) -> bool:
         """Whether someone still has the regular file at ``path`` open for writing.
 
         A read lease is granted only while nobody does (fcntl(2), F_SETLEASE): asked for on
-        a read-only descriptor, opened without following a symlink and without blocking,
-        released at once; nothing is read. Where a lease cannot be had (another owner's file
-        for a daemon that is not root, a file system without leases) the answer is no.
+        a read-only, non-blocking descriptor and released at once; nothing is read. The file
+        is first reached with O_PATH, which opens nothing, and opened only once that shows a
+        regular file: a directory above it swapped for a symlink to /dev cannot make root
+        open a device. A writer that breaks the lease meanwhile makes the kernel signal the
+        holder, with SIGIO by default, whose default ends the process: the lease asks for
+        ``_LEASE_BROKEN`` instead, which is ignored unless handled. Where a lease cannot be had
+        (another's file for a daemon that is not root, a file system without leases) the
+        answer is no.
         """
         try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
+            handle = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
                 return False
-        except OSError:
-            return False
-        self.table.reading(path)
+            self.table.reading(path)
+            try:
+                fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                self.table.read_back(path)  # not opened: no events of it will come
+                return False
+        finally:
+            os.close(handle)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            self.table.read_back(path)  # not opened: no events of it will come
-            return False
-        try:
+            fcntl.fcntl(fd, fcntl.F_SETSIG, _LEASE_BROKEN)
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
         except OSError as error:
             return error.errno == errno.EAGAIN

@@ -146,6 +146,8 @@ class WatchTable:
         self.snapshot_full = False
         # Called for each entry found in a directory that appeared while running.
         self.report: Callable[[WatchedDir, os.DirEntry[bytes]], None] = lambda parent, entry: None
+        # Called for a watched directory whose file system the mount table says went away.
+        self.unmounted: Callable[[WatchedDir], None] = lambda entry: None
 
     def __len__(self) -> int:
         return len(self.by_wd)
@@ -249,13 +251,15 @@ class WatchTable:
     def rewatch(self, root: Root, unmounted: frozenset[bytes] = frozenset()) -> None:
         """Watch a root afresh, its old watches all dropped: a mount came or went under it.
 
-        The watches on a file system that was ``unmounted`` are the kernel's to end: it may
-        not have sent their IN_UNMOUNT yet, and removing them first would lose it.
+        A directory on a file system that was ``unmounted`` is told as unmounted here: the
+        kernel may not have queued its IN_UNMOUNT yet, and once its watch is removed it never
+        will.
         """
         lost = {root}
         for entry in self.subtree(root.path):
-            gone = any(touches_below(point, entry.path) for point in unmounted)
-            lost.update(self.unwatch(entry, in_kernel=not gone))
+            if any(touches_below(point, entry.path) for point in unmounted):
+                self.unmounted(entry)
+            lost.update(self.unwatch(entry))
         for each in lost:
             self.establish(each, report=False)
 
@@ -265,9 +269,18 @@ class WatchTable:
 
     def unwatch_tree(self, path: bytes) -> None:
         """Stop watching ``path`` and everything below it (it left the watched tree)."""
+        self.unwatch_entries({entry.wd: entry for entry in self.subtree(path)})
+
+    def unwatch_entries(self, watches: dict[int, WatchedDir],
+                        ended: frozenset[int] = frozenset()) -> None:
+        """Stop these watches, by descriptor (a directory made since at one of their paths
+        has a watch of its own, which stays); ``ended``: those whose IN_IGNORED, their last
+        record, was already read."""
         lost: list[Root] = []
-        for entry in self.subtree(path):
-            lost.extend(self.unwatch(entry))
+        for wd, entry in watches.items():
+            if entry.wd == wd and self.by_wd.get(wd) is entry:
+                gone = wd in ended
+                lost.extend(self.unwatch(entry, in_kernel=not gone, retire=not gone))
         for root in lost:
             self.establish(root)
         self._keep_link_dirs()
@@ -560,6 +573,10 @@ def _is_dir(path: bytes) -> bool:
 
 def _mask(scope: Scope, waiting: tuple[Root, ...], holds_links: bool) -> int:
     mask = scope.mask | STRUCTURE_MASK if scope is not EMPTY_SCOPE else 0
+    if mask & READ_MASK:
+        # Where a rule asks for any of them, watchd's own reads must be seen whole (open to
+        # close) to be told apart from others'.
+        mask |= IN_OPEN | IN_CLOSE_NOWRITE
     return mask | (WAITING_MASK if waiting else 0) | (LINK_MASK if holds_links else 0)
 
 
