@@ -91,7 +91,9 @@ class _Scanned:
 
     generation: int
     names: set[bytes] = field(default_factory=set)
-    unclosed: dict[bytes, None] = field(default_factory=dict)
+    # Regular files found, whose close_write is told when the backlog is read, and whether a
+    # read lease must first show that nobody still writes them (a new directory's files).
+    unclosed: dict[bytes, bool] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -341,8 +343,12 @@ class Notifier(pyinotify.ThreadedNotifier):
             for parent, found in self.table.walk(path, scope):
                 self._report_found(parent, found)
 
-    def _report_found(self, parent: WatchedDir, found: os.DirEntry[bytes]) -> None:
-        """An entry found by listing a directory that appeared: report it as new."""
+    def _report_found(self, parent: WatchedDir, found: os.DirEntry[bytes],
+                      by_rescan: bool = False) -> None:
+        """An entry found by listing a directory that appeared, or by a rescan after an
+        overflow: report it as new. A new directory's file may still be open for writing,
+        and its writer's close_write is then the one to tell; after an overflow a later
+        close_write is the file's next (docs/reliability.md), and no lease is asked for."""
         scanned = self._scanned.get(parent.wd)
         if scanned is None:
             scanned = self._scanned[parent.wd] = _Scanned(self._generation)
@@ -350,7 +356,7 @@ class Notifier(pyinotify.ThreadedNotifier):
         is_dir = found.is_dir(follow_symlinks=False)
         self._emit(parent, FileEvent(found.path, "create", IN_CREATE, is_dir, synthetic=True))
         if found.is_file(follow_symlinks=False):
-            scanned.unclosed[found.name] = None
+            scanned.unclosed[found.name] = not by_rescan
 
     def _settle(self, generation: int) -> None:
         """Everything up to ``generation`` has met the kernel's backlog: finish it."""
@@ -359,9 +365,9 @@ class Notifier(pyinotify.ThreadedNotifier):
                 continue
             del self._scanned[wd]
             entry = self.table.by_wd.get(wd)
-            for name in scanned.unclosed if entry is not None else ():
+            for name, leased in scanned.unclosed.items() if entry is not None else ():
                 path = entry.path + b"/" + name
-                if self._open_for_writing(path):
+                if leased and self._open_for_writing(path):
                     continue  # its writer's own close_write is still to come, and is told
                 # Its state as reported: a later rescan reports it again only if it changed.
                 self.table.remember(entry, name, _state_after(IN_CLOSE_WRITE, path, False))
@@ -466,7 +472,7 @@ class Notifier(pyinotify.ThreadedNotifier):
         """One entry of a rescanned directory: new, changed since it was last seen, or not."""
         if known is _GONE:
             self.table.remember(entry, found.name, state_of(found))
-            self._report_found(entry, found)
+            self._report_found(entry, found, by_rescan=True)
             if found.is_dir(follow_symlinks=False):
                 self._arrived(entry, found.name, found.path, True, b"")
             return
