@@ -186,7 +186,10 @@ def inotify_limit(name: str, value: int) -> Iterator[None]:
         limit.write_text(saved)
         originals = _changed_limits()
         originals.pop(name, None)
-        CHANGED_LIMITS.write_text(json.dumps(originals))
+        if originals:
+            CHANGED_LIMITS.write_text(json.dumps(originals))
+        else:
+            CHANGED_LIMITS.unlink(missing_ok=True)
 
 
 def _changed_limits() -> dict[str, str]:
