@@ -159,7 +159,7 @@ class Daemon:
             current = self.table.ruleset
             ruleset = current.reresolved()
             if ruleset is not None:
-                self.table.apply(ruleset)
+                self.table.apply(ruleset, _followed_again(current, ruleset))
         if ruleset is None:
             return
         before = {root.path: root for root in current.roots}
@@ -282,7 +282,6 @@ class Daemon:
         log(logging.INFO, "stopped", message_id=MessageId.STOPPED, abandoned=abandoned or None,
             **self.counters.summary())
 
-
     def _asked_to_hurry(self, timeout: float) -> bool:
         """During the stop grace: whether a second SIGTERM or SIGINT came within ``timeout``."""
         if not select.select([self._wake_read], [], [], timeout)[0]:
@@ -306,6 +305,14 @@ def _log_load_problems(ruleset: RuleSet) -> None:
         log(logging.WARNING, f"rules: {problem}", message_id=MessageId.RULES_WARNING)
     for problem in ruleset.untrusted_paths:
         log(logging.ERROR, f"not watched: {problem}", message_id=MessageId.PATH_UNTRUSTED)
+
+
+def _followed_again(old: RuleSet, new: RuleSet) -> frozenset[bytes]:
+    """Roots behind an untrusted symlink before, followed now: a directory was made there
+    while the daemon ran, and what is in it is new."""
+    refused = {root.path for root in old.roots if root.untrusted}
+    return frozenset(root.path for root in new.roots
+                     if root.path in refused and root.untrusted is None)
 
 
 def _log_resolved(old: Root | None, new: Root) -> None:

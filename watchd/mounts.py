@@ -47,5 +47,9 @@ class MountTable:
 
 def touches(point: bytes, root: bytes) -> bool:
     """Whether a mount at ``point`` changes what is at ``root`` or below it."""
-    return (point == root or point.startswith(root.rstrip(b"/") + b"/")
-            or root.startswith(point.rstrip(b"/") + b"/"))
+    return at_or_below(point, root) or at_or_below(root, point)
+
+
+def at_or_below(path: bytes, top: bytes) -> bool:
+    """Whether ``path`` is ``top`` or inside it."""
+    return path == top or path.startswith(top.rstrip(b"/") + b"/")

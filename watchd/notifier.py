@@ -100,7 +100,6 @@ class _Scanned:
 class _MoveOut:
     generation: int
     path: bytes
-    is_dir: bool
     watches: dict[int, WatchedDir] = field(default_factory=dict)  # the moved tree's, by wd
     held: list[tuple[int, int, int, bytes]] = field(default_factory=list)
 
@@ -131,7 +130,7 @@ class Notifier(pyinotify.ThreadedNotifier):
         self._unmounted: set[int] = set()
         self._opened: dict[bytes, int] = {}  # watchd's own opens whose open event was read
         table.report = self._report_found
-        table.unmounted = self._unmounted_by_mount_table
+        table.unmounted = self._tell_unmount
 
     @classmethod
     def watching(cls, ruleset: RuleSet, dispatcher: Dispatcher, counters: Counters,
@@ -221,7 +220,8 @@ class Notifier(pyinotify.ThreadedNotifier):
             return
         if self._moves and self._held((wd, mask, cookie, name), entry):
             return
-        if mask & (IN_IGNORED | IN_UNMOUNT) and self._watch_ended(wd, mask, entry):
+        if mask & (IN_IGNORED | IN_UNMOUNT):
+            self._watch_ended(wd, mask, entry)
             return
         scanned = self._scanned.get(wd)
         if scanned is not None and name in scanned.names and _seen_by_scan(scanned, mask, name):
@@ -247,18 +247,17 @@ class Notifier(pyinotify.ThreadedNotifier):
             # A root directory itself was renamed away; its parent is not watched to say where.
             self.table.unwatch_tree(entry.path)
 
-    def _watch_ended(self, wd: int, mask: int, entry: WatchedDir) -> bool:
-        """The kernel's word that a watch ended (IN_IGNORED: consumed) or that its file
-        system went away (IN_UNMOUNT: told too)."""
+    def _watch_ended(self, wd: int, mask: int, entry: WatchedDir) -> None:
+        """The kernel's word that a watch ended (IN_IGNORED) or that its file system went
+        away (IN_UNMOUNT)."""
         if mask & IN_IGNORED:
             # After an unmount, what the mount covered is not new: it is watched, not reported.
             self.table.forget(wd, report=wd not in self._unmounted)
             self._unmounted.discard(wd)
-            return True
-        self._unmounted.add(wd)
+            return
         log(logging.WARNING, "a watched file system was unmounted; watching what is there now",
             path=entry.path)
-        return False
+        self._tell_unmount(entry)
 
     def _pair(self, mask: int, cookie: int, path: bytes, is_dir: bool) -> _MoveOut | None:
         """Note a move's first half; for its second, the first (None if it was not seen).
@@ -268,7 +267,7 @@ class Notifier(pyinotify.ThreadedNotifier):
         """
         if mask & IN_MOVED_FROM:
             below = {e.wd: e for e in self.table.subtree(path)} if is_dir else {}
-            self._moves[cookie] = _MoveOut(self._generation, path, is_dir, below)
+            self._moves[cookie] = _MoveOut(self._generation, path, below)
             return None
         return self._moves.pop(cookie, None)
 
@@ -318,12 +317,12 @@ class Notifier(pyinotify.ThreadedNotifier):
         if mask & IN_IGNORED:
             del self.table.retired[wd]
             self._unmounted.discard(wd)
-        elif mask & IN_UNMOUNT and wd not in self._unmounted:
-            self._unmounted_by_mount_table(entry)
+        elif mask & IN_UNMOUNT:
+            self._tell_unmount(entry)
 
-    def _unmounted_by_mount_table(self, entry: WatchedDir) -> None:
-        """Tell a directory's unmount once, whether the kernel's IN_UNMOUNT or the mount
-        table says it first."""
+    def _tell_unmount(self, entry: WatchedDir) -> None:
+        """Tell a directory's unmount once, whether the kernel's IN_UNMOUNT (for a live
+        watch or one removed here) or the mount table says it first."""
         if entry.wd in self._unmounted:
             return
         self._unmounted.add(entry.wd)

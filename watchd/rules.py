@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pathspec
 
@@ -192,7 +192,9 @@ class Root:
     recursive: bool
     mask: int
     index: SuffixIndex | None = None
-    links: tuple[bytes, ...] = ()  # the symlinks its path was resolved through (see trust)
+    # Names on its path whose change can change where it leads: the symlinks it was resolved
+    # through, names others may rename (trust.resolve_watched); their directories are watched.
+    links: tuple[bytes, ...] = ()
     untrusted: str | None = None  # why it is not followed: a symlink on the way is not trusted
 
     def candidates(self, relative: bytes) -> tuple[Rule, ...] | list[Rule]:
@@ -255,8 +257,9 @@ class RuleSet:
         roots = _roots(self.rules, _resolve_paths(self.rules))
         if [_reach(root) for root in roots] == [_reach(root) for root in self.roots]:
             return None
-        return RuleSet(self.settings, self.rules, roots, {root.path: root for root in roots},
-                       self.files)
+        # The load's located untrusted paths were said at the load; the roots say them now.
+        return replace(self, roots=roots, roots_by_path={root.path: root for root in roots},
+                       untrusted_paths=(), _scopes={})
 
 
 def compile_rules(config: Config) -> RuleSet:

@@ -183,19 +183,22 @@ class ProgramTrust:
 
         def lstat(place: str) -> os.stat_result:
             info = os.lstat(place)
-            looked_at.setdefault(place, (info.st_dev, info.st_ino, info.st_ctime_ns))
+            looked_at.setdefault(place, _identity(info))
             return info
 
         check_program(path, lstat)
         self._trusted[path] = tuple(looked_at.items())
 
 
+def _identity(info: os.stat_result) -> _Identity:
+    return info.st_dev, info.st_ino, info.st_ctime_ns
+
+
 def _unchanged(place: str, identity: _Identity) -> bool:
     try:
-        info = os.lstat(place)
+        return _identity(os.lstat(place)) == identity
     except OSError:
         return False
-    return (info.st_dev, info.st_ino, info.st_ctime_ns) == identity
 
 
 @dataclass(frozen=True, slots=True)

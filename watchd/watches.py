@@ -39,6 +39,7 @@ from watchd.events import (
 )
 from watchd.journal import MessageId
 from watchd.logs import log
+from watchd.mounts import at_or_below
 from watchd.rules import EMPTY_SCOPE, Root, RuleSet, Scope
 from watchd.trust import resolve_watched
 
@@ -257,7 +258,7 @@ class WatchTable:
         """
         lost = {root}
         for entry in self.subtree(root.path):
-            if any(touches_below(point, entry.path) for point in unmounted):
+            if any(at_or_below(entry.path, point) for point in unmounted):
                 self.unmounted(entry)
             lost.update(self.unwatch(entry))
         for each in lost:
@@ -411,11 +412,12 @@ class WatchTable:
         for root in arrived:
             self.establish(root)
 
-    def apply(self, ruleset: RuleSet) -> None:
+    def apply(self, ruleset: RuleSet, arrived: frozenset[bytes] = frozenset()) -> None:
         """Switch to a new rule set: keep the watches both share, add and drop the rest.
 
         If the watch limit left directories unwatched, every root is walked again: the
-        limit may have been raised since.
+        limit may have been raised since. What is in the roots at ``arrived`` came while
+        the daemon ran, and is reported.
         """
         degraded, self.refused_for_limit = self.refused_for_limit, 0
         in_place = set() if degraded else {
@@ -444,7 +446,7 @@ class WatchTable:
                 self.watch(entry.path, scope)
         for root in ruleset.roots:
             if root.path not in in_place:
-                self.establish(root, report=False)
+                self.establish(root, report=root.path in arrived)
         self._keep_link_dirs()  # of roots kept in place, whose links may be new
 
     # -- walking ---------------------------------------------------------------------------
@@ -556,11 +558,6 @@ class WatchTable:
         elif path not in self._warned:
             self._warned.add(path)
             log(logging.WARNING, f"cannot watch: {error.strerror}", path=path)
-
-
-def touches_below(point: bytes, path: bytes) -> bool:
-    """Whether ``path`` is at or below the mount point ``point``."""
-    return path == point or path.startswith(point.rstrip(b"/") + b"/")
 
 
 def _is_dir(path: bytes) -> bool:
