@@ -27,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchd._pyinotify import pyinotify
-from watchd.config import load
-from watchd.counters import Counters
-from watchd.dispatch import Dispatcher
-from watchd.jobs import JobQueue
-from watchd.notifier import Notifier
-from watchd.rules import compile_rules
+from watchd.config.compile import compile_rules
+from watchd.config.loader import load
+from watchd.core._pyinotify import pyinotify
+from watchd.core.stats import Counters
+from watchd.run.dispatch import Dispatcher
+from watchd.run.queue import JobQueue
+from watchd.source.notifier import Notifier
 
 EVENTS = pyinotify.IN_CREATE | pyinotify.IN_CLOSE_WRITE
 QUIET = 3.0

@@ -34,14 +34,14 @@ import intake
 import webhooks
 from intake import RawPyinotify, Result, burst, burst_inotifywait, wait_count, write_files
 
-from watchd._pyinotify import pyinotify
-from watchd.config import load
-from watchd.counters import Counters
-from watchd.dispatch import Dispatcher
-from watchd.jobs import JobQueue
-from watchd.notifier import Notifier
-from watchd.rules import compile_rules
-from watchd.trust import ProgramTrust, check_program
+from watchd.config.compile import compile_rules
+from watchd.config.loader import load
+from watchd.core._pyinotify import pyinotify
+from watchd.core.stats import Counters
+from watchd.run.dispatch import Dispatcher
+from watchd.run.queue import JobQueue
+from watchd.security.trust import ProgramTrust, check_program
+from watchd.source.notifier import Notifier
 
 BENCH = Path(__file__).resolve().parent
 PERFORMANCE = BENCH.parent / "docs" / "performance.md"

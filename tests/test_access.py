@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from watchd.access import execute_problem
+from watchd.security.access import execute_problem
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real users and ownership need root")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import alive, as_user, env_of, recorder, records, wait_for
 
-from watchd.cli import main
+from watchd.service.cli import main
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="attacks need root and real users")
 pytestmark = ROOT_ONLY

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from watchd.cli import main
-from watchd.config import ConfigError, drop_in_files, load
-from watchd.events import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_FROM, IN_MOVED_TO, event_mask
-from watchd.models import parse_duration
-from watchd.placeholders import parse_template, render
+from watchd.config.loader import drop_in_files, load
+from watchd.core.events import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_FROM, IN_MOVED_TO, event_mask
+from watchd.core.placeholders import parse_template, render
+from watchd.core.problems import ConfigError
+from watchd.schema.fields import parse_duration
+from watchd.service.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,8 @@ import pytest
 from conftest import alive, env_of, kernel_watches, recorder, records, wait_for
 from test_events import fired, rule
 
-from watchd.cli import main
-from watchd.daemon import HANDLED_SIGNALS, Daemon
+from watchd.service.cli import main
+from watchd.service.daemon import HANDLED_SIGNALS, Daemon
 
 # -- 1. a directory's own delete_self / move_self say it is a directory ----------------------
 

@@ -146,9 +146,10 @@ def test_the_suffix_index_fires_exactly_the_rules_a_scan_would(tmp_path):
     """Many rules on one root are looked up by name suffix; the result is the scan's."""
     import dataclasses
 
-    from watchd.config import load
-    from watchd.events import FileEvent, event_mask
-    from watchd.rules import compile_rules, match
+    from watchd.config.compile import compile_rules
+    from watchd.config.loader import load
+    from watchd.core.events import FileEvent, event_mask
+    from watchd.match.matcher import match
 
     patterns = ["*.csv", "*.gz", "*.tar.gz", "*.bashrc", "*.CSV", "data/*.csv", "*.c*",
                 "*.txt", "!*.txt", "*.json", "*.x1", "*.x2", "*.x3", "*.x4", "*.x5", "*.x6",

@@ -16,10 +16,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from watchd.config import Config, ConfigError, load
-from watchd.events import EVENT_NAMES
-from watchd.explain import explain
-from watchd.rules import compile_rules
+from watchd.config.compile import compile_rules
+from watchd.config.loader import Config, load
+from watchd.core.events import EVENT_NAMES
+from watchd.core.problems import ConfigError
+from watchd.service.explain import explain
 
 
 def fuzz(examples: int) -> settings:

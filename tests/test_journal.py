@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import DEADLINE
 
-from watchd import logs
-from watchd.journal import MessageId, fields_of
+from watchd.core import logs
+from watchd.core.journal import MessageId, fields_of
 
 CATALOG = Path(__file__).parents[1] / "packaging" / "systemd" / "watchd.catalog"
 

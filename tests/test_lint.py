@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from watchd.lint import argv_warnings
-from watchd.placeholders import PLACEHOLDERS, parse_template, render
+from watchd.core.placeholders import PLACEHOLDERS, parse_template, render
+from watchd.schema.lint import argv_warnings
 
 SH = "/bin/sh"
 

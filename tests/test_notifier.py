@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import inotify_limit, kernel_watches, wait_for
 
-from watchd.config import load
-from watchd.counters import Counters
-from watchd.dispatch import Dispatcher
-from watchd.jobs import JobQueue
-from watchd.notifier import Notifier
-from watchd.rules import compile_rules
-from watchd.watches import WatchManager, WatchTable
+from watchd.config.compile import compile_rules
+from watchd.config.loader import load
+from watchd.core.stats import Counters
+from watchd.run.dispatch import Dispatcher
+from watchd.run.queue import JobQueue
+from watchd.source.notifier import Notifier
+from watchd.source.table import WatchManager, WatchTable
 
 
 class Harness:

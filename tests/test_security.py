@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import COMMAND_PYTHON, RECORDER, env_of, recorder, records, wait_for
 
-from watchd.cli import main
-from watchd.config import ConfigError, load
+from watchd.config.loader import load
+from watchd.core.problems import ConfigError
+from watchd.service.cli import main
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="ownership and users need root")
 

@@ -11,8 +11,8 @@ import time
 import pytest
 from conftest import kernel_watches, recorder, records, wait_for
 
-from watchd import logs
-from watchd.daemon import EX_FATAL, Daemon
+from watchd.core import logs
+from watchd.service.daemon import EX_FATAL, Daemon
 
 WATCHDOG_USEC = 200_000
 

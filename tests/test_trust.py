@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from watchd.trust import ProgramTrust, Untrusted, check_program, resolve_watched
+from watchd.security.trust import ProgramTrust, Untrusted, check_program, resolve_watched
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="ownership needs root")
 pytestmark = ROOT_ONLY

@@ -19,7 +19,7 @@ import standardwebhooks
 from conftest import PYTHON, recorder, records, wait_for
 
 from watchd import __version__
-from watchd.cli import main
+from watchd.service.cli import main
 
 KEY = os.urandom(32)
 SECRET = "whsec_" + base64.b64encode(KEY).decode()

@@ -1,5 +1,5 @@
 import sys
 
-from watchd.cli import main
+from watchd.service.cli import main
 
 sys.exit(main())

@@ -10,20 +10,139 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import pwd
 import select
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
-from watchd.jobs import Job
-from watchd.logs import escape
-from watchd.placeholders import PLACEHOLDERS, render
-from watchd.rules import Command, RunAs
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from watchd.actions.kind import ActionKind, Warning
+from watchd.core.actions import ActionContext, Outcome, ProcessResult
+from watchd.core.job import Job
+from watchd.core.journal import MessageId
+from watchd.core.logs import escape, log
+from watchd.core.placeholders import PLACEHOLDERS, Template, parse_template, render
+from watchd.core.rules import RunAs
+from watchd.run.guard import Refused, owner
+from watchd.schema.fields import (
+    OWNER,
+    TRUSTED_PROGRAMS,
+    AbsolutePath,
+    ArgTemplate,
+    Duration,
+    EnvName,
+    EnvValue,
+    Strict,
+    UserName,
+)
+from watchd.schema.lint import argv_warnings
+from watchd.security.access import execute_problem
+from watchd.security.trust import check_program
+
+
+class CommandAction(Strict):
+    """Run a program directly (never through a shell) with the event in argv and environment."""
+
+    command: list[ArgTemplate] = Field(min_length=1, description="argv; placeholders allowed")
+    timeout: Duration = Field(default=300.0, description="the process group is killed past it")
+    user: UserName | None = Field(
+        default=None, description="run as this user and its groups; '@owner': as the owner of "
+        "the file the event is about")
+    allow_root_owner: bool = Field(default=False, description="with user: '@owner', also run "
+                                   "for files owned by root (as root)")
+    cwd: AbsolutePath | None = None
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+
+    @field_validator("command")
+    @classmethod
+    def _trusted_program(cls, command: list[str], info: ValidationInfo) -> list[str]:
+        if not command[0].startswith("/") or "{" in command[0]:
+            raise ValueError(f"command[0] must be an absolute path to a program, not "
+                             f"{command[0]!r}")
+        # A program found untrusted is not remembered: every action naming it gets its error.
+        trusted: set[str] = (info.context or {}).get(TRUSTED_PROGRAMS, set())
+        if command[0] not in trusted:
+            check_program(command[0])
+            trusted.add(command[0])
+        return command
+
+    @model_validator(mode="after")
+    def _owner_only(self) -> CommandAction:
+        if self.allow_root_owner and self.user != OWNER:
+            raise ValueError("allow_root_owner applies only to user: '@owner'")
+        return self
+
+    @model_validator(mode="after")
+    def _user_can_execute(self) -> CommandAction:
+        # Else every event fails at run time; '@owner' is known only then.
+        if self.user is not None and self.user != OWNER:
+            entry = pwd.getpwnam(self.user)
+            groups = os.getgrouplist(self.user, entry.pw_gid)
+            problem = execute_problem(self.command[0], entry.pw_uid, entry.pw_gid, groups,
+                                      user_name=self.user)
+            if problem:
+                raise ValueError(f"{problem}: user {self.user!r} cannot run "
+                                 f"{self.command[0]}")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command action ready to run: argv templates and how to run them."""
+
+    argv: tuple[Template, ...]
+    program: str  # command[0], a literal path: its trust is checked again before every run
+    timeout: float
+    user: RunAs | None
+    cwd: bytes | None
+    env: tuple[tuple[bytes, bytes], ...]
+    as_owner: bool = False  # user: '@owner': the user comes from the file, just before the run
+    allow_root_owner: bool = False
+
+    kind: ClassVar[str] = "command"
+    keeps_order: ClassVar[bool] = False
+
+    @classmethod
+    def compile(cls, model: CommandAction) -> Command:
+        as_owner = model.user == OWNER
+        return cls(
+            argv=tuple(parse_template(arg) for arg in model.command),
+            program=model.command[0],
+            timeout=model.timeout,
+            user=RunAs.lookup(model.user) if model.user and not as_owner else None,
+            cwd=os.fsencode(model.cwd) if model.cwd else None,
+            env=tuple((os.fsencode(k), os.fsencode(v)) for k, v in model.env.items()),
+            as_owner=as_owner,
+            allow_root_owner=model.allow_root_owner,
+        )
+
+    def describe(self, values: Mapping[str, bytes]) -> str:
+        return f"{self.kind}: {shlex.join(self.argv_for(values))}"
+
+    def argv_for(self, values: Mapping[str, bytes]) -> list[str]:
+        """The argv as it would run, escaped for showing."""
+        return [escape(render(template, values)) for template in self.argv]
+
+    def perform(self, context: ActionContext, job: Job, step: int,
+                info: os.stat_result | None) -> Outcome:
+        try:
+            user = owner(job, self.allow_root_owner, info) if self.as_owner else self.user
+        except Refused as refusal:
+            return context.skip(job, step, str(refusal))
+        return ended(job, step, self, context.run_process(job, step, self.program,
+                                                         RunningCommand(job, self, user)))
+
+
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a command past its timeout
 STDERR_TAIL = 2048  # bytes of stderr kept for the log
@@ -37,21 +156,6 @@ _SPAWN_TURN = threading.Lock()
 # Variables of the daemon's own supervisor that must not leak into commands.
 PRIVATE_ENV_PREFIXES = (b"NOTIFY_SOCKET", b"WATCHDOG_", b"LISTEN_", b"WATCHD_", b"INVOCATION_ID",
                         b"JOURNAL_STREAM")
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    """How one run ended. ``status`` is the exit status, or minus the signal that ended it."""
-
-    status: int | None
-    duration: float
-    timed_out: bool
-    stderr: bytes
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 0 and not self.timed_out
 
 
 @functools.cache
@@ -68,7 +172,14 @@ def _devnull() -> int:
 
 def environment(job: Job, command: Command, user: RunAs | None,
                 values: Mapping[str, bytes]) -> dict[bytes, bytes]:
-    env = dict(_inherited())
+    """What a command runs with: the daemon's environment and ``variables``."""
+    return {**_inherited(), **variables(job, command, user, values)}
+
+
+def variables(job: Job, command: Command, user: RunAs | None,
+              values: Mapping[str, bytes]) -> dict[bytes, bytes]:
+    """The event's WATCHD_* variables, the user's HOME, USER and LOGNAME, and the rule's env."""
+    env = {}
     for name in PLACEHOLDERS:
         env[b"WATCHD_" + name.upper().encode()] = values[name]
     env[b"WATCHD_IS_DIR"] = b"1" if job.event.is_dir else b"0"
@@ -87,35 +198,23 @@ class RunningCommand:
         self.command = command
         self.user = user
         self.process: subprocess.Popen[bytes] | None = None
+        self.forks = user is not None  # Popen forks rather than vforks to switch user
         # Held while the group is signalled and while the leader is reaped, so that a
         # kill from another thread never reaches a group id the kernel has given away.
         self._lock = threading.Lock()
 
-    def run(self) -> CommandResult:
+    def run(self) -> ProcessResult:
         values = self.job.values()
-        argv = [render(template, values) for template in self.command.argv]
-        user = self.user
         started = time.monotonic()
         # The daemon keeps the write end too, until the command has exited: the pipe then
         # never reports its end, and the exit is the one wake-up of a quiet command.
         stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
         try:
             try:
-                with _spawn_turn(user), self._lock:
-                    self.process = subprocess.Popen(
-                        argv,
-                        env=environment(self.job, self.command, user, values),
-                        cwd=self.command.cwd,
-                        stdin=_devnull(),
-                        stdout=_devnull(),
-                        stderr=stderr_write,
-                        start_new_session=True,
-                        user=user.uid if user else None,
-                        group=user.gid if user else None,
-                        extra_groups=list(user.groups) if user else None,
-                    )
+                with _spawn_turn(self.forks), self._lock:
+                    self.process = self.spawn(values, stderr_write)
             except (OSError, subprocess.SubprocessError) as error:
-                return CommandResult(None, time.monotonic() - started, False, b"",
+                return ProcessResult(None, time.monotonic() - started, False, b"",
                                      _start_failure(error))
             stderr, timed_out = self._collect(stderr_read, started + self.command.timeout)
         finally:
@@ -125,7 +224,23 @@ class RunningCommand:
             # The exited leader still holds the group id, so this cannot hit a recycled group.
             self._signal_group(signal.SIGKILL)
             status = self.process.wait()
-        return CommandResult(status, time.monotonic() - started, timed_out, stderr)
+        return ProcessResult(status, time.monotonic() - started, timed_out, stderr)
+
+    def spawn(self, values: Mapping[str, bytes], stderr: int) -> subprocess.Popen[bytes]:
+        """Start the command in a session of its own, its stderr into ``stderr``."""
+        user = self.user
+        return subprocess.Popen(
+            [render(template, values) for template in self.command.argv],
+            env=environment(self.job, self.command, user, values),
+            cwd=self.command.cwd,
+            stdin=_devnull(),
+            stdout=_devnull(),
+            stderr=stderr,
+            start_new_session=True,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=list(user.groups) if user else None,
+        )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (the command and anything it started)."""
@@ -177,10 +292,9 @@ def _start_failure(error: OSError | subprocess.SubprocessError) -> str:
     return f"cannot start: {reason}"
 
 
-def _spawn_turn(user: RunAs | None) -> contextlib.AbstractContextManager[object]:
-    """The turn a spawn waits for: see ``_SPAWN_TURN``. Popen forks rather than vforks to
-    switch user."""
-    if _SPAWNS_HOLD_INTERPRETER and user is None:
+def _spawn_turn(forks: bool) -> contextlib.AbstractContextManager[object]:
+    """The turn a spawn waits for: see ``_SPAWN_TURN``."""
+    if _SPAWNS_HOLD_INTERPRETER and not forks:
         return _SPAWN_TURN
     return contextlib.nullcontext()
 
@@ -191,3 +305,70 @@ def _read_tail(fd: int, tail: bytes) -> bytes:
         while chunk := os.read(fd, 65536):
             tail = (tail + chunk)[-STDERR_TAIL:]
     return tail
+
+
+class ProcessAction(Protocol):
+    """What the log of a process run says of its action."""
+
+    kind: ClassVar[str]
+
+    @property
+    def timeout(self) -> float: ...
+
+
+def ended(job: Job, step: int, spec: ProcessAction, result: ProcessResult | Outcome,
+          **extra: object) -> Outcome:
+    """Log how a process run ended; its outcome."""
+    if isinstance(result, Outcome):
+        return result
+    log_result(job, step, spec, result, **extra)
+    return Outcome.OK if result.ok else Outcome.FAILED
+
+
+def log_result(job: Job, step: int, spec: ProcessAction, result: ProcessResult,
+               **extra: object) -> None:
+    fields: dict[str, object] = {
+        "rule": job.rule.name,
+        "event": job.event.event,
+        "path": job.event.path,
+        "action": spec.kind,
+        "step": step,
+        "exit_status": result.status,
+        "duration_ms": round(result.duration * 1000),
+        "found_by_scan": True if job.event.synthetic else None,
+        **extra,
+    }
+    if result.ok:
+        log(logging.INFO, "action ok", fields=fields)
+        return
+    reason = failure(result, spec.timeout)
+    remaining = len(job.rule.actions) - step
+    if remaining:
+        reason += f"; {remaining} later action(s) skipped"
+    fields["stderr"] = result.stderr.strip()[-512:] or None
+    log(logging.ERROR, f"action failed: {reason}", message_id=MessageId.ACTION_FAILED,
+        fields=fields)
+
+
+def failure(result: ProcessResult, timeout: float) -> str:
+    """How a process failed, in words: the number is in a field too, the signal named."""
+    if result.timed_out:
+        return f"timed out after {timeout:g}s; process group killed"
+    if result.error:
+        return result.error
+    status = result.status or 0
+    if status > 0:
+        return f"exited with status {status}"
+    try:
+        return f"killed by signal {signal.Signals(-status).name}"
+    except ValueError:
+        return f"killed by signal {-status}"
+
+
+def _warnings(model: CommandAction) -> Iterator[Warning]:
+    for arg, message in argv_warnings(model.command):
+        yield ("command", arg), message
+
+
+KIND = ActionKind("command", CommandAction, Command.compile, "a 'command' (an argv list)",
+                  warnings=_warnings)

@@ -1,7 +1,8 @@
-"""The webhook action: the JSON body of an event, Standard Webhooks signing, one HTTP attempt.
+"""The webhook action: its schema, the JSON body of an event, Standard Webhooks signing, and
+one HTTP attempt.
 
-Retrying, spooling and ordering belong to ``watchd.deliveries``; this module only knows
-how to build a delivery and how one attempt at it ended.
+Retrying, spooling and ordering belong to ``watchd.outbox``; this module only knows how to
+build a delivery and how one attempt at it ended.
 """
 
 from __future__ import annotations
@@ -11,23 +12,132 @@ import email.utils
 import hashlib
 import hmac
 import json
+import os
 import random
+import re
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated, ClassVar
 
 import urllib3
+import urllib3.util
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 
 from watchd import __version__
-from watchd.jobs import Job
-from watchd.rules import Webhook
+from watchd.actions.kind import ActionKind
+from watchd.core.actions import ActionContext, Outcome
+from watchd.core.job import Job
+from watchd.schema.fields import Duration, Strict, absolute
+from watchd.security.secrets import SigningKey, read_signing_key
 
 USER_AGENT = f"watchd/{__version__}"
 MAX_BACKOFF = 600.0  # seconds: the longest wait between two attempts that backoff computes
 MAX_RETRY_AFTER = 3600.0  # seconds: the longest wait a server's Retry-After obtains
 RESPONSE_KEPT = 512  # bytes of a failed response's body kept for the log
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Headers a webhook sets itself; a rule's `headers` may not replace them.
+_OWN_HEADERS = frozenset({"content-type", "content-length", "host", "user-agent", "webhook-id",
+                          "webhook-timestamp", "webhook-signature", "transfer-encoding"})
+
+
+def _http_url(url: str) -> str:
+    try:
+        parsed = urllib3.util.parse_url(url)
+    except ValueError as error:
+        raise ValueError(f"invalid URL {url!r}: {error}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"a webhook URL must be http:// or https:// with a host, not {url!r}")
+    if parsed.auth:
+        raise ValueError("a webhook URL must not hold credentials (they would be logged): "
+                         "send them in headers, e.g. Authorization")
+    return url
+
+
+def _header_name(name: str) -> str:
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"invalid HTTP header name {name!r}")
+    if name.lower() in _OWN_HEADERS:
+        raise ValueError(f"header {name!r} is set by watchd itself")
+    return name
+
+
+def _header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("an HTTP header value cannot hold CR, LF or NUL")
+    return value
+
+
+def _signing_key(path: object) -> SigningKey:
+    if not isinstance(path, str):
+        raise ValueError("secret_file must be a path")
+    return read_signing_key(absolute(path))
+
+
+class WebhookModel(Strict):
+    """POST the event as JSON, signed per Standard Webhooks when a secret is given."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    url: Annotated[str, AfterValidator(_http_url)]
+    secret_file: Annotated[
+        SigningKey, BeforeValidator(_signing_key), WithJsonSchema({"type": "string"}),
+        PlainSerializer(lambda key: key.path, return_type=str),
+    ] | None = Field(default=None, description="a base64 key, optionally prefixed whsec_; "
+                     "mode 0600 or stricter")
+    timeout: Duration = Field(default=10.0, description="per attempt")
+    retries: int = Field(default=5, ge=0, le=100, description="further attempts after the first")
+    backoff: Duration = Field(default=1.0, description="the wait before the first retry; "
+                              "doubled for each next one, up to 10 minutes, with jitter")
+    headers: dict[Annotated[str, AfterValidator(_header_name)],
+                  Annotated[str, AfterValidator(_header_value)]] = Field(default_factory=dict)
+
+
+class WebhookAction(Strict):
+    webhook: WebhookModel
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A webhook action ready to deliver: where, how signed, how hard to try."""
+
+    url: str
+    key: SigningKey | None
+    timeout: float
+    retries: int
+    backoff: float
+    headers: tuple[tuple[str, str], ...]
+
+    kind: ClassVar[str] = "webhook"
+    keeps_order: ClassVar[bool] = True
+
+    @classmethod
+    def compile(cls, model: WebhookAction) -> Webhook:
+        spec = model.webhook
+        return cls(spec.url, spec.secret_file, spec.timeout, spec.retries, spec.backoff,
+                   tuple(spec.headers.items()))
+
+    def describe(self, values: Mapping[str, bytes]) -> str:
+        # The key file's path only: its contents are never shown.
+        signed = f", signed with the key in {self.key.path}" if self.key else ", unsigned"
+        return f"{self.kind}: POST {self.url}{signed}"
+
+    def perform(self, context: ActionContext, job: Job, step: int,
+                info: os.stat_result | None) -> Outcome:
+        # Accepted for delivery (kept, queued) is success here; the outbox logs the rest.
+        return Outcome.OK if context.deliver(job, step) else Outcome.FAILED
 
 
 def _text(name: bytes) -> str:
@@ -189,3 +299,7 @@ def retry_delay(webhook: Webhook, retry: int, retry_after: float | None) -> floa
     ceiling = min(MAX_BACKOFF, webhook.backoff * 2 ** (retry - 1))
     delay = ceiling / 2 + random.uniform(0, ceiling / 2)
     return max(delay, retry_after or 0.0)
+
+
+KIND = ActionKind("webhook", WebhookAction, Webhook.compile,
+                  "a 'webhook' (a mapping with a url)")

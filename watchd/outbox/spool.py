@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from watchd.logs import log
+from watchd.core.logs import log
 
 SUFFIX = ".json"
 

@@ -16,7 +16,7 @@ import math
 import threading
 import time
 
-from watchd.jobs import JobKey
+from watchd.core.job import JobKey
 
 SETTLE = 1.0
 _PRUNE_EVERY = 1024

@@ -15,10 +15,12 @@ from typing import Any
 import pydantic
 import yaml
 
-from watchd.lint import argv_warnings
-from watchd.models import TRUSTED_PROGRAMS, CommandAction, DropIn, RulesFile, Settings, Webhook
-from watchd.models import Rule as RuleModel
-from watchd.trust import Untrusted, read_trusted
+from watchd.actions import KINDS, kind_of
+from watchd.config.schema import DropIn, RulesFile, Settings
+from watchd.config.schema import Rule as RuleModel
+from watchd.core.problems import ConfigError, Problem
+from watchd.schema.fields import TRUSTED_PROGRAMS
+from watchd.security.trust import Untrusted, read_trusted
 
 DEFAULT_CONFIG = Path("/etc/watchd/rules.yaml")
 MAX_FILE_BYTES = 1024 * 1024
@@ -26,29 +28,6 @@ MAX_DEPTH = 32  # the rules format needs 6 levels
 # libyaml's parser when PyYAML was built with it: a 1 MiB file parses in a tenth of the time.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SKIPPED_SUFFIXES = (".dpkg-old", ".dpkg-new", ".dpkg-dist", "~", ".swp")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One error, located in a file."""
-
-    file: str
-    line: int
-    column: int
-    message: str
-    warning: bool = False  # the rules are valid; this is something to fix all the same
-
-    def __str__(self) -> str:
-        kind = "warning: " if self.warning else ""
-        return f"{self.file}:{self.line}:{self.column}: {kind}{self.message}"
-
-
-class ConfigError(Exception):
-    """The rules cannot be used; ``problems`` says where and why."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(problem) for problem in problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -307,20 +286,36 @@ def _located(document: _Document, validated: RulesFile | DropIn) -> _ValidatedFi
 
 
 def _warnings(document: _Document, rules: list[RuleModel]) -> Iterator[Problem]:
-    """What is valid but open to attack, located: commands open to injection."""
+    """What is valid but open to attack (commands open to injection), and what this machine
+    cannot run (the daemon refuses it), located."""
     for index, rule in enumerate(rules):
         for step, action in enumerate(rule.actions):
-            if not isinstance(action, CommandAction):
-                continue
-            for arg, message in argv_warnings(action.command):
-                loc = ("rules", index, "actions", step, "command", arg)
-                yield Problem(document.file, *document.locate(loc), f"{_dotted(loc)}: {message}",
-                              warning=True)
+            kind = kind_of(action)
+            for refused, found in ((False, kind.warnings(action)), (True, kind.refusals(action))):
+                for where, message in found:
+                    loc = ("rules", index, "actions", step, *where)
+                    yield Problem(document.file, *document.locate(loc),
+                                  f"{_dotted(loc)}: {message}", warning=True,
+                                  refused_by_daemon=refused)
 
 
 _QUOTE_STAR = 'a value that starts with * (a pattern like *.csv) must be quoted: "*.csv"'
-_KEYS = sorted({name for model in (RulesFile, DropIn, Settings, RuleModel, CommandAction, Webhook)
-                for name in model.model_fields} | {"webhook"})
+
+
+def _action_keys() -> set[str]:
+    """Every key an action of any kind may hold, its own kind's key among them."""
+    keys = set()
+    for kind in KINDS:
+        for name, info in kind.model.model_fields.items():
+            keys.add(name)
+            inner = info.annotation
+            if isinstance(inner, type) and issubclass(inner, pydantic.BaseModel):
+                keys.update(inner.model_fields)
+    return keys
+
+
+_KEYS = sorted({name for model in (RulesFile, DropIn, Settings, RuleModel)
+                for name in model.model_fields} | _action_keys())
 
 
 def _did_you_mean(key: object) -> str:

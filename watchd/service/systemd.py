@@ -13,7 +13,7 @@ import time
 
 from systemd import daemon
 
-from watchd.logs import log
+from watchd.core.logs import log
 
 # systemd waits this long past stop_grace: the daemon's own SIGTERM→SIGKILL step and exit.
 STOP_MARGIN = 5.0

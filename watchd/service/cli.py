@@ -9,16 +9,18 @@ import signal
 import sys
 from pathlib import Path
 
-from watchd import __version__, logs
-from watchd.config import DEFAULT_CONFIG, ConfigError, load
-from watchd.daemon import Daemon, read_rules
-from watchd.deadletters import listing, replay
-from watchd.events import event_mask
-from watchd.explain import explain, resolve
-from watchd.logs import escape
-from watchd.models import RulesFile
-from watchd.rules import compile_rules
-from watchd.spool import Spool
+from watchd import __version__
+from watchd.config.compile import compile_rules, read_rules
+from watchd.config.loader import DEFAULT_CONFIG, load
+from watchd.config.schema import RulesFile
+from watchd.core import logs
+from watchd.core.events import event_mask
+from watchd.core.logs import escape
+from watchd.core.problems import ConfigError
+from watchd.outbox.deadletters import listing, replay
+from watchd.outbox.spool import Spool
+from watchd.service.daemon import Daemon
+from watchd.service.explain import explain, resolve
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,9 +15,9 @@ import os
 import pwd
 import stat
 
-from watchd.events import KINDS, SYMLINK, describe_mode, kind_of
-from watchd.jobs import Job
-from watchd.rules import Command, RunAs
+from watchd.core.events import KINDS, SYMLINK, describe_mode, kind_of
+from watchd.core.job import Job
+from watchd.core.rules import RunAs
 
 # Events about a path that is gone by design: nothing to look at.
 _GONE_EVENTS = frozenset({"delete", "moved_from", "delete_self", "move_self", "unmount"})
@@ -60,11 +60,11 @@ def recheck(job: Job) -> os.stat_result | None:
     return None if gone else info
 
 
-def owner(job: Job, command: Command, info: os.stat_result | None) -> RunAs:
+def owner(job: Job, allow_root_owner: bool, info: os.stat_result | None) -> RunAs:
     """The user a ``user: '@owner'`` command runs as; Refused if it must not run."""
     if info is None:
         raise Refused(f"user: '@owner' needs a file, and {job.event.event} leaves none")
-    if info.st_uid == 0 and not command.allow_root_owner:
+    if info.st_uid == 0 and not allow_root_owner:
         raise Refused("the file is owned by root; user: '@owner' runs as root only with "
                       "allow_root_owner: true")
     if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):

@@ -37,10 +37,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from watchd._pyinotify import pyinotify
-from watchd.counters import Counters
-from watchd.dispatch import Dispatcher
-from watchd.events import (
+from watchd.core._pyinotify import pyinotify
+from watchd.core.events import (
     ALL_EVENTS,
     IN_CLOSE_NOWRITE,
     IN_CLOSE_WRITE,
@@ -58,10 +56,11 @@ from watchd.events import (
     FileEvent,
     event_name,
 )
-from watchd.journal import MessageId
-from watchd.logs import log
-from watchd.rules import EMPTY_SCOPE, RuleSet
-from watchd.watches import (
+from watchd.core.journal import MessageId
+from watchd.core.logs import log
+from watchd.core.rules import EMPTY_SCOPE, EventSink, RuleSet
+from watchd.core.stats import Counters
+from watchd.source.table import (
     DIRECTORY,
     LINK_MASK,
     READ_MASK,
@@ -115,12 +114,13 @@ def _seen_by_scan(scanned: _Scanned, mask: int, name: bytes) -> bool:
 class Notifier(pyinotify.ThreadedNotifier):
     """Reads inotify records, keeps the watch table true, and hands events to the dispatcher."""
 
-    def __init__(self, manager: WatchManager, table: WatchTable, dispatcher: Dispatcher,
-                 counters: Counters) -> None:
+    def __init__(self, manager: WatchManager, ruleset: RuleSet, dispatcher: EventSink,
+                 counters: Counters, on_link_change: Callable[[], None] = lambda: None) -> None:
         super().__init__(manager, default_proc_fun=pyinotify.ProcessEvent())
         self.name = "watchd-notifier"
         self.daemon = True
-        self.table = table
+        self.table = WatchTable(manager, ruleset, on_link_change, report=self._report_found,
+                                unmounted=self._tell_unmount)
         self.dispatcher = dispatcher
         self.counters = counters
         self._generation = 0
@@ -129,21 +129,30 @@ class Notifier(pyinotify.ThreadedNotifier):
         self._read_at = self._previous_read_at = time.time_ns()
         self._unmounted: set[int] = set()
         self._opened: dict[bytes, int] = {}  # watchd's own opens whose open event was read
-        table.report = self._report_found
-        table.unmounted = self._tell_unmount
 
     @classmethod
-    def watching(cls, ruleset: RuleSet, dispatcher: Dispatcher, counters: Counters,
+    def watching(cls, ruleset: RuleSet, dispatcher: EventSink, counters: Counters,
                  on_link_change: Callable[[], None] = lambda: None) -> Notifier:
         """A notifier on an inotify instance of its own, every root of ``ruleset`` watched.
 
         Not started: events wait in the kernel's queue until ``start``.
         """
-        manager = WatchManager()
-        table = WatchTable(manager, ruleset, on_link_change)
-        with table.lock:
-            table.apply(ruleset)
-        return cls(manager, table, dispatcher, counters)
+        notifier = cls(WatchManager(), ruleset, dispatcher, counters, on_link_change)
+        with notifier.table.lock:
+            notifier.table.apply(ruleset)
+        return notifier
+
+    def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
+        """Watching cannot fail (what cannot be watched is a logged degradation): the commit
+        keeps the watches both rule sets share, and adds and drops the rest."""
+
+        def commit() -> None:
+            with self.table.lock:
+                self.table.apply(ruleset)
+        return commit
+
+    def stats(self) -> dict[str, int]:
+        return {"watches": len(self.table), "unwatched": self.table.refused_for_limit}
 
     # -- the thread ------------------------------------------------------------------------
 

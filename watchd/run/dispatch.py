@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from watchd.counters import Counters
-from watchd.debounce import Debouncer
-from watchd.events import FileEvent
-from watchd.jobs import Job, JobQueue
-from watchd.ownwrites import OwnWrites
-from watchd.rules import Scope, match
+from watchd.core.events import FileEvent
+from watchd.core.job import Job
+from watchd.core.rules import RuleSet, Scope
+from watchd.core.stats import Count, Counters
+from watchd.match.matcher import match
+from watchd.run.debounce import Debouncer
+from watchd.run.ownwrites import OwnWrites
+from watchd.run.queue import JobQueue
 
 
 class Dispatcher:
@@ -29,20 +31,28 @@ class Dispatcher:
 
     def submit(self, event: FileEvent, scope: Scope) -> None:
         for rule, root in match(scope, event):
-            self.counters.matched += 1
+            self.counters.matched_by(rule.name)
             job = Job(rule, root, event)
             if rule.ignore_own_writes and self.own_writes.ignoring(job.key):
-                self.counters.add("own_writes_ignored")
+                self.counters.add(Count.OWN_WRITES_IGNORED, rule.name)
             elif rule.debounce:
                 if not self.debouncer.offer(job):
-                    self._dropped()
+                    self._dropped(job)
             else:
                 self.queue(job)
 
     def queue(self, job: Job) -> None:
         if not self.jobs.put(job):
-            self._dropped()
+            self._dropped(job)
 
-    def _dropped(self) -> None:
-        self.counters.add("dropped")
+    def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
+        def commit() -> None:
+            self.jobs.maxsize = self.debouncer.limit = ruleset.settings.queue_size
+        return commit
+
+    def stats(self) -> dict[str, int]:
+        return {**self.jobs.stats(), "debouncing": len(self.debouncer)}
+
+    def _dropped(self, job: Job) -> None:
+        self.counters.add(Count.DROPPED, job.rule.name)
         self.on_drop()

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import cast
 
-from watchd._pyinotify import pyinotify
-from watchd.events import (
+from watchd.core._pyinotify import pyinotify
+from watchd.core.events import (
     IN_ACCESS,
     IN_CLOSE_NOWRITE,
     IN_CREATE,
@@ -37,11 +37,11 @@ from watchd.events import (
     IN_ONLYDIR,
     IN_OPEN,
 )
-from watchd.journal import MessageId
-from watchd.logs import log
-from watchd.mounts import at_or_below
-from watchd.rules import EMPTY_SCOPE, Root, RuleSet, Scope
-from watchd.trust import resolve_watched
+from watchd.core.journal import MessageId
+from watchd.core.logs import log
+from watchd.core.rules import EMPTY_SCOPE, Root, RuleSet, Scope
+from watchd.security.trust import resolve_watched
+from watchd.source.mounts import at_or_below
 
 # What every watch needs to keep the table and its snapshot true, whatever its rules ask for.
 STRUCTURE_MASK = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
@@ -121,7 +121,10 @@ class WatchTable:
     """All watches of the daemon. Every method must be called with ``lock`` held."""
 
     def __init__(self, manager: WatchManager, ruleset: RuleSet,
-                 on_link_change: Callable[[], None] = lambda: None) -> None:
+                 on_link_change: Callable[[], None] = lambda: None,
+                 report: Callable[[WatchedDir, os.DirEntry[bytes]], None] = (
+                     lambda parent, entry: None),
+                 unmounted: Callable[[WatchedDir], None] = lambda entry: None) -> None:
         self.manager = manager
         self.ruleset = ruleset
         # Asked for when a symlink a root's path crosses may lead elsewhere now: the daemon
@@ -146,9 +149,9 @@ class WatchTable:
         self.snapshot_size = 0  # names held by every directory's snapshot
         self.snapshot_full = False
         # Called for each entry found in a directory that appeared while running.
-        self.report: Callable[[WatchedDir, os.DirEntry[bytes]], None] = lambda parent, entry: None
+        self.report = report
         # Called for a watched directory whose file system the mount table says went away.
-        self.unmounted: Callable[[WatchedDir], None] = lambda entry: None
+        self.unmounted = unmounted
 
     def __len__(self) -> int:
         return len(self.by_wd)

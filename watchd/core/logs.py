@@ -16,8 +16,9 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Mapping
 
-from watchd.journal import JournalHandler, MessageId
+from watchd.core.journal import JournalHandler, MessageId
 
 LOGGER = logging.getLogger("watchd")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -205,9 +206,14 @@ def set_level(level: str) -> None:
     LOGGER.setLevel(LEVELS[level])
 
 
-def log(level: int, message: str, exc_info: bool = False, message_id: MessageId | None = None,
-        **fields: object) -> None:
+def log(level: int, message: str, *, exc_info: bool = False,
+        message_id: MessageId | None = None, fields: Mapping[str, object] | None = None,
+        **more: object) -> None:
+    """Log ``message`` with its fields: ``more``, after those of a mapping built beforehand
+    (``fields``, whose keys may be any word, ``exc_info`` and ``message_id`` included)."""
     if LOGGER.isEnabledFor(level):
+        if fields:
+            more = {**fields, **more}
         # The caller's place, for the journal's CODE_FILE, CODE_LINE and CODE_FUNC, read from
         # its frame: Logger.findCaller's walk up the stack costs more than the rest of a record.
         caller = sys._getframe(1)
@@ -215,4 +221,4 @@ def log(level: int, message: str, exc_info: bool = False, message_id: MessageId 
         LOGGER.handle(LOGGER.makeRecord(
             LOGGER.name, level, code.co_filename, caller.f_lineno, message, None,
             sys.exc_info() if exc_info else None, code.co_name,
-            {"fields": fields, "message_id": message_id}))
+            {"fields": more, "message_id": message_id}))

@@ -9,6 +9,7 @@ deliveries; beyond that new ones are dropped, counted and logged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -18,13 +19,13 @@ from pathlib import Path
 
 import urllib3
 
-from watchd.actions.webhook import attempt, body, new_delivery_id, retry_delay
-from watchd.counters import DROP_REPORT_INTERVAL, Counters
-from watchd.jobs import Job
-from watchd.journal import MessageId
-from watchd.logs import log
-from watchd.rules import RuleSet, Webhook
-from watchd.spool import Delivery, Spool
+from watchd.actions.webhook import Webhook, attempt, body, new_delivery_id, retry_delay
+from watchd.core.job import Job
+from watchd.core.journal import MessageId
+from watchd.core.logs import log
+from watchd.core.rules import RuleSet
+from watchd.core.stats import DROP_REPORT_INTERVAL, Count, Counters
+from watchd.outbox.spool import Delivery, Spool
 
 OutboxKey = tuple[str, int]  # a rule's name, and the action's place in it from 1
 
@@ -113,28 +114,28 @@ class Outbox:
             fields = _fields(delivery, result.status, result.duration)
             if result.delivered:
                 self.spool.done(delivery)
-                self.counters.add("webhooks_ok")
-                log(logging.INFO, "webhook delivered", **fields)
+                self.counters.add(Count.WEBHOOKS_OK, delivery.rule)
+                log(logging.INFO, "webhook delivered", fields=fields)
                 return
             if not result.retryable or delivery.attempts > webhook.retries:
                 self._give_up(delivery, result.retryable, fields)
                 return
             delay = retry_delay(webhook, delivery.attempts, result.retry_after)
             log(logging.WARNING, f"webhook attempt failed: {result.describe()}; retrying in "
-                f"{delay:.1f}s", **fields)
+                f"{delay:.1f}s", fields=fields)
             if self._stopping.wait(delay):
                 return  # still on disk: sent after the next start
 
     def _give_up(self, delivery: Delivery, exhausted: bool, fields: dict[str, object]) -> None:
         grave = self.spool.bury(delivery)
-        self.counters.add("webhooks_failed")
+        self.counters.add(Count.WEBHOOKS_FAILED, delivery.rule)
         why = "retries exhausted" if exhausted else "not retried"
         log(logging.ERROR, f"action failed: webhook: {delivery.last_error} ({why}); kept as a "
             f"dead letter: watchd webhooks replay {delivery.id}",
-            message_id=MessageId.ACTION_FAILED, dead_letter=str(grave), **fields)
+            message_id=MessageId.ACTION_FAILED, dead_letter=str(grave), fields=fields)
 
     def _dropped(self) -> None:
-        self.counters.add("webhooks_dropped")
+        self.counters.add(Count.WEBHOOKS_DROPPED, self.key[0])
         with self._ready:
             self._dropped_unreported += 1
             now = time.monotonic()
@@ -163,13 +164,17 @@ class Deliveries:
         self.pool = urllib3.PoolManager(num_pools=64, maxsize=2, retries=False)
         self._outboxes: dict[OutboxKey, Outbox] = {}
 
-    def apply(self, ruleset: RuleSet) -> None:
-        """Start outboxes for new webhook actions, update kept ones, stop gone ones; deliveries
-        on disk for an action that no longer exists become dead letters."""
+    def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
+        """Check that the rules' webhooks can be kept (an unwritable state directory is an
+        error now, not at each event); the commit starts outboxes for new webhook actions,
+        updates kept ones and stops gone ones, and makes dead letters of deliveries on disk
+        for an action that no longer exists."""
         wanted = webhooks_of(ruleset)
-        backlog = ruleset.settings.webhook_backlog
         if wanted:
-            self.spool.prepare()  # an unwritable state directory is an error now, not per event
+            self.spool.prepare()
+        return functools.partial(self._commit, wanted, ruleset.settings.webhook_backlog)
+
+    def _commit(self, wanted: dict[OutboxKey, Webhook], backlog: int) -> None:
         for key in self._outboxes.keys() - wanted.keys():
             self._outboxes.pop(key).stop()
         for key, webhook in wanted.items():
@@ -182,11 +187,14 @@ class Deliveries:
         for key in set(self.spool.outboxes()) - wanted.keys():
             self._orphaned(key)
 
+    def stats(self) -> dict[str, int]:
+        return {"webhooks_waiting": self.waiting()}
+
     def _orphaned(self, key: OutboxKey) -> None:
         for delivery in self.spool.load(*key):
             delivery.last_error = f"its rule {key[0]!r} has no webhook as action {key[1]} any more"
             grave = self.spool.bury(delivery)
-            self.counters.add("webhooks_failed")
+            self.counters.add(Count.WEBHOOKS_FAILED, key[0])
             log(logging.WARNING, f"webhook delivery kept as a dead letter: {delivery.last_error}",
                 rule=key[0], path=delivery.path, delivery=delivery.id, dead_letter=str(grave))
 
@@ -205,6 +213,10 @@ class Deliveries:
                             body(job, delivery_id), time.time())
 
         return outbox.accept(make)
+
+    def deliver(self, job: Job, place: int) -> bool:
+        """``submit``, for a worker: whether the delivery was accepted."""
+        return self.submit(job, place) is not None
 
     def waiting(self) -> int:
         return sum(len(outbox) for outbox in self._outboxes.values())

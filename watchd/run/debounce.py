@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from watchd.jobs import Job, JobKey
+from watchd.core.job import Job, JobKey
 
 
 class Debouncer:

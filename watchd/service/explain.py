@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import os
-import shlex
 import stat
 from collections.abc import Iterator
 
 import pathspec
 
-from watchd.events import EVENT_BITS, KINDS, FileEvent, describe_mode, event_mask, kind_of
-from watchd.jobs import Job
-from watchd.logs import escape
-from watchd.placeholders import render
-from watchd.rules import (
+from watchd.core.events import EVENT_BITS, KINDS, FileEvent, describe_mode, event_mask, kind_of
+from watchd.core.job import Job
+from watchd.core.logs import escape
+from watchd.core.rules import Rule, RuleSet
+from watchd.match.matcher import (
     REASON_DEPTH,
     REASON_EVENT,
     REASON_EXCLUDE,
     REASON_INCLUDE,
     REASON_KIND,
-    Action,
-    Rule,
-    RuleSet,
-    Webhook,
+    refusal,
 )
 
 
@@ -67,7 +63,7 @@ def _explain_rule(
         return
     root, relative = under[0]
     bit = event_mask(event) if event else rule.mask
-    reason = rule.refusal(bit, is_dir, relative)
+    reason = refusal(rule, bit, is_dir, relative)
     if reason is None and mode is not None and kind_of(mode) not in rule.kinds:
         reason = REASON_KIND
     if reason is not None:
@@ -78,16 +74,7 @@ def _explain_rule(
     sample = FileEvent(path, names[0], bit, is_dir)
     values = Job(rule, root, sample).values()
     for index, action in enumerate(rule.actions, 1):
-        yield f"  {index}. {_describe(action, values)}"
-
-
-def _describe(action: Action, values: dict[str, bytes]) -> str:
-    if isinstance(action, Webhook):
-        # The key file's path only: its contents are never shown.
-        signed = f", signed with the key in {action.key.path}" if action.key else ", unsigned"
-        return f"webhook: POST {action.url}{signed}"
-    argv = [escape(render(template, values)) for template in action.argv]
-    return f"command: {shlex.join(argv)}"
+        yield f"  {index}. {action.describe(values)}"
 
 
 def _reason(reason: str, rule: Rule, relative: bytes, event: str | None, is_dir: bool) -> str:

@@ -1,43 +1,13 @@
-"""A job: one matched event for one rule, queued for a worker."""
+"""job → worker: the bounded queue of jobs, and which may run now."""
 
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from watchd.events import FileEvent
-from watchd.rules import Root, Rule
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    rule: Rule
-    root: Root
-    event: FileEvent
-
-    @property
-    def key(self) -> JobKey:
-        return (self.rule.name, self.event.path)
-
-    def values(self) -> dict[str, bytes]:
-        """The placeholder values, as bytes: what ``{path}``, ``{name}`` … stand for."""
-        path = self.event.path
-        return {
-            "path": path,
-            "name": os.path.basename(path),
-            "dir": os.path.dirname(path),
-            "root": self.root.path,
-            "event": self.event.event.encode(),
-            "rule": self.rule.name.encode(),
-            "src_path": self.event.src_path,
-        }
-
-
-JobKey = tuple[str, bytes]  # a rule's name and a path: what runs one at a time
+from watchd.core.job import Job, JobKey
 
 
 class _Waiting:
@@ -62,9 +32,10 @@ class JobQueue:
     idle workers away; ``close`` ends them all and returns how many jobs were not run.
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int,
+                 on_restart: Callable[[JobKey], None] = lambda key: None) -> None:
         self.maxsize = maxsize
-        self.on_restart: Callable[[JobKey], None] = lambda key: None
+        self.on_restart = on_restart
         self.skipped = 0
         self._rules: dict[str, deque[_Waiting]] = {}  # only rules with jobs waiting
         self._count = 0
@@ -169,6 +140,9 @@ class JobQueue:
         with self._ready:
             self._retiring += workers
             self._ready.notify(workers)
+
+    def stats(self) -> dict[str, int]:
+        return {"queued": self._count, "skipped": self.skipped}
 
     def close(self) -> int:
         with self._ready:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass
 
-from watchd._pyinotify import pyinotify
+from watchd.core._pyinotify import pyinotify
 
 IN_ACCESS: int = pyinotify.IN_ACCESS
 IN_MODIFY: int = pyinotify.IN_MODIFY

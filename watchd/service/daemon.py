@@ -15,22 +15,26 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-from watchd import __version__, logs
-from watchd.config import ConfigError, load
-from watchd.counters import DROP_REPORT_INTERVAL, Counters
-from watchd.deliveries import Deliveries
-from watchd.dispatch import Dispatcher
-from watchd.jobs import JobQueue
-from watchd.journal import MessageId
-from watchd.logs import escape, log
-from watchd.mounts import MountTable, touches
-from watchd.notifier import Notifier
-from watchd.ownwrites import OwnWrites
-from watchd.rules import Root, RuleSet, compile_rules
-from watchd.service import ServiceManager
-from watchd.workers import WorkerPool
+from watchd import __version__
+from watchd.config.compile import read_rules, reresolve
+from watchd.core import logs
+from watchd.core.journal import MessageId
+from watchd.core.logs import escape, log
+from watchd.core.problems import ConfigError
+from watchd.core.rules import Root, RuleSet
+from watchd.core.stats import DROP_REPORT_INTERVAL, Counters
+from watchd.outbox.outboxes import Deliveries
+from watchd.run.dispatch import Dispatcher
+from watchd.run.ownwrites import OwnWrites
+from watchd.run.queue import JobQueue
+from watchd.run.workers import WorkerPool
+from watchd.service.systemd import ServiceManager
+from watchd.source.mounts import MountTable, touches
+from watchd.source.notifier import Notifier
 
 EX_OK = 0
 EX_FATAL = 3
@@ -45,9 +49,15 @@ _STATUS = 0xFD
 DELIVERY_STOP_WAIT = 2.0
 
 
-def read_rules(path: Path) -> RuleSet:
-    """Load, validate and compile the rules; ConfigError if any of it is wrong."""
-    return compile_rules(load(path))
+class Component(Protocol):
+    """What the daemon asks of each part it runs, at every reload and every report."""
+
+    def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
+        """Get ready for ``ruleset``: may fail (OSError), changes nothing the daemon runs on;
+        returns the commit, which puts it in force and cannot fail."""
+        ...
+
+    def stats(self) -> dict[str, int]: ...
 
 
 class Daemon:
@@ -64,7 +74,7 @@ class Daemon:
 
     def run(self) -> int:
         try:
-            ruleset = read_rules(self.config_path)
+            ruleset = read_rules(self.config_path, for_daemon=True)
         except ConfigError as error:
             _log_problems("invalid configuration; not starting", error, MessageId.CONFIG_INVALID)
             return EX_CONFIG
@@ -100,20 +110,24 @@ class Daemon:
         return status
 
     def _start(self, ruleset: RuleSet) -> None:
-        self.jobs = JobQueue(ruleset.settings.queue_size)
+        self.ruleset = ruleset
         self.deliveries = Deliveries(Path(ruleset.settings.state_dir), self.counters)
-        self.deliveries.apply(ruleset)
+        self.deliveries.prepare(ruleset)()
         own_writes = OwnWrites()
-        self.workers = WorkerPool(self.jobs, self.counters, self.deliveries, own_writes,
+        self.jobs = JobQueue(ruleset.settings.queue_size,
+                             on_restart=lambda key: self.workers.restart(key))
+        self.workers = WorkerPool(self.jobs, self.counters, self.deliveries.deliver, own_writes,
                                   functools.partial(self._wake, _STATUS))
         self.workers.resize(ruleset.settings.workers)
-        self.dispatcher = dispatcher = Dispatcher(self.jobs, self.counters,
-                                                  functools.partial(self._wake, _DROPS),
-                                                  own_writes)
-        self.notifier = Notifier.watching(ruleset, dispatcher, self.counters,
+        self.dispatcher = Dispatcher(self.jobs, self.counters,
+                                     functools.partial(self._wake, _DROPS), own_writes)
+        self.notifier = Notifier.watching(ruleset, self.dispatcher, self.counters,
                                           functools.partial(self._wake, _LINKS))
         self.table = self.notifier.table
         self.mounts = MountTable()
+        # In the order a reload commits them: the outboxes before the events that reach them.
+        self.components: tuple[Component, ...] = (self.deliveries, self.notifier,
+                                                  self.dispatcher, self.workers)
         self.notifier.start()
 
     def _loop(self) -> int:
@@ -146,7 +160,7 @@ class Daemon:
     def _mounts_changed(self) -> None:
         mounted, unmounted = self.mounts.changed()
         with self.table.lock:
-            for root in self.table.ruleset.roots:
+            for root in self.ruleset.roots:
                 if not any(touches(point, root.path) for point in mounted | unmounted):
                     continue
                 self.table.rewatch(root, unmounted)
@@ -156,10 +170,11 @@ class Daemon:
     def _reresolve(self) -> None:
         """A symlink on a watched path changed: resolve every root again, watch what moved."""
         with self.table.lock:
-            current = self.table.ruleset
-            ruleset = current.reresolved()
+            current = self.ruleset
+            ruleset = reresolve(current)
             if ruleset is not None:
                 self.table.apply(ruleset, _followed_again(current, ruleset))
+                self.ruleset = ruleset
         if ruleset is None:
             return
         before = {root.path: root for root in current.roots}
@@ -183,32 +198,32 @@ class Daemon:
             self.report()
 
     def reload(self) -> None:
+        """Read the rules again and put them in force in two phases: every component
+        prepares (any may fail, and then nothing has changed), then every one commits."""
         started = time.monotonic()
         self.service.reloading()
         try:
-            ruleset = read_rules(self.config_path)
+            ruleset = read_rules(self.config_path, for_daemon=True)
+            commits = [component.prepare(ruleset) for component in self.components]
         except ConfigError as error:
             _log_problems("reload failed: the current rules stay in force", error,
                           MessageId.RELOAD_FAILED)
             self._reload_failed(f"{error.problems[0]}" + (
                 f" (and {len(error.problems) - 1} more)" if len(error.problems) > 1 else ""))
             return
-        if Path(ruleset.settings.state_dir) != self.deliveries.spool.state_dir:
-            log(logging.WARNING, "settings.state_dir takes effect at the next restart",
-                state_dir=str(self.deliveries.spool.state_dir))
-        try:
-            self.deliveries.apply(ruleset)
         except OSError as error:
             reason = f"cannot keep webhook deliveries: {error}"
             log(logging.ERROR, f"reload failed: the current rules stay in force: {reason}",
                 message_id=MessageId.RELOAD_FAILED)
             self._reload_failed(reason)
             return
+        if Path(ruleset.settings.state_dir) != self.deliveries.spool.state_dir:
+            log(logging.WARNING, "settings.state_dir takes effect at the next restart",
+                state_dir=str(self.deliveries.spool.state_dir))
         _log_load_problems(ruleset)
-        with self.table.lock:
-            self.table.apply(ruleset)
-        self.jobs.maxsize = self.dispatcher.debouncer.limit = ruleset.settings.queue_size
-        self.workers.resize(ruleset.settings.workers)
+        self.ruleset = ruleset
+        for commit in commits:
+            commit()
         logs.set_level(ruleset.settings.log_level)
         self._reload_failure = ""
         log(logging.INFO, "reloaded", message_id=MessageId.RELOADED, rules=len(ruleset.rules),
@@ -219,40 +234,49 @@ class Daemon:
         self._reload_failure = reason
         self.service.ready(self.status_line())
 
+    def stats(self) -> dict[str, int]:
+        """Every component's figures and the counters: what STATUS= and SIGUSR1 tell."""
+        figures = {"rules": len(self.ruleset.rules)}
+        for component in self.components:
+            figures.update(component.stats())
+        return {**figures, **self.counters.summary()}
+
     def status_line(self) -> str:
         """One line for STATUS=: what is watched, what happened, what is wrong."""
-        counters = self.counters
-        parts = [f"{len(self.table.ruleset.rules)} rules", f"{len(self.table)} watches",
-                 f"{counters.events} events", f"{counters.actions_ok} actions ok",
-                 f"{counters.actions_failed} failed"]
-        waiting = self.deliveries.waiting()
-        if counters.webhooks_ok or counters.webhooks_failed or waiting:
-            parts.append(f"webhooks {counters.webhooks_ok} ok, {counters.webhooks_failed} failed, "
-                         f"{waiting} waiting")
-        if counters.dropped or counters.webhooks_dropped:
-            parts.append(f"{counters.dropped + counters.webhooks_dropped} dropped")
-        if counters.overflows:
-            parts.append(f"{counters.overflows} overflows")
-        untrusted = [root for root in self.table.ruleset.roots if root.untrusted]
-        if untrusted:
-            parts.append("DEGRADED: not following " + "; ".join(
-                f"{escape(root.path)} ({root.untrusted})" for root in untrusted))
-        if self.workers.untrusted_programs:
-            parts.append("DEGRADED: programs refused at their last run: " + "; ".join(
-                f"{escape(program)} ({reason})"
-                for program, reason in list(self.workers.untrusted_programs.items())))
-        if self.table.refused_for_limit:
-            parts.append(f"DEGRADED: {self.table.refused_for_limit} directories not watched "
-                         "(inotify watch limit)")
+        stats = self.stats()
+        parts = [f"{stats['rules']} rules", f"{stats['watches']} watches",
+                 f"{stats['events']} events", f"{stats['actions_ok']} actions ok",
+                 f"{stats['actions_failed']} failed"]
+        ok, failed, waiting = (stats["webhooks_ok"], stats["webhooks_failed"],
+                               stats["webhooks_waiting"])
+        if ok or failed or waiting:
+            parts.append(f"webhooks {ok} ok, {failed} failed, {waiting} waiting")
+        if stats["dropped"] or stats["webhooks_dropped"]:
+            parts.append(f"{stats['dropped'] + stats['webhooks_dropped']} dropped")
+        if stats["overflows"]:
+            parts.append(f"{stats['overflows']} overflows")
+        parts.extend(self._degradations(stats))
         if self._reload_failure:
             parts.append(f"last reload FAILED, previous rules in force: {self._reload_failure}")
         return ", ".join(parts)
 
+    def _degradations(self, stats: dict[str, int]) -> list[str]:
+        found = []
+        untrusted = [root for root in self.ruleset.roots if root.untrusted]
+        if untrusted:
+            found.append("DEGRADED: not following " + "; ".join(
+                f"{escape(root.path)} ({root.untrusted})" for root in untrusted))
+        if self.workers.untrusted_programs:
+            found.append("DEGRADED: programs refused at their last run: " + "; ".join(
+                f"{escape(program)} ({reason})"
+                for program, reason in list(self.workers.untrusted_programs.items())))
+        if stats["unwatched"]:
+            found.append(f"DEGRADED: {stats['unwatched']} directories not watched "
+                         "(inotify watch limit)")
+        return found
+
     def report(self) -> None:
-        log(logging.INFO, "counters", watches=len(self.table), rules=len(self.table.ruleset.rules),
-            unwatched=self.table.refused_for_limit, queued=len(self.jobs),
-            debouncing=len(self.dispatcher.debouncer), skipped=self.jobs.skipped,
-            running=self.workers.busy(), **self.counters.summary())
+        log(logging.INFO, "counters", fields=self.stats())
 
     def _wake(self, reason: int) -> None:
         # Called on other threads (the notifier for each drop): one byte each until the loop
@@ -272,15 +296,15 @@ class Daemon:
             self._next_drop_report = now + DROP_REPORT_INTERVAL
 
     def _stop(self) -> None:
-        grace = self.table.ruleset.settings.stop_grace
+        grace = self.ruleset.settings.stop_grace
         self.service.stopping(grace)
         self.notifier.stop()
         abandoned = self.dispatcher.debouncer.stop() + self.workers.stop(grace,
                                                                           self._asked_to_hurry)
         self.deliveries.stop(DELIVERY_STOP_WAIT)
         self._report_drops()
-        log(logging.INFO, "stopped", message_id=MessageId.STOPPED, abandoned=abandoned or None,
-            **self.counters.summary())
+        log(logging.INFO, "stopped", message_id=MessageId.STOPPED,
+            fields={"abandoned": abandoned or None, **self.counters.summary()})
 
     def _asked_to_hurry(self, timeout: float) -> bool:
         """During the stop grace: whether a second SIGTERM or SIGINT came within ``timeout``."""

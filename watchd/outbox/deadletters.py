@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import urllib3
 
 from watchd.actions.webhook import attempt
-from watchd.deliveries import webhooks_of
-from watchd.logs import escape
-from watchd.rules import RuleSet
-from watchd.spool import Delivery, Spool
+from watchd.core.logs import escape
+from watchd.core.rules import RuleSet
+from watchd.outbox.outboxes import webhooks_of
+from watchd.outbox.spool import Delivery, Spool
 
 
 def _when(seconds: float) -> str:

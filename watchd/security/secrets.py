@@ -12,7 +12,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
-from watchd.trust import read_trusted
+from watchd.security.trust import read_trusted
 
 MAX_KEY_FILE = 4096
 MIN_KEY_BYTES = 16

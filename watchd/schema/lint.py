@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from watchd.placeholders import Template, parse_template
+from watchd.core.placeholders import Template, parse_template
 
 # Placeholders whose value is a name that some local user chose. {root}, {rule} and {event}
 # come from the admin or from watchd.

@@ -1,4 +1,8 @@
-"""Queue → worker → action → log: threads that take jobs and run their rule's actions in order."""
+"""job → worker → action: threads that take jobs and perform their rule's actions in order.
+
+The pool is what each action performs itself with (``ActionContext``): it runs a process where
+a stop or a restart can reach it, and hands deliveries to the outboxes.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import assert_never
 
-from watchd.actions.command import CommandResult, RunningCommand
-from watchd.counters import Counters
-from watchd.deliveries import Deliveries
-from watchd.guard import Refused, WrongKind, owner, recheck
-from watchd.jobs import Job, JobKey, JobQueue
-from watchd.journal import MessageId
-from watchd.logs import log
-from watchd.ownwrites import OwnWrites
-from watchd.rules import Command, RunAs
-from watchd.trust import ProgramTrust, Untrusted
+from watchd.core.actions import Outcome, Process, ProcessResult
+from watchd.core.job import Job, JobKey
+from watchd.core.journal import MessageId
+from watchd.core.logs import log
+from watchd.core.rules import RuleSet
+from watchd.core.stats import Count, Counters
+from watchd.run.guard import Refused, WrongKind, recheck
+from watchd.run.ownwrites import OwnWrites
+from watchd.run.queue import JobQueue
+from watchd.security.trust import ProgramTrust, Untrusted
 
 # How long a command stopped for a newer event (on_busy: restart) gets between TERM and KILL.
 RESTART_GRACE = 2.0
@@ -28,16 +33,16 @@ KIND_REFUSALS_REMEMBERED = 10_000
 
 
 class WorkerPool:
-    def __init__(self, jobs: JobQueue, counters: Counters, deliveries: Deliveries,
+    def __init__(self, jobs: JobQueue, counters: Counters, deliver: Callable[[Job, int], bool],
                  own_writes: OwnWrites, on_status_change: Callable[[], None] = lambda: None,
                  ) -> None:
         self.jobs = jobs
         self.counters = counters
-        self.deliveries = deliveries
+        self.deliver = deliver
         self.own_writes = own_writes
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._running: dict[threading.Thread, tuple[JobKey, RunningCommand]] = {}
+        self._running: dict[threading.Thread, tuple[JobKey, Process]] = {}
         self._restarted: set[threading.Thread] = set()
         self._kind_refused: dict[JobKey, None] = {}
         self._programs = ProgramTrust()
@@ -45,7 +50,12 @@ class WorkerPool:
         self.untrusted_programs: dict[str, str] = {}
         self.on_status_change = on_status_change
         self._lock = threading.Lock()
-        jobs.on_restart = self.restart
+
+    def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
+        return lambda: self.resize(ruleset.settings.workers)
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self._running), "workers": len(self._threads)}
 
     def resize(self, count: int) -> None:
         """Have ``count`` workers: start more, or send the extra ones away once idle."""
@@ -86,9 +96,6 @@ class WorkerPool:
                     command.kill(signal.SIGTERM)
                     threading.Timer(RESTART_GRACE, command.kill).start()
 
-    def busy(self) -> int:
-        return len(self._running)
-
     def _join(self, timeout: float) -> bool:
         """Wait for every worker, ``timeout`` seconds in all; True if all have ended."""
         deadline = time.monotonic() + timeout
@@ -105,7 +112,7 @@ class WorkerPool:
                 self._run_actions(job)
             except Exception:
                 # A bug here must cost one job, not a worker: the pool would shrink unseen.
-                self.counters.add("actions_failed")
+                self.counters.add(Count.ACTIONS_FAILED, job.rule.name)
                 log(logging.ERROR, "action failed: internal error", exc_info=True,
                     rule=job.rule.name, path=job.event.path)
             finally:
@@ -121,30 +128,25 @@ class WorkerPool:
             self._refused_kind(job, refusal)
             return
         except Refused as refusal:
-            self._skipped(job, 0, refusal)
+            self.skip(job, 1, str(refusal))
             return
-        for index, action in enumerate(job.rule.actions):
+        for step, action in enumerate(job.rule.actions, 1):
             if self.stopping.is_set():
                 return
-            if isinstance(action, Command):
-                try:
-                    user = owner(job, action, info) if action.as_owner else action.user
-                except Refused as refusal:
-                    self._skipped(job, index, refusal)
-                    return
-                ok = self._run_command(job, index, action, user)
-            else:
-                # Accepted for delivery (on disk, queued) is success here; the outbox logs the rest.
-                ok = self.deliveries.submit(job, index + 1) is not None
-            if ok is None:
-                return  # restarted: the run that follows does the rest
-            self.counters.add("actions_ok" if ok else "actions_failed")
-            if not ok:
+            outcome = action.perform(self, job, step, info)
+            if outcome is Outcome.OK:
+                self.counters.add(Count.ACTIONS_OK, job.rule.name)
+            elif outcome is Outcome.FAILED:
+                self.counters.add(Count.ACTIONS_FAILED, job.rule.name)
                 return
+            elif outcome is Outcome.RESTARTED or outcome is Outcome.SKIPPED:
+                return  # said why; a restarted run is followed by another
+            else:
+                assert_never(outcome)
 
     def _refused_kind(self, job: Job, refusal: WrongKind) -> None:
         """Counted every time, logged once per rule and path: a user could make many."""
-        self.counters.add("refused_by_kind")
+        self.counters.add(Count.REFUSED_BY_KIND, job.rule.name)
         with self._lock:
             if job.key in self._kind_refused:
                 return
@@ -154,43 +156,45 @@ class WorkerPool:
         log(logging.WARNING, f"not acted on: {refusal}", rule=job.rule.name,
             event=job.event.event, path=job.event.path)
 
-    def _skipped(self, job: Job, index: int, refusal: Refused) -> None:
-        self.counters.add("actions_skipped")
-        log(logging.WARNING, f"action skipped: {refusal}", rule=job.rule.name,
-            event=job.event.event, path=job.event.path, step=index + 1)
+    def skip(self, job: Job, step: int, reason: str) -> Outcome:
+        self.counters.add(Count.ACTIONS_SKIPPED, job.rule.name)
+        log(logging.WARNING, f"action skipped: {reason}", rule=job.rule.name,
+            event=job.event.event, path=job.event.path, step=step)
+        return Outcome.SKIPPED
 
-    def _program_trusted(self, job: Job, index: int, command: Command) -> bool:
+    def _program_trusted(self, job: Job, step: int, program: str) -> bool:
         """Whether the program may still run: a user may have been given it since the load."""
         try:
-            self._programs.check(command.program)
+            self._programs.check(program)
         except Untrusted as untrusted:
             with self._lock:
-                news = self.untrusted_programs.get(command.program) != str(untrusted)
-                self.untrusted_programs[command.program] = str(untrusted)
+                news = self.untrusted_programs.get(program) != str(untrusted)
+                self.untrusted_programs[program] = str(untrusted)
             if news:
                 self.on_status_change()
-            self.counters.add("programs_untrusted")
+            self.counters.add(Count.PROGRAMS_UNTRUSTED, job.rule.name)
             log(logging.ERROR, f"action failed: not run: {untrusted}",
                 message_id=MessageId.PROGRAM_UNTRUSTED, rule=job.rule.name, event=job.event.event,
-                path=job.event.path, action="command", step=index + 1, program=command.program)
+                path=job.event.path, action=job.rule.actions[step - 1].kind, step=step,
+                program=program)
             return False
-        if command.program in self.untrusted_programs:
+        if program in self.untrusted_programs:
             with self._lock:
-                self.untrusted_programs.pop(command.program, None)
+                self.untrusted_programs.pop(program, None)
             self.on_status_change()
         return True
 
-    def _run_command(self, job: Job, index: int, command: Command,
-                     user: RunAs | None) -> bool | None:
-        """Run one command: True if it succeeded, False if it failed, None if restarted."""
-        if not self._program_trusted(job, index, command):
-            return False
+    def run_process(self, job: Job, step: int, program: str,
+                    process: Process) -> ProcessResult | Outcome:
+        """Run one process where stop and restart reach it; how it ended, or FAILED if its
+        program is not trusted now, RESTARTED if a newer event stopped it."""
+        if not self._program_trusted(job, step, program):
+            return Outcome.FAILED
         me = threading.current_thread()
-        running = RunningCommand(job, command, user)
         with self._lock:
-            self._running[me] = (job.key, running)
+            self._running[me] = (job.key, process)
         try:
-            result = running.run()
+            result = process.run()
         finally:
             with self._lock:
                 del self._running[me]
@@ -198,50 +202,6 @@ class WorkerPool:
                 self._restarted.discard(me)
         if restarted:
             log(logging.INFO, "action restarted: a newer event came for its path",
-                rule=job.rule.name, event=job.event.event, path=job.event.path, step=index + 1)
-            return None
-        _log_result(job, index, result)
-        return result.ok
-
-
-def _log_result(job: Job, index: int, result: CommandResult) -> None:
-    fields: dict[str, object] = {
-        "rule": job.rule.name,
-        "event": job.event.event,
-        "path": job.event.path,
-        "action": "command",
-        "step": index + 1,
-        "exit_status": result.status,
-        "duration_ms": round(result.duration * 1000),
-        "found_by_scan": True if job.event.synthetic else None,
-    }
-    if result.ok:
-        log(logging.INFO, "action ok", **fields)
-        return
-    reason = _failure(result, job, index)
-    remaining = len(job.rule.actions) - index - 1
-    if remaining:
-        reason += f"; {remaining} later action(s) skipped"
-    log(
-        logging.ERROR,
-        f"action failed: {reason}",
-        message_id=MessageId.ACTION_FAILED,
-        **fields,
-        stderr=result.stderr.strip()[-512:] or None,
-    )
-
-
-def _failure(result: CommandResult, job: Job, index: int) -> str:
-    """How a command failed, in words: the number is in a field too, the signal named."""
-    if result.timed_out:
-        timeout = job.rule.actions[index].timeout
-        return f"timed out after {timeout:g}s; process group killed"
-    if result.error:
-        return result.error
-    status = result.status or 0
-    if status > 0:
-        return f"exited with status {status}"
-    try:
-        return f"killed by signal {signal.Signals(-status).name}"
-    except ValueError:
-        return f"killed by signal {-status}"
+                rule=job.rule.name, event=job.event.event, path=job.event.path, step=step)
+            return Outcome.RESTARTED
+        return result

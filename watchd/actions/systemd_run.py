@@ -1,0 +1,223 @@
+"""The systemd_run action: the rule's command as a transient systemd service, one unit per run.
+
+``systemd-run --wait --collect`` asks the service manager to run the command in a unit of its
+own, named after the rule, with the rule's unit properties (sandboxing such as
+``ProtectSystem=strict``, limits such as ``MemoryMax=``). systemd starts it, so the unit's
+sandbox is its own, whatever the daemon's; its output goes to the journal under the unit.
+watchd waits for the ``systemd-run`` client, whose exit status is the command's. A timeout,
+a restart or a stop signals every process of the unit (``systemctl kill``), as ``command``
+signals its process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, ClassVar
+
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator
+
+from watchd.actions.command import (
+    KILL_GRACE,
+    Command,
+    CommandAction,
+    RunningCommand,
+    ended,
+    variables,
+)
+from watchd.actions.kind import ActionKind, Warning
+from watchd.core.actions import ActionContext, Outcome
+from watchd.core.job import Job
+from watchd.core.placeholders import render
+from watchd.core.rules import RunAs
+from watchd.run.guard import Refused, owner
+from watchd.schema.fields import Strict
+
+SYSTEMD_RUN = shutil.which("systemd-run") or "/usr/bin/systemd-run"
+SYSTEMCTL = shutil.which("systemctl") or "/usr/bin/systemctl"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+SYSTEMCTL_WAIT = 10.0  # seconds a `systemctl kill` may take before it is given up on
+_PROPERTY_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+# Properties watchd sets from the action's own keys, or needs as they are to wait for the run.
+_OWN_PROPERTIES = {
+    "ExecStart": "command", "User": "user", "Group": "user", "WorkingDirectory": "cwd",
+    "Environment": "env", "Type": None, "RemainAfterExit": None,
+}
+_VERIFY_PREAMBLE = "[Service]\nExecStart=/bin/true\n"
+_LOCATED = re.compile(r"^.*?:(\d+): (.*)$")
+
+
+def _property_name(name: str) -> str:
+    if not _PROPERTY_NAME.match(name):
+        raise ValueError(f"invalid unit property name {name!r}: a name such as MemoryMax")
+    if name in _OWN_PROPERTIES:
+        key = _OWN_PROPERTIES[name]
+        raise ValueError(f"property {name!r} is set by watchd itself"
+                         + (f": use the action's {key!r}" if key else ""))
+    return name
+
+
+def _property_value(value: object) -> str:
+    """A property's value as systemd reads it: YAML's numbers and booleans as written."""
+    if isinstance(value, bool):
+        value = "yes" if value else "no"
+    if isinstance(value, int | float):
+        value = f"{value:g}" if isinstance(value, float) else str(value)
+    if not isinstance(value, str):
+        raise ValueError("a unit property's value must be a string, a number or a boolean")
+    if any(char in value for char in "\r\n\0"):
+        raise ValueError("a unit property's value cannot hold CR, LF or NUL")
+    return value
+
+
+PropertyName = Annotated[str, AfterValidator(_property_name)]
+PropertyValue = Annotated[str, BeforeValidator(_property_value)]
+
+
+class SystemdRunSettings(CommandAction):
+    """The command, with what it has as a command action, and the unit's properties."""
+
+    properties: dict[PropertyName, PropertyValue] = Field(
+        default_factory=dict, description="unit properties, as `systemd-run --property`: "
+        "sandboxing (ProtectSystem: strict, ReadWritePaths: /srv/out), limits (MemoryMax: "
+        "512M, CPUQuota: 50%); names systemd does not know are errors")
+
+    @field_validator("properties")
+    @classmethod
+    def _known_to_systemd(cls, properties: dict[str, str]) -> dict[str, str]:
+        problems = _unknown_properties(tuple(properties.items()))
+        if problems:
+            raise ValueError("; ".join(f"{name}: {problem}" for name, problem in problems))
+        return properties
+
+
+class SystemdRunAction(Strict):
+    systemd_run: SystemdRunSettings
+
+
+@dataclass(frozen=True, slots=True)
+class SystemdRun:
+    """A systemd_run action ready to run: the command, and the properties of its units."""
+
+    command: Command
+    properties: tuple[tuple[str, str], ...]
+
+    kind: ClassVar[str] = "systemd_run"
+    keeps_order: ClassVar[bool] = False
+
+    @classmethod
+    def compile(cls, model: SystemdRunAction) -> SystemdRun:
+        spec = model.systemd_run
+        return cls(Command.compile(spec), tuple(spec.properties.items()))
+
+    @property
+    def timeout(self) -> float:
+        return self.command.timeout
+
+    def describe(self, values: Mapping[str, bytes]) -> str:
+        unit = unit_name(values["rule"].decode(), "ID")
+        shown = [os.fsdecode(arg) for arg in self.client_argv(unit, {}, None)]
+        return f"{self.kind}: {shlex.join(shown)} {shlex.join(self.command.argv_for(values))}"
+
+    def perform(self, context: ActionContext, job: Job, step: int,
+                info: os.stat_result | None) -> Outcome:
+        command = self.command
+        try:
+            user = owner(job, command.allow_root_owner, info) if command.as_owner else command.user
+        except Refused as refusal:
+            return context.skip(job, step, str(refusal))
+        unit = RunningUnit(job, self, user)
+        return ended(job, step, self, context.run_process(job, step, command.program, unit),
+                     unit=unit.name)
+
+    def client_argv(self, unit: str, env: Mapping[bytes, bytes],
+                    user: RunAs | None) -> list[bytes]:
+        """``systemd-run`` and its options, up to and with the ``--`` before the command."""
+        argv = [SYSTEMD_RUN, "--wait", "--collect", "--service-type=exec", f"--unit={unit}",
+                f"--property=TimeoutStopSec={KILL_GRACE:g}s"]
+        if user is not None:
+            argv.append(f"--uid={user.name}")
+        if self.command.cwd is not None:
+            argv.append(b"--working-directory=" + self.command.cwd)
+        argv.extend(b"--setenv=" + name + b"=" + value for name, value in env.items())
+        argv.extend(f"--property={name}={value}" for name, value in self.properties)
+        return [os.fsencode(arg) for arg in argv] + [b"--"]
+
+
+def unit_name(rule: str, run: str) -> str:
+    return f"watchd-{rule}-{run}.service"
+
+
+class RunningUnit(RunningCommand):
+    """One run of a systemd_run action: the ``systemd-run`` client, and the unit it waits on."""
+
+    def __init__(self, job: Job, action: SystemdRun, user: RunAs | None) -> None:
+        super().__init__(job, action.command, user)
+        self.action = action
+        self.name = unit_name(job.rule.name, uuid.uuid4().hex[:12])
+        self.forks = False  # the client runs as the daemon; systemd switches to the user
+
+    def spawn(self, values: Mapping[str, bytes], stderr: int) -> subprocess.Popen[bytes]:
+        env = variables(self.job, self.command, self.user, values)
+        argv = self.action.client_argv(self.name, env, self.user)
+        argv.extend(render(template, values) for template in self.command.argv)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal every process of the unit; with SIGKILL, the client too (it may be waiting
+        for a unit that never started)."""
+        # Should systemctl fail, the client is signalled below all the same.
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run([SYSTEMCTL, "kill", f"--signal={signal.Signals(sig).name}",
+                            "--kill-whom=all", self.name], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=SYSTEMCTL_WAIT, check=False)
+        if sig == signal.SIGKILL:
+            super().kill(sig)
+
+
+def _refusals(model: SystemdRunAction) -> Iterator[Warning]:
+    if not os.path.isdir("/run/systemd/system"):
+        yield ("systemd_run",), ("systemd_run needs watchd to run under systemd, and this "
+                                 "system was not booted with it (no /run/systemd/system)")
+
+
+@functools.lru_cache(maxsize=256)
+def _unknown_properties(properties: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """What ``systemd-analyze verify`` says of these properties in a service, by name: an
+    unknown name, a value it cannot parse. Nothing where systemd-analyze is not installed."""
+    if not properties or SYSTEMD_ANALYZE is None:
+        return ()
+    first_line = _VERIFY_PREAMBLE.count("\n") + 1
+    with tempfile.TemporaryDirectory(prefix="watchd-verify-") as directory:
+        unit = os.path.join(directory, "watchd-verify.service")
+        with open(unit, "w", encoding="utf-8") as file:
+            file.write(_VERIFY_PREAMBLE + "".join(f"{k}={v}\n" for k, v in properties))
+        try:
+            result = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", unit],
+                                    capture_output=True, text=True, timeout=30, check=False,
+                                    stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return ()
+    found = []
+    for line in result.stderr.splitlines():
+        located = _LOCATED.match(line)
+        if located and line.startswith(unit):
+            index = int(located.group(1)) - first_line
+            if 0 <= index < len(properties):
+                found.append((properties[index][0], located.group(2).removesuffix(", ignoring.")))
+    return tuple(found)
+
+
+KIND = ActionKind("systemd_run", SystemdRunAction, SystemdRun.compile,
+                  "a 'systemd_run' (a mapping with a command)", refusals=_refusals)

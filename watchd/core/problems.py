@@ -1,0 +1,31 @@
+"""What is wrong with the rules: each problem located in its file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error, located in a file."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+    warning: bool = False  # the rules are valid; this is something to fix all the same
+    # A warning for ``watchd check`` and ``explain`` that the daemon refuses to start or reload
+    # with: the rules are fine, this machine cannot run them (systemd_run without systemd).
+    refused_by_daemon: bool = False
+
+    def __str__(self) -> str:
+        kind = "warning: " if self.warning else ""
+        return f"{self.file}:{self.line}:{self.column}: {kind}{self.message}"
+
+
+class ConfigError(Exception):
+    """The rules cannot be used; ``problems`` says where and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(problem) for problem in problems))
+        self.problems = problems

@@ -1,0 +1,1 @@
+"""event → match: which rules fire for an event, the cheapest test first."""
