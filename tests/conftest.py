@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import pwd
@@ -208,6 +209,22 @@ def restore_limits() -> dict[str, str]:
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.geteuid() == 0:
         restore_limits()
+
+
+# The slow tier, which `make check` leaves to `make test`: fuzzing, and the booted Debian.
+SLOW_FILES = ("test_fuzz.py", "system/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tier, and the tests that change a machine-wide kernel limit (nothing
+    else may run beside them: `make check` runs tests in parallel, without them)."""
+    for item in items:
+        where = item.path.as_posix()
+        if any(part in where for part in SLOW_FILES):
+            item.add_marker(pytest.mark.slow)
+        function = getattr(item, "function", None)
+        if function is not None and "inotify_limit" in inspect.getsource(function):
+            item.add_marker(pytest.mark.exclusive)
 
 
 def kernel_watches(pid: int, only_fd: int | None = None) -> dict[int, int]:

@@ -26,7 +26,7 @@ from typing import ClassVar, Protocol
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from watchd.actions.kind import ActionKind, Warning
+from watchd.actions.kind import ActionKind, Finding, Severity
 from watchd.core.actions import ActionContext, Outcome, ProcessResult
 from watchd.core.job import Job
 from watchd.core.journal import MessageId
@@ -365,10 +365,10 @@ def failure(result: ProcessResult, timeout: float) -> str:
         return f"killed by signal {-status}"
 
 
-def _warnings(model: CommandAction) -> Iterator[Warning]:
+def _checks(model: CommandAction) -> Iterator[Finding]:
     for arg, message in argv_warnings(model.command):
-        yield ("command", arg), message
+        yield Finding(("command", arg), message, Severity.WARNING)
 
 
 KIND = ActionKind("command", CommandAction, Command.compile, "a 'command' (an argv list)",
-                  warnings=_warnings)
+                  checks=_checks)

@@ -1,7 +1,9 @@
-"""What the registry knows of an action kind: its key, its schema, how it compiles."""
+"""What the registry knows of an action kind: its key, its schema, how it compiles, and what
+it finds in a valid action that its schema cannot say."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -10,11 +12,21 @@ from pydantic import BaseModel
 
 from watchd.core.actions import ActionSpec
 
-# A warning about a valid action: where in the action (keys and indexes below it), and what.
-Warning = tuple[tuple[int | str, ...], str]
+
+class Severity(enum.Enum):
+    WARNING = "warning"  # valid but risky (a command open to injection): told by check
+    ERROR = "error"  # refused like a schema error, but told by a check the schema cannot make
+    REFUSED_HERE = "refused here"  # valid, but this machine cannot run it: the daemon refuses
 
 
-def no_warnings(model: Any) -> Iterator[Warning]:
+@dataclass(frozen=True, slots=True)
+class Finding:
+    where: tuple[int | str, ...]  # keys and indexes below the action
+    message: str
+    severity: Severity
+
+
+def nothing_found(model: Any) -> Iterator[Finding]:
     return iter(())
 
 
@@ -24,7 +36,5 @@ class ActionKind:
     model: type[BaseModel]  # its schema: an action mapping with ``key`` among its keys
     compile: Callable[[Any], ActionSpec]  # from a validated ``model`` to what the workers run
     summary: str  # what it is, for the error an action of no known kind gets
-    # What is valid but risky, told by ``watchd check``: a command open to injection.
-    warnings: Callable[[Any], Iterator[Warning]] = no_warnings
-    # What this machine cannot run though the rules are valid: the daemon refuses the rules.
-    refusals: Callable[[Any], Iterator[Warning]] = no_warnings
+    # Looked at once the whole file is valid, each finding located by the loader.
+    checks: Callable[[Any], Iterator[Finding]] = nothing_found

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from watchd.actions.command import (
     KILL_GRACE,
@@ -35,7 +35,7 @@ from watchd.actions.command import (
     ended,
     variables,
 )
-from watchd.actions.kind import ActionKind, Warning
+from watchd.actions.kind import ActionKind, Finding, Severity
 from watchd.core.actions import ActionContext, Outcome
 from watchd.core.job import Job
 from watchd.core.placeholders import render
@@ -92,14 +92,6 @@ class SystemdRunSettings(CommandAction):
         "sandboxing (ProtectSystem: strict, ReadWritePaths: /srv/out), limits (MemoryMax: "
         "512M, CPUQuota: 50%); names systemd does not know are errors")
 
-    @field_validator("properties")
-    @classmethod
-    def _known_to_systemd(cls, properties: dict[str, str]) -> dict[str, str]:
-        problems = _unknown_properties(tuple(properties.items()))
-        if problems:
-            raise ValueError("; ".join(f"{name}: {problem}" for name, problem in problems))
-        return properties
-
 
 class SystemdRunAction(Strict):
     systemd_run: SystemdRunSettings
@@ -143,8 +135,9 @@ class SystemdRun:
     def client_argv(self, unit: str, env: Mapping[bytes, bytes],
                     user: RunAs | None) -> list[bytes]:
         """``systemd-run`` and its options, up to and with the ``--`` before the command."""
-        argv = [SYSTEMD_RUN, "--wait", "--collect", "--service-type=exec", f"--unit={unit}",
-                f"--property=TimeoutStopSec={KILL_GRACE:g}s"]
+        argv: list[str | bytes] = [
+            SYSTEMD_RUN, "--wait", "--collect", "--service-type=exec", f"--unit={unit}",
+            f"--property=TimeoutStopSec={KILL_GRACE:g}s"]
         if user is not None:
             argv.append(f"--uid={user.name}")
         if self.command.cwd is not None:
@@ -186,10 +179,16 @@ class RunningUnit(RunningCommand):
             super().kill(sig)
 
 
-def _refusals(model: SystemdRunAction) -> Iterator[Warning]:
+def _checks(model: SystemdRunAction) -> Iterator[Finding]:
+    """Properties systemd does not take, located each; and the kind refused where systemd
+    does not run."""
+    properties = tuple(model.systemd_run.properties.items())
+    for name, problem in _unknown_properties(properties):
+        yield Finding(("systemd_run", "properties", name), problem, Severity.ERROR)
     if not os.path.isdir("/run/systemd/system"):
-        yield ("systemd_run",), ("systemd_run needs watchd to run under systemd, and this "
-                                 "system was not booted with it (no /run/systemd/system)")
+        yield Finding(("systemd_run",), "systemd_run needs watchd to run under systemd, and "
+                      "this system was not booted with it (no /run/systemd/system)",
+                      Severity.REFUSED_HERE)
 
 
 @functools.lru_cache(maxsize=256)
@@ -220,4 +219,4 @@ def _unknown_properties(properties: tuple[tuple[str, str], ...]) -> tuple[tuple[
 
 
 KIND = ActionKind("systemd_run", SystemdRunAction, SystemdRun.compile,
-                  "a 'systemd_run' (a mapping with a command)", refusals=_refusals)
+                  "a 'systemd_run' (a mapping with a command)", checks=_checks)

@@ -251,10 +251,10 @@ def attempt(pool: urllib3.PoolManager, webhook: Webhook, delivery_id: str,
     else:
         response.release_conn()
     status = response.status
-    error = None
+    detail = None
     if not 200 <= status < 300:
-        error = _response_detail(status, response.headers.get("Location"), kept)
-    return Attempt(status, error, _retry_after(response.headers.get("Retry-After")),
+        detail = _response_detail(status, response.headers.get("Location"), kept)
+    return Attempt(status, detail, _retry_after(response.headers.get("Retry-After")),
                    time.monotonic() - started)
 
 
@@ -290,13 +290,14 @@ def _retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return min(max(0.0, when.timestamp() - time.time()), MAX_RETRY_AFTER)
+    remaining: float = when.timestamp() - time.time()
+    return min(max(0.0, remaining), MAX_RETRY_AFTER)
 
 
 def retry_delay(webhook: Webhook, retry: int, retry_after: float | None) -> float:
     """Seconds before retry number ``retry`` (1 for the first): exponential, with jitter, and
     never sooner than the server's Retry-After."""
-    ceiling = min(MAX_BACKOFF, webhook.backoff * 2 ** (retry - 1))
+    ceiling = min(MAX_BACKOFF, webhook.backoff * 2.0 ** (retry - 1))
     delay = ceiling / 2 + random.uniform(0, ceiling / 2)
     return max(delay, retry_after or 0.0)
 

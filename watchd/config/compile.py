@@ -28,11 +28,16 @@ def read_rules(path: Path, for_daemon: bool = False) -> RuleSet:
     """Load, validate and compile the rules; ConfigError if any of it is wrong, or, for the
     daemon, if this machine cannot run them (a warning to ``check`` and ``explain``)."""
     config = load(path)
-    refused = [replace(problem, warning=False) for problem in config.warnings
-               if problem.refused_by_daemon]
-    if for_daemon and refused:
-        raise ConfigError(refused)
+    if for_daemon and refused(config):
+        raise ConfigError(refused(config))
     return compile_rules(config)
+
+
+def refused(config: Config) -> list[Problem]:
+    """What the daemon refuses in these valid rules here (systemd_run without systemd), as
+    errors."""
+    return [replace(problem, warning=False) for problem in config.warnings
+            if problem.refused_by_daemon]
 
 
 def compile_rules(config: Config) -> RuleSet:
@@ -150,7 +155,7 @@ def _max_parallel(written: int | None, actions: tuple[ActionSpec, ...]) -> int |
     return written
 
 
-def _spec(patterns: list[str] | None, ignore_case: bool) -> pathspec.PathSpec[str] | None:
+def _spec(patterns: list[str] | None, ignore_case: bool) -> pathspec.GitIgnoreSpec | None:
     """The patterns compiled; for ``ignore_case`` lower-cased, as the names they meet are."""
     if not patterns:
         return None

@@ -16,6 +16,7 @@ import pydantic
 import yaml
 
 from watchd.actions import KINDS, kind_of
+from watchd.actions.kind import Severity
 from watchd.config.schema import DropIn, RulesFile, Settings
 from watchd.config.schema import Rule as RuleModel
 from watchd.core.problems import ConfigError, Problem
@@ -76,7 +77,7 @@ def load(path: Path | str = DEFAULT_CONFIG) -> Config:
         problems.append(Problem(str(main.parent / "rules.d"), 1, 1,
                                 f"cannot list: {error.strerror}"))
     # One look per program for the whole load, however many actions name it.
-    context = {TRUSTED_PROGRAMS: set()}
+    context: dict[str, set[str]] = {TRUSTED_PROGRAMS: set()}
     names: list[_RuleName] = []
     main_file = _validated(main, RulesFile, problems, context, names)
     rules = list(main_file.rules) if main_file else []
@@ -91,8 +92,8 @@ def load(path: Path | str = DEFAULT_CONFIG) -> Config:
         problems.sort(key=lambda problem: (order.get(problem.file, -1), problem.line,
                                            problem.column))
         raise ConfigError(problems)
+    assert isinstance(main_file.model, RulesFile)
     settings = main_file.model.settings
-    assert isinstance(settings, Settings)
     return Config(str(main), settings, tuple(rules), tuple(str(p) for p in [main, *drop_ins]),
                   tuple(warnings))
 
@@ -217,8 +218,9 @@ def _check_structure(file: str, text: str) -> None:
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
         if problem:
-            mark = event.start_mark
-            raise ConfigError([Problem(file, mark.line + 1, mark.column + 1, problem)])
+            line, column = (event.start_mark.line, event.start_mark.column) if event.start_mark \
+                else (0, 0)
+            raise ConfigError([Problem(file, line + 1, column + 1, problem)])
 
 
 def _duplicate_keys(file: str, node: yaml.Node) -> list[Problem]:
@@ -262,7 +264,10 @@ def _validated(
     validated = _validate(document, model, data, problems, context)
     if validated is None or document.duplicates:
         return None
-    return _located(document, validated)
+    located = _located(document, validated)
+    errors = [problem for problem in located.warnings if not problem.warning]
+    problems.extend(errors)
+    return None if errors else located
 
 
 def _validate(document: _Document, model: type[RulesFile] | type[DropIn], data: dict[str, Any],
@@ -282,24 +287,22 @@ def _located(document: _Document, validated: RulesFile | DropIn) -> _ValidatedFi
                           for j in range(len(rule.paths))))
         for index, rule in enumerate(validated.rules)
     )
-    return _ValidatedFile(validated, rules, tuple(_warnings(document, validated.rules)))
-
-
-def _warnings(document: _Document, rules: list[RuleModel]) -> Iterator[Problem]:
-    """What is valid but open to attack (commands open to injection), and what this machine
-    cannot run (the daemon refuses it), located."""
-    for index, rule in enumerate(rules):
-        for step, action in enumerate(rule.actions):
-            kind = kind_of(action)
-            for refused, found in ((False, kind.warnings(action)), (True, kind.refusals(action))):
-                for where, message in found:
-                    loc = ("rules", index, "actions", step, *where)
-                    yield Problem(document.file, *document.locate(loc),
-                                  f"{_dotted(loc)}: {message}", warning=True,
-                                  refused_by_daemon=refused)
+    return _ValidatedFile(validated, rules, tuple(_findings(document, validated.rules)))
 
 
 _QUOTE_STAR = 'a value that starts with * (a pattern like *.csv) must be quoted: "*.csv"'
+
+
+def _findings(document: _Document, rules: list[RuleModel]) -> Iterator[Problem]:
+    """What each action's kind finds in a valid file, located: errors its schema cannot tell,
+    what is risky (commands open to injection), what this machine cannot run."""
+    for index, rule in enumerate(rules):
+        for step, action in enumerate(rule.actions):
+            for finding in kind_of(action).checks(action):
+                loc = ("rules", index, "actions", step, *finding.where)
+                yield Problem(document.file, *document.locate(loc), f"{_dotted(loc)}: "
+                              f"{finding.message}", warning=finding.severity != Severity.ERROR,
+                              refused_by_daemon=finding.severity == Severity.REFUSED_HERE)
 
 
 def _action_keys() -> set[str]:

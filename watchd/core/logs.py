@@ -149,7 +149,7 @@ class _Writer(threading.Thread):
             self.sink.handle(LOGGER.makeRecord(
                 LOGGER.name, logging.WARNING, __file__, 0,
                 f"{dropped - self._dropped_reported} log record(s) dropped: the log could "
-                "not keep up", None, None))
+                "not keep up", (), None))
             self._dropped_reported = dropped
 
     def stop(self) -> None:
@@ -219,6 +219,6 @@ def log(level: int, message: str, *, exc_info: bool = False,
         caller = sys._getframe(1)
         code = caller.f_code
         LOGGER.handle(LOGGER.makeRecord(
-            LOGGER.name, level, code.co_filename, caller.f_lineno, message, None,
+            LOGGER.name, level, code.co_filename, caller.f_lineno, message, (),
             sys.exc_info() if exc_info else None, code.co_name,
             {"fields": more, "message_id": message_id}))

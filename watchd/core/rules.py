@@ -59,8 +59,8 @@ class Rule:
     recursive: bool
     kinds: frozenset[str]
     paths: tuple[str, ...]  # as written: each is resolved again when a symlink on it changes
-    include: pathspec.PathSpec[str] | None
-    exclude: pathspec.PathSpec[str] | None
+    include: pathspec.GitIgnoreSpec | None
+    exclude: pathspec.GitIgnoreSpec | None
     enabled: bool
     actions: tuple[ActionSpec, ...]
     source: str

@@ -60,17 +60,20 @@ from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import EMPTY_SCOPE, EventSink, RuleSet
 from watchd.core.stats import Counters
-from watchd.source.table import (
+from watchd.source.snapshot import (
     DIRECTORY,
-    LINK_MASK,
-    READ_MASK,
     UNSEEN,
+    Change,
+    Changed,
+    Created,
+    Deleted,
     FileState,
-    WatchedDir,
-    WatchManager,
-    WatchTable,
+    diff,
+    file_state,
+    found_in,
     state_of,
 )
+from watchd.source.table import LINK_MASK, READ_MASK, WatchedDir, WatchManager, WatchTable
 
 _HEADER = struct.Struct("iIII")
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
@@ -78,7 +81,6 @@ _MOVE_SETTLE_MS = 5
 # After an overflow, a file changed this long before the last complete read counts as changed
 # during it: the margin covers file-system timestamp granularity.
 _OVERFLOW_MARGIN_NS = 1_000_000_000
-_GONE = None
 _MOVES = IN_MOVED_FROM | IN_MOVED_TO
 _LEASE_BROKEN = signal.SIGURG  # ignored by default: a broken lease must not end the daemon
 _SNAPSHOT_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
@@ -111,7 +113,7 @@ def _seen_by_scan(scanned: _Scanned, mask: int, name: bytes) -> bool:
     return bool(mask & IN_CREATE)
 
 
-class Notifier(pyinotify.ThreadedNotifier):
+class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify has no types
     """Reads inotify records, keeps the watch table true, and hands events to the dispatcher."""
 
     def __init__(self, manager: WatchManager, ruleset: RuleSet, dispatcher: EventSink,
@@ -373,7 +375,9 @@ class Notifier(pyinotify.ThreadedNotifier):
                 continue
             del self._scanned[wd]
             entry = self.table.by_wd.get(wd)
-            for name, leased in scanned.unclosed.items() if entry is not None else ():
+            if entry is None:
+                continue  # its watch ended meanwhile: what it held is the delete's to tell
+            for name, leased in scanned.unclosed.items():
                 path = entry.path + b"/" + name
                 if leased and self._open_for_writing(path):
                     continue  # its writer's own close_write is still to come, and is told
@@ -456,49 +460,42 @@ class Notifier(pyinotify.ThreadedNotifier):
             self.table.on_link_change()  # a swap of a symlink may be among the lost events
 
     def _rescan(self, entry: WatchedDir, since: int) -> None:
+        """Compare one watched directory with its snapshot, and tell and note what changed."""
         listing = self.table.listing(entry.path)
         if listing is None:
             self.table.unwatch_tree(entry.path)  # its own deletion may be among the lost events
             return
-        files = entry.files
-        for found in listing:
-            known = files.get(found.name, _GONE) if files is not None else UNSEEN
-            self._rescanned(entry, found, known, since)
-        if files is None:
-            return
-        present = {found.name for found in listing}
-        for name in [name for name in files if name not in present]:
-            path = entry.path + b"/" + name
-            is_dir = files[name] is DIRECTORY
-            self.table.remember(entry, name, None)
-            self._emit(entry, FileEvent(path, "delete", IN_DELETE, is_dir, synthetic=True))
-            if is_dir:
-                self.table.unwatch_tree(path)
+        # The differences first, all of them: telling one changes the snapshot they are from.
+        # No moves are asked for: a rename among the lost events is told as delete and create.
+        changes = diff(entry.files, found_in(listing), since)
+        by_name = {found.name: found for found in listing}
+        for change in changes:
+            self._rescanned(entry, change, by_name)
 
-    def _rescanned(self, entry: WatchedDir, found: os.DirEntry[bytes], known: FileState | None,
-                   since: int) -> None:
-        """One entry of a rescanned directory: new, changed since it was last seen, or not."""
-        if known is _GONE:
+    def _rescanned(self, entry: WatchedDir, change: Change,
+                   listing: dict[bytes, os.DirEntry[bytes]]) -> None:
+        """One difference between a rescanned directory and its snapshot: tell it, note it."""
+        if isinstance(change, Deleted):
+            path = entry.path + b"/" + change.name
+            self.table.remember(entry, change.name, None)
+            self._emit(entry, FileEvent(path, "delete", IN_DELETE, change.is_dir, synthetic=True))
+            if change.is_dir:
+                self.table.unwatch_tree(path)
+            return
+        found = listing[change.name]
+        if isinstance(change, Created):
             self.table.remember(entry, found.name, state_of(found))
             self._report_found(entry, found, by_rescan=True)
-            if found.is_dir(follow_symlinks=False):
+            if change.is_dir:
                 self._arrived(entry, found.name, found.path, True, b"")
             return
-        if not found.is_file(follow_symlinks=False):
-            return
-        try:
-            info = found.stat(follow_symlinks=False)
-        except OSError:
-            return  # gone since the listing: the kernel's own events tell
-        now = (info.st_ino, info.st_size, info.st_mtime_ns)
-        changed = info.st_ctime_ns >= since if known is UNSEEN else now != known
-        scanned = self._scanned.get(entry.wd)
-        if scanned is not None and found.name in scanned.unclosed:
-            return  # found by an earlier listing; its close_write is still to be reported
-        if changed:
+        if isinstance(change, Changed):
+            scanned = self._scanned.get(entry.wd)
+            if scanned is not None and found.name in scanned.unclosed:
+                return  # found by an earlier listing; its close_write is still to be reported
             self._emit(entry, FileEvent(found.path, "close_write", IN_CLOSE_WRITE, False,
                                         synthetic=True))
-            self.table.remember(entry, found.name, now)
+            self.table.remember(entry, found.name, change.state)
 
 
 def _state_after(mask: int, path: bytes, is_dir: bool) -> FileState | None:
@@ -513,5 +510,5 @@ def _state_after(mask: int, path: bytes, is_dir: bool) -> FileState | None:
             info = os.lstat(path)
         except OSError:
             return None
-        return (info.st_ino, info.st_size, info.st_mtime_ns)
+        return file_state(info)
     return UNSEEN

@@ -17,9 +17,8 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import cast
 
 from watchd.core._pyinotify import pyinotify
@@ -42,6 +41,7 @@ from watchd.core.logs import log
 from watchd.core.rules import EMPTY_SCOPE, Root, RuleSet, Scope
 from watchd.security.trust import resolve_watched
 from watchd.source.mounts import at_or_below
+from watchd.source.snapshot import NO_FILES, DirState, FileState, listed
 
 # What every watch needs to keep the table and its snapshot true, whatever its rules ask for.
 STRUCTURE_MASK = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
@@ -58,7 +58,7 @@ _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
 _libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
-class WatchManager(pyinotify.WatchManager):
+class WatchManager(pyinotify.WatchManager):  # type: ignore[misc]  # pyinotify has no types
     """pyinotify's WatchManager, for its inotify fd, with watches added by bytes path."""
 
     def __init__(self) -> None:
@@ -86,35 +86,15 @@ class WatchManager(pyinotify.WatchManager):
         _libc.inotify_rm_watch(self.get_fd(), wd)
 
 
-# What the snapshot knows of an entry: (inode, size, mtime) of a regular file as of its last
-# close_write; UNSEEN for one not looked at since it was listed or created; DIRECTORY; OTHER.
-FileState = tuple[int, int, int]
-UNSEEN: FileState = (0, -1, 0)
-DIRECTORY: FileState = (0, -2, 0)
-OTHER: FileState = (0, -3, 0)
-
-
-# The snapshot of an empty directory, shared until a name is noted in it: most directories
-# of a deep tree are leaves, and an empty dict of each one's own would cost 64 bytes a watch.
-NO_FILES: Mapping[bytes, FileState] = MappingProxyType({})
-
-
-def state_of(entry: os.DirEntry[bytes]) -> FileState:
-    if entry.is_dir(follow_symlinks=False):
-        return DIRECTORY
-    if entry.is_file(follow_symlinks=False):
-        return UNSEEN
-    return OTHER
-
-
 @dataclass(slots=True, eq=False)
 class WatchedDir:
     path: bytes
     wd: int
     scope: Scope
     waiting: tuple[Root, ...] = ()
-    # The snapshot: every name in the directory and what is known of it; None past the limit.
-    files: Mapping[bytes, FileState] | None = None
+    # The snapshot: every name in the directory and what is known of it (its DirState, see
+    # snapshot.py); None past the limit.
+    files: DirState | None = None
 
 
 class WatchTable:
@@ -332,9 +312,9 @@ class WatchTable:
             self._wait_for(root)
             return
         if stat.S_ISDIR(mode):
-            for parent, entry in self.walk(root.path, self.scope_for(root.path), report):
+            for directory, found in self.walk(root.path, self.scope_for(root.path), report):
                 if report:
-                    self.report(parent, entry)
+                    self.report(directory, found)
             return
         parent = os.path.dirname(root.path)
         if root not in self.attached.get(parent, ()):
@@ -517,7 +497,7 @@ class WatchTable:
         if self.snapshot_size + len(listing) > self.ruleset.settings.snapshot_limit:
             self._snapshot_full(entry.path)
             return
-        entry.files = {found.name: state_of(found) for found in listing} if listing else NO_FILES
+        entry.files = listed(listing)
         self.snapshot_size += len(listing)
 
     def remember(self, entry: WatchedDir, name: bytes, state: FileState | None) -> None:
