@@ -416,3 +416,25 @@ def test_ctrl_c_during_a_replay_is_no_traceback(tmp_path, write_rules, daemon, r
     _, stderr = replay.communicate(timeout=15)
     assert replay.returncode == 130
     assert stderr == "interrupted\n"
+
+
+def test_a_reload_that_cannot_keep_its_dead_letters_changes_no_webhook(
+        tmp_path, write_rules, daemon, receiver, watched):
+    """Reload in two phases: the new rules' outboxes are prepared (here: a removed webhook's
+    waiting delivery must become a dead letter, and the dead letters' directory cannot be
+    made), and when that fails no webhook follows the new rules, as the log says."""
+    receiver.hold.clear()
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/held"))
+    process = daemon(config)
+    (watched / "first").write_bytes(b"x")
+    wait_for(lambda: receiver.to("/held"))  # held by the server: still in the spool
+    (tmp_path / "state" / "dead").write_bytes(b"not a directory")
+    write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/new").replace(
+        "name: hook", "name: hook2"))
+    process.signal(signal.SIGHUP)
+    process.wait_log("reload failed: the current rules stay in force")
+    (watched / "second").write_bytes(b"x")
+    receiver.hold.set()
+    wait_for(lambda: len(receiver.to("/held")) >= 2)  # the old rule's outbox, still in force
+    assert [json.loads(r["body"])["name"] for r in receiver.to("/held")][-1] == "second"
+    assert receiver.to("/new") == []

@@ -243,6 +243,202 @@ def test_the_hardened_drop_in_still_runs_reading_and_webhook_rules(installed):
     assert float(re.search(r"level for watchd.service: ([0-9.]+)", score)[1]) <= 5.0
 
 
+# systemd_run: each run a transient unit of its own, with the rule's properties. One rules
+# file for every case; what a run of "sandboxed" does is chosen by its file's name: usr-* writes
+# under /usr (read-only there), wait-* waits for a line on its gate (a FIFO the test makes in
+# /srv/gate, under the same name), and every run that gets so far writes /srv/out/<name>.
+SYSTEMD_RUN_RULES = """\
+settings:
+  stop_grace: 1s
+rules:
+  - name: sandboxed
+    paths: [/srv/units]
+    include: ["*.job"]
+    actions:
+      - systemd_run:
+          command:
+            - /usr/bin/sh
+            - -c
+            - |
+              name=$(basename "$1")
+              echo "unit output: $name, rule $WATCHD_RULE"
+              case $name in
+                usr-*) echo probe > /usr/watchd-probe || exit 3 ;;
+                wait-*) read line < "/srv/gate/$name" ;;
+              esac
+              echo "$name" > "/srv/out/$name"
+            - sh
+            - "{path}"
+          timeout: 25s
+          properties:
+            ProtectSystem: strict
+            ReadWritePaths: /srv/out
+            MemoryMax: 64M
+  - name: slow
+    paths: [/srv/units]
+    include: ["*.slow"]
+    actions:
+      - systemd_run:
+          # SIGTERM is ignored, by the shell and the sleeps it starts: only SIGKILL ends them.
+          command: [/usr/bin/sh, -c, "trap '' TERM; sleep 301 & sleep 302; wait", sh]
+          timeout: 3s
+          user: nobody
+"""
+UNIT = r"watchd-{rule}-[0-9a-f]{{12}}\.service"
+
+
+@pytest.fixture(scope="module")
+def units(installed):
+    """The systemd_run rules in force (started, should no earlier test have done it)."""
+    installed.sh("mkdir -p /srv/units /srv/out /srv/gate")
+    installed.run(["tee", "/etc/watchd/rules.yaml"], input=SYSTEMD_RUN_RULES)
+    installed.sh(CHECK)
+    installed.sh("systemctl reset-failed watchd; systemctl reload-or-restart watchd")
+    return installed
+
+
+def logged(machine: Machine, rule: str, name: str, message_id: str | None = None) -> dict:
+    """watchd's last line for a run of ``rule`` on /srv/units/``name``, once it is there."""
+    matches = [f"WATCHD_RULE={rule}", f"WATCHD_PATH=/srv/units/{name}",
+               *([f"MESSAGE_ID={message_id}"] if message_id else [])]
+    wait_until(machine, f"{JOURNAL} {' '.join(matches)} -o cat | grep -q '^action '",
+               f"watchd's log of {rule} on {name}")
+    return [entry for entry in journal(machine, *matches)
+            if entry["MESSAGE"].startswith("action ")][-1]
+
+
+def unit_journal(machine: Machine, unit: str) -> str:
+    return machine.run(["journalctl", "-u", unit, "-o", "cat", "--no-pager"]).stdout
+
+
+def loaded_units(machine: Machine, pattern: str, *options: str) -> list[str]:
+    listed = machine.run(["systemctl", "list-units", "--plain", "--no-legend", *options,
+                          pattern]).stdout
+    return [line.replace("●", "").split()[0] for line in listed.splitlines() if line.strip()]
+
+
+def running_unit(machine: Machine, marker: str, rule: str) -> str:
+    """The transient unit of ``rule`` that runs a process with ``marker`` in its command
+    line, once it runs (the systemd-run client, in watchd.service, has it too)."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        for pid in machine.run(["pgrep", "-f", marker], check=False).stdout.split():
+            cgroup = machine.run(["cat", f"/proc/{pid}/cgroup"], check=False).stdout
+            if found := re.search(rf"/({UNIT.format(rule=rule)})$", cgroup, re.MULTILINE):
+                return found[1]
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {DEADLINE}s waiting for a unit of {rule} running "
+                        f"{marker!r}")
+        time.sleep(0.1)
+
+
+def wait_until_gone(machine: Machine, unit: str) -> None:
+    """--collect: a unit that has ended, failed or not, is unloaded."""
+    wait_until(machine, f"test -z \"$(systemctl list-units --all --plain --no-legend {unit})\"",
+               f"{unit} to be gone")
+
+
+def test_systemd_run_units_have_the_rules_properties(units):
+    units.sh("echo x > /srv/units/usr-1.job && echo x > /srv/units/out-1.job")
+    # ProtectSystem=strict: /usr is read-only in the unit; root writes there outside it.
+    failed = logged(units, "sandboxed", "usr-1.job")
+    assert failed.get("MESSAGE_ID") == ACTION_FAILED, failed["MESSAGE"]
+    assert failed["MESSAGE"].startswith("action failed: exited with status 3")
+    assert failed["WATCHD_ACTION"] == "systemd_run" and failed["WATCHD_EXIT_STATUS"] == "3"
+    assert re.fullmatch(UNIT.format(rule="sandboxed"), failed["WATCHD_UNIT"])
+    assert "/usr/watchd-probe: Read-only file system" in unit_journal(units, failed["WATCHD_UNIT"])
+    assert units.run(["test", "-e", "/usr/watchd-probe"], check=False).returncode == 1
+    assert units.run(["test", "-e", "/srv/out/usr-1.job"], check=False).returncode == 1
+    units.sh("touch /usr/watchd-probe && rm /usr/watchd-probe")
+    # ReadWritePaths=/srv/out: writable there (and nowhere else in /srv).
+    ok = logged(units, "sandboxed", "out-1.job")
+    assert ok["MESSAGE"].startswith("action ok"), ok["MESSAGE"]
+    assert units.sh("cat /srv/out/out-1.job").stdout == "out-1.job\n"
+
+
+def test_a_running_units_memory_max_is_the_rules(units):
+    units.sh("mkfifo /srv/gate/wait-memory.job && echo x > /srv/units/wait-memory.job")
+    unit = running_unit(units, "/srv/units/wait-memory.job", "sandboxed")
+    shown = units.run(["systemctl", "show", "-p", "MemoryMax,ProtectSystem,ReadWritePaths,"
+                       "TimeoutStopUSec", unit]).stdout.splitlines()
+    assert sorted(shown) == [f"MemoryMax={64 * 1024 * 1024}", "ProtectSystem=strict",
+                             "ReadWritePaths=/srv/out", "TimeoutStopUSec=2s"]
+    assert loaded_units(units, unit, "--state=active") == [unit]
+    # The kernel's limit too, where the machine has the memory controller (cgroup v2; not in
+    # an nspawn container on a host of the legacy or hybrid hierarchy).
+    limit = units.sh(f"cat $(find /sys/fs/cgroup -path '*/{unit}/memory.max') /dev/null").stdout
+    assert limit in ("", f"{64 * 1024 * 1024}\n")
+    units.run(["timeout", "10", "sh", "-c", "echo go > /srv/gate/wait-memory.job"])
+    assert logged(units, "sandboxed", "wait-memory.job")["MESSAGE"].startswith("action ok")
+    assert units.sh("cat /srv/out/wait-memory.job").stdout == "wait-memory.job\n"
+    wait_until_gone(units, unit)
+
+
+def test_a_unit_past_its_timeout_is_killed_whole(units):
+    units.sh("echo x > /srv/units/t.slow")
+    unit = running_unit(units, "sleep 302", "slow")
+    # Both sleeps, as the rule's user, before the timeout (3 s; SIGKILL 2 s after SIGTERM).
+    wait_until(units, "test \"$(pgrep -c -u nobody -f '^sleep 30[12]$')\" = 2",
+               "the unit's two processes", timeout=3)
+    failed = logged(units, "slow", "t.slow", ACTION_FAILED)
+    assert failed["MESSAGE"].startswith("action failed: timed out after 3s"), failed["MESSAGE"]
+    assert failed["WATCHD_UNIT"] == unit
+    # Gone by the time watchd logs it: the SIGKILL went to every process of the unit, not
+    # only to its main one (systemd would stop the others, but TimeoutStopSec=2s later).
+    assert units.run(["pgrep", "-f", "^sleep 30[12]$"], check=False).returncode == 1
+    wait_until_gone(units, unit)
+    # It ignored SIGTERM: what ended it was the SIGKILL, to every process of the unit.
+    assert "status=9/KILL" in unit_journal(units, unit)
+
+
+def test_the_journal_holds_a_units_output_under_its_name(units):
+    units.sh("echo x > /srv/units/out-journal.job")
+    ok = logged(units, "sandboxed", "out-journal.job")
+    assert ok["MESSAGE"].startswith("action ok rule=sandboxed"), ok["MESSAGE"]
+    assert ok["WATCHD_ACTION"] == "systemd_run" and ok["WATCHD_DURATION_MS"].isdigit()
+    unit = ok["WATCHD_UNIT"]
+    output = "unit output: out-journal.job, rule sandboxed"
+    by_unit = units.run(["journalctl", f"_SYSTEMD_UNIT={unit}", "-o", "json", "--no-pager"])
+    assert output in [json.loads(line)["MESSAGE"] for line in by_unit.stdout.splitlines()]
+    assert output in units.sh("journalctl -u 'watchd-sandboxed-*' -o cat --no-pager").stdout
+
+
+def test_the_hardened_drop_in_leaves_systemd_run_units_their_own_sandbox(units):
+    units.sh("mkdir -p /etc/systemd/system/watchd.service.d && cp "
+             "/usr/share/doc/watchd/examples/hardened.conf /etc/systemd/system/watchd.service.d/"
+             f" && systemctl daemon-reload && {RESTART}")
+    try:
+        # watchd itself cannot write to /srv/out now; the unit, with a sandbox of its own, can.
+        main_pid = units.run(["systemctl", "show", "-P", "MainPID", "watchd"]).stdout.strip()
+        own = units.run(["nsenter", "-t", main_pid, "-m", "touch", "/srv/out/by-watchd"],
+                        check=False)
+        assert own.returncode != 0 and "Read-only file system" in own.stderr
+        units.sh("echo x > /srv/units/out-hardened.job")
+        ok = logged(units, "sandboxed", "out-hardened.job")
+        assert ok["MESSAGE"].startswith("action ok"), ok["MESSAGE"]
+        assert units.sh("cat /srv/out/out-hardened.job").stdout == "out-hardened.job\n"
+    finally:
+        units.sh("rm -r /etc/systemd/system/watchd.service.d && systemctl daemon-reload "
+                 f"&& {RESTART}")
+
+
+def test_stopping_watchd_stops_its_running_units(units):
+    units.sh("mkfifo /srv/gate/wait-stop.job && echo x > /srv/units/wait-stop.job")
+    unit = running_unit(units, "/srv/units/wait-stop.job", "sandboxed")
+    started = time.monotonic()
+    units.sh(STOP)
+    took = time.monotonic() - started
+    assert loaded_units(units, "watchd-*.service", "--state=active") == []
+    assert took < 10, f"the stop took {took:.1f}s: stop_grace is 1s, the unit's timeout 25s"
+    wait_until_gone(units, unit)
+    assert units.run(["pgrep", "-f", "/srv/gate/"], check=False).returncode == 1
+    killed = logged(units, "sandboxed", "wait-stop.job")
+    assert killed["MESSAGE"].startswith("action failed"), killed["MESSAGE"]
+    assert killed["WATCHD_UNIT"] == unit
+    assert units.run(["test", "-e", "/srv/out/wait-stop.job"], check=False).returncode == 1
+    units.sh(RESTART)
+
+
 def test_stop_is_clean(installed):
     installed.sh(STOP)
     assert installed.run(["systemctl", "is-active", "watchd"], check=False).stdout.strip() \

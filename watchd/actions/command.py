@@ -53,15 +53,23 @@ from watchd.security.trust import check_program
 class CommandAction(Strict):
     """Run a program directly (never through a shell) with the event in argv and environment."""
 
-    command: list[ArgTemplate] = Field(min_length=1, description="argv; placeholders allowed")
-    timeout: Duration = Field(default=300.0, description="the process group is killed past it")
+    command: list[ArgTemplate] = Field(
+        min_length=1, description="the program and its arguments, run directly, never through a "
+        "shell: `command[0]` is the absolute path of a program that root owns and nobody else "
+        "may write (checked at load and before every run); put `--` before `{path}` for "
+        "programs that take options")
+    timeout: Duration = Field(default=300.0, description="how long a run may take; past it its "
+                              "processes get SIGTERM, then SIGKILL 2 s later")
     user: UserName | None = Field(
-        default=None, description="run as this user and its groups; '@owner': as the owner of "
-        "the file the event is about")
-    allow_root_owner: bool = Field(default=False, description="with user: '@owner', also run "
-                                   "for files owned by root (as root)")
-    cwd: AbsolutePath | None = None
-    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+        default=None, description="run as this user, with its groups and its `HOME`, `USER` and "
+        "`LOGNAME` (needs root); `@owner`: as the owner of the file the event is about, as it "
+        "is just before the run; unset: as the daemon's user")
+    allow_root_owner: bool = Field(default=False, description="with `user: \"@owner\"`, also "
+                                   "run for files owned by root (as root)")
+    cwd: AbsolutePath | None = Field(default=None, description="the working directory; unset: "
+                                     "the daemon's")
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, description="variables added to "
+                                         "the environment, after the `WATCHD_*` ones")
 
     @field_validator("command")
     @classmethod

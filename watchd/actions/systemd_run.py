@@ -89,12 +89,16 @@ class SystemdRunSettings(CommandAction):
 
     properties: dict[PropertyName, PropertyValue] = Field(
         default_factory=dict, description="unit properties, as `systemd-run --property`: "
-        "sandboxing (ProtectSystem: strict, ReadWritePaths: /srv/out), limits (MemoryMax: "
-        "512M, CPUQuota: 50%); names systemd does not know are errors")
+        "sandboxing (`ProtectSystem: strict`, `ReadWritePaths: /srv/out`), limits (`MemoryMax: "
+        "512M`, `CPUQuota: 50%`); names systemd does not know are errors, and those watchd sets "
+        "itself (`ExecStart`, `User`, `Environment`, ...) are refused")
 
 
 class SystemdRunAction(Strict):
-    systemd_run: SystemdRunSettings
+    systemd_run: SystemdRunSettings = Field(description="run the command as a transient "
+                                            "systemd service, one unit per run, with the "
+                                            "unit's `properties`; its output goes to the "
+                                            "journal under the unit")
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,22 +91,32 @@ class WebhookModel(Strict):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    url: Annotated[str, AfterValidator(_http_url)]
+    url: Annotated[str, AfterValidator(_http_url)] = Field(
+        description="where to POST: `http://` or `https://`, with no credentials in it (send "
+        "them in `headers`); TLS is always verified, redirects are not followed")
     secret_file: Annotated[
         SigningKey, BeforeValidator(_signing_key), WithJsonSchema({"type": "string"}),
         PlainSerializer(lambda key: key.path, return_type=str),
-    ] | None = Field(default=None, description="a base64 key, optionally prefixed whsec_; "
-                     "mode 0600 or stricter")
-    timeout: Duration = Field(default=10.0, description="per attempt")
-    retries: int = Field(default=5, ge=0, le=100, description="further attempts after the first")
-    backoff: Duration = Field(default=1.0, description="the wait before the first retry; "
-                              "doubled for each next one, up to 10 minutes, with jitter")
+    ] | None = Field(default=None, description="a file of the key that signs each request per "
+                     "Standard Webhooks (base64, optionally prefixed `whsec_`): a regular file, "
+                     "not a symlink, that group and others may neither read nor write; unset: "
+                     "unsigned")
+    timeout: Duration = Field(default=10.0, description="how long one attempt may take")
+    retries: int = Field(default=5, ge=0, le=100, description="further attempts after the "
+                         "first, on no answer, a timeout, 429 or 5xx; never on another 4xx or "
+                         "a 3xx")
+    backoff: Duration = Field(default=1.0, description="the wait before the first retry, "
+                              "doubled for each next one (at most 10 minutes), with jitter; "
+                              "never shorter than the server's `Retry-After`")
     headers: dict[Annotated[str, AfterValidator(_header_name)],
-                  Annotated[str, AfterValidator(_header_value)]] = Field(default_factory=dict)
+                  Annotated[str, AfterValidator(_header_value)]] = Field(
+        default_factory=dict, description="HTTP headers added to the request; those watchd sets "
+        "itself (`Content-Type`, `User-Agent`, `webhook-*`, ...) cannot be replaced")
 
 
 class WebhookAction(Strict):
-    webhook: WebhookModel
+    webhook: WebhookModel = Field(description="POST the event as JSON to a URL, signed per "
+                                  "Standard Webhooks when a secret is given")
 
 
 @dataclass(frozen=True, slots=True)

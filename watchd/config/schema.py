@@ -52,57 +52,95 @@ else:
 class Rule(Strict):
     """One rule: which paths and events, and what to do."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
-    paths: list[AbsolutePath] = Field(min_length=1)
-    events: list[EventName] = Field(default=["close_write", "moved_to"], min_length=1)
-    recursive: bool = False
-    include: list[Pattern] | None = Field(default=None, min_length=1)
-    exclude: list[Pattern] = Field(default_factory=list)
-    kind: Kinds = Field(default=["file", "dir"], min_length=1, description="what the path must "
-                        "be for the rule to act: file (a regular file), dir, symlink, special "
-                        "(FIFO, socket, device) or any, or a list of them; a symlink or a special "
-                        "file reaches an action only when named")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128, description="names the "
+                      "rule in logs, in the journal (`WATCHD_RULE`) and as `{rule}`; unique "
+                      "across all files")
+    paths: list[AbsolutePath] = Field(min_length=1, description="what is watched. A path that "
+                                      "does not exist yet is watched once it appears, and a "
+                                      "watched directory deleted and made again is watched "
+                                      "again; a file is watched through its directory. A "
+                                      "symlink on the way is followed only if it, and every "
+                                      "directory above it, is root's and writable by nobody "
+                                      "else")
+    events: list[EventName] = Field(default=["close_write", "moved_to"], min_length=1,
+                                    description="the events the rule acts on: `close_write` for "
+                                    "\"a file was written\", `moved_to` for \"a file was renamed "
+                                    "into place\" (what `rsync` and careful writers do)")
+    recursive: bool = Field(default=False, description="watch the subdirectories too, and new "
+                            "ones as they appear; what was already in a new one is reported as "
+                            "`create` (and, for a regular file, `close_write`)")
+    include: list[Pattern] | None = Field(default=None, min_length=1, description="act only on "
+                                          "names that match one of these patterns; unset: on "
+                                          "every name")
+    exclude: list[Pattern] = Field(default_factory=list, description="never act on names that "
+                                   "match one of these patterns, even when included")
+    kind: Kinds = Field(default=["file", "dir"], min_length=1, description="what the path an "
+                        "event is about must be for the rule to act: `file` (a regular file), "
+                        "`dir`, `symlink`, `special` (a FIFO, a socket, a block or character "
+                        "device) or `any`; a symlink or a special file reaches an action only "
+                        "when named")
     debounce: Duration | None = Field(default=None, description="act once when the path has "
-                                      "been quiet this long, with its last event")
+                                      "been quiet this long, with its last event; unset: act on "
+                                      "every event")
     max_parallel: int | None = Field(default=None, ge=1, le=10_000, description="at most this "
-                                     "many actions of this rule at once; the rest wait, in order")
+                                     "many actions of this rule at once; the rest wait, in "
+                                     "order. Unset: as many as there are `workers`, but one at "
+                                     "a time for a rule with a webhook action, so that its "
+                                     "deliveries keep the order of the events")
     on_busy: Literal["queue", "skip", "restart"] = Field(
-        default="queue", description="an event for a path whose action still runs: queue one "
-        "more run after it, skip it, or restart the action")
-    ignore_case: bool = Field(default=False, description="include and exclude patterns match "
-                              "names case-insensitively (IMG_0001.JPG matches *.jpg)")
-    ignore_own_writes: bool = Field(default=False, description="ignore events on the path an "
-                                    "action of this rule runs for, while it runs and 1 s after")
-    enabled: bool = True
-    actions: list[ActionModel] = Field(min_length=1)
+        default="queue", description="what an event does for a path whose action still runs "
+        "(one action of a rule runs per path at a time): `queue` one more run after it (later "
+        "events replace its event), `skip` it, or `restart` (stop the running action and run "
+        "again)")
+    ignore_case: bool = Field(default=False, description="the `include` and `exclude` patterns "
+                              "match names case-insensitively: `*.jpg` matches `IMG_0001.JPG`")
+    ignore_own_writes: bool = Field(default=False, description="ignore events on a path while "
+                                    "an action of this rule runs for it and 1 s after: a loop "
+                                    "guard for actions that rewrite their own file; writes to "
+                                    "other paths are not covered")
+    enabled: bool = Field(default=True, description="`false`: the rule is checked, but watches "
+                          "nothing and never acts")
+    actions: list[ActionModel] = Field(min_length=1, description="what to do for each matched "
+                                       "event: actions of the kinds below, run in order; when "
+                                       "one fails, the later ones are skipped")
 
 
 class Settings(Strict):
-    workers: int = Field(default=4, ge=1, le=256)
-    queue_size: int = Field(default=10000, ge=1, le=10_000_000)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    workers: int = Field(default=4, ge=1, le=256, description="threads running actions")
+    queue_size: int = Field(default=10000, ge=1, le=10_000_000, description="actions waiting "
+                            "to run; beyond it matched events are dropped, counted and logged")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="the least severe level of what is logged")
     stop_grace: Duration = Field(default=10.0, description="on stop, how long running actions "
                                  "may finish before their process groups are killed")
     state_dir: AbsolutePath = Field(default="/var/lib/watchd", description="where webhook "
-                                    "deliveries are kept until acknowledged, and dead letters")
+                                    "deliveries are kept until acknowledged, and dead letters; "
+                                    "read at start")
     snapshot_limit: int = Field(default=500_000, ge=0, le=100_000_000, description="names kept "
-                                "to recover from an inotify queue overflow (about 150 bytes "
-                                "each); past it, deletions during an overflow go unreported")
+                                "(about 150 bytes each) to report what changed during an "
+                                "inotify queue overflow; past it, files deleted during an "
+                                "overflow in the directories beyond the limit go unreported")
     webhook_backlog: int = Field(default=10000, ge=1, le=1_000_000, description="deliveries "
-                                 "waiting per webhook action; beyond it they are dropped, counted "
-                                 "and logged")
+                                 "waiting per webhook action; beyond it new ones are dropped, "
+                                 "counted and logged")
+
+
+# A drop-in's keys mean what the main file's do: one wording for both.
+_VERSION = "the version of the format; the only one is 1"
+_RULES = "the rules, each with the keys below; rule names are unique across all files"
 
 
 class RulesFile(Strict):
     """The main rules file."""
 
-    version: Literal[1] = 1
-    settings: Settings = Field(default_factory=Settings)
-    rules: list[Rule] = Field(default_factory=list)
+    version: Literal[1] = Field(default=1, description=_VERSION)
+    settings: Settings = Field(default_factory=Settings, description="how the daemon runs, "
+                               "with the keys below; only in the main file, not in a drop-in")
+    rules: list[Rule] = Field(default_factory=list, description=_RULES)
 
 
 class DropIn(Strict):
     """A file of ``rules.d/``: more rules, nothing else."""
 
-    version: Literal[1] = 1
-    rules: list[Rule] = Field(default_factory=list)
+    version: Literal[1] = Field(default=1, description=_VERSION)
+    rules: list[Rule] = Field(default_factory=list, description=_RULES)

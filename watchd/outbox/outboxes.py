@@ -165,16 +165,22 @@ class Deliveries:
         self._outboxes: dict[OutboxKey, Outbox] = {}
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
-        """Check that the rules' webhooks can be kept (an unwritable state directory is an
-        error now, not at each event); the commit starts outboxes for new webhook actions,
-        updates kept ones and stops gone ones, and makes dead letters of deliveries on disk
-        for an action that no longer exists."""
+        """Read what the rules' webhooks need from disk, and check that it can be kept (an
+        unwritable state directory is an error now, not at each event). The commit starts
+        outboxes for new webhook actions, updates kept ones, stops gone ones, and makes dead
+        letters of deliveries on disk for an action that no longer exists."""
         wanted = webhooks_of(ruleset)
         if wanted:
             self.spool.prepare()
-        return functools.partial(self._commit, wanted, ruleset.settings.webhook_backlog)
+        orphaned = sorted(set(self.spool.outboxes()) - wanted.keys())
+        if orphaned:
+            self.spool.prepare_dead()
+        waiting = {key: self.spool.load(*key) for key in wanted.keys() - self._outboxes.keys()}
+        return functools.partial(self._commit, wanted, waiting, orphaned,
+                                 ruleset.settings.webhook_backlog)
 
-    def _commit(self, wanted: dict[OutboxKey, Webhook], backlog: int) -> None:
+    def _commit(self, wanted: dict[OutboxKey, Webhook], waiting: dict[OutboxKey, list[Delivery]],
+                orphaned: list[OutboxKey], backlog: int) -> None:
         for key in self._outboxes.keys() - wanted.keys():
             self._outboxes.pop(key).stop()
         for key, webhook in wanted.items():
@@ -182,9 +188,9 @@ class Deliveries:
             if outbox is None:
                 outbox = self._outboxes[key] = Outbox(key, webhook, backlog, self.spool, self.pool,
                                                       self.counters)
-                outbox.start(self.spool.load(*key))
+                outbox.start(waiting[key])
             outbox.webhook, outbox.backlog = webhook, backlog
-        for key in set(self.spool.outboxes()) - wanted.keys():
+        for key in orphaned:
             self._orphaned(key)
 
     def stats(self) -> dict[str, int]:
@@ -193,7 +199,13 @@ class Deliveries:
     def _orphaned(self, key: OutboxKey) -> None:
         for delivery in self.spool.load(*key):
             delivery.last_error = f"its rule {key[0]!r} has no webhook as action {key[1]} any more"
-            grave = self.spool.bury(delivery)
+            try:
+                grave = self.spool.bury(delivery)
+            except OSError as error:
+                # A commit cannot fail: it stays in the spool, and is looked at again next time.
+                log(logging.ERROR, f"webhook delivery of a removed action left in the spool: "
+                    f"{error}", rule=key[0], path=delivery.path, delivery=delivery.id)
+                continue
             self.counters.add(Count.WEBHOOKS_FAILED, key[0])
             log(logging.WARNING, f"webhook delivery kept as a dead letter: {delivery.last_error}",
                 rule=key[0], path=delivery.path, delivery=delivery.id, dead_letter=str(grave))

@@ -63,6 +63,9 @@ class Spool:
     def prepare(self) -> None:
         _make_private(self.waiting)
 
+    def prepare_dead(self) -> None:
+        _make_private(self.dead)
+
     def outbox(self, rule: str, action: int) -> Path:
         return self.waiting / rule / str(action)
 

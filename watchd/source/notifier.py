@@ -467,7 +467,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             return
         # The differences first, all of them: telling one changes the snapshot they are from.
         # No moves are asked for: a rename among the lost events is told as delete and create.
-        changes = diff(entry.files, found_in(listing), since)
+        changes = diff(entry.files, found_in(listing, entry.files), since)
         by_name = {found.name: found for found in listing}
         for change in changes:
             self._rescanned(entry, change, by_name)

@@ -51,6 +51,10 @@ class Found:
     ctime_ns: int = 0
 
 
+# Found markers, shared: a listing of many names not looked at makes no object per name.
+_FOUND_AS = {marker: Found(marker) for marker in (UNSEEN, DIRECTORY, OTHER)}
+
+
 # A directory as found now: each name in it, and its entry as found.
 Listing = Mapping[bytes, Found]
 
@@ -79,20 +83,24 @@ def listed(entries: Iterable[os.DirEntry[bytes]]) -> DirState:
     return {entry.name: state_of(entry) for entry in entries} or NO_FILES
 
 
-def found_in(entries: Iterable[os.DirEntry[bytes]]) -> dict[bytes, Found]:
+def found_in(entries: Iterable[os.DirEntry[bytes]],
+             known: DirState | None = None) -> dict[bytes, Found]:
     """A directory as found now, from its listing: each regular file is looked at (``lstat``,
-    never following a symlink), the type of anything else is the listing's."""
-    return {entry.name: _found(entry) for entry in entries}
+    never following a symlink), the type of anything else is the listing's. With ``known``,
+    the state it is to be compared with, a name that state does not hold is not looked at:
+    it is ``Created`` whatever it holds, and after an overflow most names are new."""
+    return {entry.name: _found(entry, known is None or entry.name in known)
+            for entry in entries}
 
 
-def _found(entry: os.DirEntry[bytes]) -> Found:
+def _found(entry: os.DirEntry[bytes], look: bool = True) -> Found:
     state = state_of(entry)
-    if state is not UNSEEN:
-        return Found(state)
+    if state is not UNSEEN or not look:
+        return _FOUND_AS[state]
     try:
         info = entry.stat(follow_symlinks=False)
     except OSError:
-        return Found(UNSEEN)  # gone since the listing: whatever removed it is told otherwise
+        return _FOUND_AS[UNSEEN]  # gone since the listing: whatever removed it is told otherwise
     return Found(file_state(info), info.st_ctime_ns)
 
 
