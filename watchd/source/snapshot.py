@@ -94,14 +94,18 @@ def found_in(entries: Iterable[os.DirEntry[bytes]],
 
 
 def _found(entry: os.DirEntry[bytes], look: bool = True) -> Found:
-    state = state_of(entry)
-    if state is not UNSEEN or not look:
-        return _FOUND_AS[state]
+    # state_of, inline: this runs for every name of every directory an overflow rescans.
+    if entry.is_dir(follow_symlinks=False):
+        return _FOUND_AS[DIRECTORY]
+    if not entry.is_file(follow_symlinks=False):
+        return _FOUND_AS[OTHER]
+    if not look:
+        return _FOUND_AS[UNSEEN]
     try:
         info = entry.stat(follow_symlinks=False)
     except OSError:
         return _FOUND_AS[UNSEEN]  # gone since the listing: whatever removed it is told otherwise
-    return Found(file_state(info), info.st_ctime_ns)
+    return Found((info.st_ino, info.st_size, info.st_mtime_ns), info.st_ctime_ns)
 
 
 def found_from(stats: Iterable[tuple[bytes, os.stat_result]]) -> dict[bytes, Found]:
@@ -204,11 +208,12 @@ def _found_changes(before: DirState | None, after: Listing, since_ns: int,
 def _changed(known: FileState, found: Found, since_ns: int) -> bool:
     """Whether a name found now as it was known changed: only a regular file looked at can
     tell (one that was a directory or other before and is a file now did)."""
-    if found.state in MARKERS:
+    state = found.state
+    if state[1] < 0:  # a marker (only they have a negative size): not looked at
         return False
     if known == UNSEEN:
         return found.ctime_ns >= since_ns
-    return found.state != known
+    return state != known
 
 
 def _deletions(before: DirState | None, after: Listing) -> Iterable[Deleted]:
