@@ -63,6 +63,6 @@ def test_the_vocabulary_loads_no_schema_yaml_or_http_library():
     assert not {"pydantic", "yaml", "urllib3", "watchd.config"} & loaded
 
 
-def test_an_action_kind_loads_neither_the_loader_nor_yaml():
+def test_an_action_kind_loads_neither_the_loader_nor_yaml_nor_another_kind():
     loaded = _loaded_by("watchd.actions.command")
-    assert not {"yaml", "watchd.config.loader", "watchd.source.notifier"} & loaded
+    assert not {"yaml", "urllib3", "watchd.config.loader", "watchd.source.notifier"} & loaded

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from watchd.actions import KINDS
+from watchd.actions.registry import KINDS
 from watchd.config.reference import (
     REGENERATE,
     TARGETS,

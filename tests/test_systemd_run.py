@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from watchd.config.loader import load
 from watchd.service.cli import main
 
 BOOTED_WITH_SYSTEMD = os.path.isdir("/run/systemd/system")
@@ -57,11 +58,29 @@ def test_properties_systemd_does_not_take_are_located_errors(write_rules, capsys
     assert "rules.yaml:9:" in err and said in err
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_a_property_of_the_units_own_section_is_taken(write_rules, capsys):
+    config = write_rules(rule("Description: thumbnails\n                    "
+                              "MemoryMax: 64M"))
+    main(["check", "--config", str(config)])
+    assert "Unknown key" not in capsys.readouterr().err
+
+
+def test_a_command_open_to_injection_is_warned_about_here_too(write_rules):
+    config = write_rules(rule().replace('[/bin/echo, "{path}"]', '[/bin/sh, -c, "cat {path}"]'))
+    warned = [str(problem) for problem in load(config).warnings if not problem.refused_by_daemon]
+    assert len(warned) == 1 and "rules[0].actions[0].systemd_run.command[2]: " in warned[0]
+
+
 @pytest.mark.parametrize(("properties", "said"), [
     ("User: nobody", "property 'User' is set by watchd itself: use the action's 'user'"),
     ("ExecStart: /bin/false", "use the action's 'command'"),
     ("memory-max: 1G", "invalid unit property name 'memory-max'"),
     ("Description: \"a\\nb\"", "cannot hold CR, LF or NUL"),
+    ("ExecStartPre: /bin/true", "would run or read what watchd's trust check never sees"),
+    ("EnvironmentFile: /etc/default/x", "would run or read what watchd's trust check"),
+    ("Restart: always", "property 'Restart' is set by watchd itself"),
+    ("ReadWritePaths: '/srv/out\\'", "cannot end with a backslash"),
 ])
 def test_properties_watchd_sets_or_cannot_pass_are_errors(write_rules, capsys, properties, said):
     assert main(["check", "--config", str(write_rules(rule(properties)))]) == 1
@@ -74,7 +93,11 @@ def test_explain_shows_the_systemd_run_invocation(write_rules, capsys):
     assert main(["explain", "--config", str(config), "/srv/in/a b.jpg"]) == 0
     out = capsys.readouterr().out
     assert "systemd_run: " in out
-    assert "--wait --collect --service-type=exec --unit=watchd-thumbs-ID.service" in out
+    assert ("--wait --collect --service-type=exec --expand-environment=no "
+            "--unit=watchd-thumbs-ID.service --property=TimeoutStopSec=2s "
+            "--property=RuntimeMaxSec=19s") in out
+    # Named only: the values come from the client's environment, never its command line.
+    assert "--setenv=WATCHD_PATH --setenv=WATCHD_NAME" in out and "--setenv=WATCHD_PATH=" not in out
     assert "--property=MemoryMax=64M --property=ProtectSystem=strict" in out
     # YAML's boolean reaches systemd as systemd writes it.
     assert "--property=NoNewPrivileges=yes -- /bin/echo '/srv/in/a b.jpg'" in out

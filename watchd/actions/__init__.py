@@ -1,28 +1,7 @@
-"""worker → action: every action kind, one module each, listed in ``KINDS``.
+"""worker → action: every action kind, one module each, listed in ``registry.KINDS``.
 
 A kind's module holds its schema, its compiled form (an ``ActionSpec``: how it is
 performed, killed, described by ``explain`` and logged) and its ``KIND`` entry. The rules
 file's schema and the compile step are built from this list: adding a kind is one module
-and one line here.
+and one line in ``registry.py``.
 """
-
-from __future__ import annotations
-
-from pydantic import BaseModel
-
-from watchd.actions import command, systemd_run, webhook
-from watchd.actions.kind import ActionKind
-from watchd.core.actions import ActionSpec
-
-KINDS: tuple[ActionKind, ...] = (command.KIND, webhook.KIND, systemd_run.KIND)
-
-_BY_MODEL = {kind.model: kind for kind in KINDS}
-
-
-def kind_of(model: BaseModel) -> ActionKind:
-    """The kind of a validated action."""
-    return _BY_MODEL[type(model)]
-
-
-def compile_action(model: BaseModel) -> ActionSpec:
-    return kind_of(model).compile(model)

@@ -119,6 +119,7 @@ class Command:
 
     kind: ClassVar[str] = "command"
     keeps_order: ClassVar[bool] = False
+    killed: ClassVar[str] = "process group killed"
 
     @classmethod
     def compile(cls, model: CommandAction) -> Command:
@@ -319,6 +320,7 @@ class ProcessAction(Protocol):
     """What the log of a process run says of its action."""
 
     kind: ClassVar[str]
+    killed: ClassVar[str]  # what a timeout kills, in words
 
     @property
     def timeout(self) -> float: ...
@@ -349,7 +351,7 @@ def log_result(job: Job, step: int, spec: ProcessAction, result: ProcessResult,
     if result.ok:
         log(logging.INFO, "action ok", fields=fields)
         return
-    reason = failure(result, spec.timeout)
+    reason = failure(result, spec)
     remaining = len(job.rule.actions) - step
     if remaining:
         reason += f"; {remaining} later action(s) skipped"
@@ -358,10 +360,10 @@ def log_result(job: Job, step: int, spec: ProcessAction, result: ProcessResult,
         fields=fields)
 
 
-def failure(result: ProcessResult, timeout: float) -> str:
+def failure(result: ProcessResult, spec: ProcessAction) -> str:
     """How a process failed, in words: the number is in a field too, the signal named."""
     if result.timed_out:
-        return f"timed out after {timeout:g}s; process group killed"
+        return f"timed out after {spec.timeout:g}s; {spec.killed}"
     if result.error:
         return result.error
     status = result.status or 0
@@ -373,10 +375,11 @@ def failure(result: ProcessResult, timeout: float) -> str:
         return f"killed by signal {-status}"
 
 
-def _checks(model: CommandAction) -> Iterator[Finding]:
+def checks(model: CommandAction) -> Iterator[Finding]:
+    """What is risky in a command's argv: where a placeholder is open to injection."""
     for arg, message in argv_warnings(model.command):
         yield Finding(("command", arg), message, Severity.WARNING)
 
 
 KIND = ActionKind("command", CommandAction, Command.compile, "a 'command' (an argv list)",
-                  checks=_checks)
+                  checks=checks)

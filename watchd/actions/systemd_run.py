@@ -20,9 +20,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, BeforeValidator, Field
@@ -35,13 +36,14 @@ from watchd.actions.command import (
     ended,
     variables,
 )
+from watchd.actions.command import checks as command_checks
 from watchd.actions.kind import ActionKind, Finding, Severity
-from watchd.core.actions import ActionContext, Outcome
+from watchd.core.actions import ActionContext, Outcome, ProcessResult
 from watchd.core.job import Job
-from watchd.core.placeholders import render
+from watchd.core.placeholders import PLACEHOLDERS, render
 from watchd.core.rules import RunAs
 from watchd.run.guard import Refused, owner
-from watchd.schema.fields import Strict
+from watchd.schema.fields import OWNER, Strict
 
 SYSTEMD_RUN = shutil.which("systemd-run") or "/usr/bin/systemd-run"
 SYSTEMCTL = shutil.which("systemctl") or "/usr/bin/systemctl"
@@ -51,10 +53,18 @@ _PROPERTY_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 # Properties watchd sets from the action's own keys, or needs as they are to wait for the run.
 _OWN_PROPERTIES = {
     "ExecStart": "command", "User": "user", "Group": "user", "WorkingDirectory": "cwd",
-    "Environment": "env", "Type": None, "RemainAfterExit": None,
+    "Environment": "env", "Type": None, "RemainAfterExit": None, "Restart": None,
 }
-_VERIFY_PREAMBLE = "[Service]\nExecStart=/bin/true\n"
+# Properties that would run or read what the per-run trust check never sees.
+_UNCHECKED_PROPERTIES = ("Exec", "EnvironmentFile")
+_SERVICE = "[Service]\nExecStart=/bin/true\n"
 _LOCATED = re.compile(r"^.*?:(\d+): (.*)$")
+# How systemd-run --wait tells how the unit's main process ended.
+_TERMINATED = re.compile(r"Main processes terminated with: code=(\w+)[,/] ?status=(\d+)")
+_NOT_STARTED = re.compile(r"^(Failed to start transient service unit: .*)$", re.MULTILINE)
+# A unit whose client is gone (killed, the daemon with it) still ends: past its own timeout,
+# its watchd's grace, and this margin.
+RUNTIME_MARGIN = 10.0
 
 
 def _property_name(name: str) -> str:
@@ -64,6 +74,9 @@ def _property_name(name: str) -> str:
         key = _OWN_PROPERTIES[name]
         raise ValueError(f"property {name!r} is set by watchd itself"
                          + (f": use the action's {key!r}" if key else ""))
+    if name.startswith(_UNCHECKED_PROPERTIES):
+        raise ValueError(f"property {name!r} would run or read what watchd's trust check "
+                         "never sees: put it in the command")
     return name
 
 
@@ -72,11 +85,13 @@ def _property_value(value: object) -> str:
     if isinstance(value, bool):
         value = "yes" if value else "no"
     if isinstance(value, int | float):
-        value = f"{value:g}" if isinstance(value, float) else str(value)
+        value = str(value)
     if not isinstance(value, str):
         raise ValueError("a unit property's value must be a string, a number or a boolean")
     if any(char in value for char in "\r\n\0"):
         raise ValueError("a unit property's value cannot hold CR, LF or NUL")
+    if value.endswith("\\"):
+        raise ValueError("a unit property's value cannot end with a backslash")
     return value
 
 
@@ -120,9 +135,13 @@ class SystemdRun:
     def timeout(self) -> float:
         return self.command.timeout
 
+    killed: ClassVar[str] = "every process of its unit killed"
+
     def describe(self, values: Mapping[str, bytes]) -> str:
         unit = unit_name(values["rule"].decode(), "ID")
-        shown = [os.fsdecode(arg) for arg in self.client_argv(unit, {}, None)]
+        names = [*_event_variables(), *(name for name, _ in self.command.env)]
+        user = OWNER if self.command.as_owner else self.command.user
+        shown = [os.fsdecode(arg) for arg in self.client_argv(unit, names, user)]
         return f"{self.kind}: {shlex.join(shown)} {shlex.join(self.command.argv_for(values))}"
 
     def perform(self, context: ActionContext, job: Job, step: int,
@@ -132,23 +151,43 @@ class SystemdRun:
             user = owner(job, command.allow_root_owner, info) if command.as_owner else command.user
         except Refused as refusal:
             return context.skip(job, step, str(refusal))
+        if not all(_is_text(value) for value in job.values().values()):
+            return context.skip(job, step, "systemd_run hands the command and its environment "
+                                "to systemd over D-Bus, which carries only UTF-8: a name that "
+                                "is not UTF-8 cannot reach a unit (use a command action)")
         unit = RunningUnit(job, self, user)
         return ended(job, step, self, context.run_process(job, step, command.program, unit),
                      unit=unit.name)
 
-    def client_argv(self, unit: str, env: Mapping[bytes, bytes],
-                    user: RunAs | None) -> list[bytes]:
-        """``systemd-run`` and its options, up to and with the ``--`` before the command."""
+    def client_argv(self, unit: str, env_names: Iterable[bytes],
+                    user: RunAs | str | None) -> list[bytes]:
+        """``systemd-run`` and its options, up to and with the ``--`` before the command.
+        Each variable is named only: its value comes from the client's environment, so that
+        what ``env`` holds is never in a command line others may read."""
+        runtime = self.command.timeout + 2 * KILL_GRACE + RUNTIME_MARGIN
         argv: list[str | bytes] = [
-            SYSTEMD_RUN, "--wait", "--collect", "--service-type=exec", f"--unit={unit}",
-            f"--property=TimeoutStopSec={KILL_GRACE:g}s"]
+            SYSTEMD_RUN, "--wait", "--collect", "--service-type=exec", "--expand-environment=no",
+            f"--unit={unit}", f"--property=TimeoutStopSec={KILL_GRACE:g}s",
+            f"--property=RuntimeMaxSec={runtime:g}s"]
         if user is not None:
-            argv.append(f"--uid={user.name}")
+            argv.append(f"--uid={user if isinstance(user, str) else user.name}")
         if self.command.cwd is not None:
             argv.append(b"--working-directory=" + self.command.cwd)
-        argv.extend(b"--setenv=" + name + b"=" + value for name, value in env.items())
+        argv.extend(b"--setenv=" + name for name in env_names)
         argv.extend(f"--property={name}={value}" for name, value in self.properties)
         return [os.fsencode(arg) for arg in argv] + [b"--"]
+
+
+def _event_variables() -> list[bytes]:
+    return [b"WATCHD_" + name.upper().encode() for name in PLACEHOLDERS] + [b"WATCHD_IS_DIR"]
+
+
+def _is_text(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def unit_name(rule: str, run: str) -> str:
@@ -168,24 +207,45 @@ class RunningUnit(RunningCommand):
         env = variables(self.job, self.command, self.user, values)
         argv = self.action.client_argv(self.name, env, self.user)
         argv.extend(render(template, values) for template in self.command.argv)
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True)
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+
+    def run(self) -> ProcessResult:
+        """How the unit ended, as systemd-run told it: the exit status of its main process,
+        or minus the signal that ended it; the client's own status says less."""
+        result = super().run()
+        told = result.stderr.decode("utf-8", "replace")
+        not_started = _NOT_STARTED.search(told)
+        if not_started:
+            return replace(result, status=None, error=not_started.group(1))
+        terminated = _TERMINATED.search(told)
+        if terminated is None or result.timed_out:
+            return result
+        code, status = terminated.group(1), int(terminated.group(2))
+        return replace(result, status=status if code == "exited" else -status)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal every process of the unit; with SIGKILL, the client too (it may be waiting
-        for a unit that never started)."""
-        # Should systemctl fail, the client is signalled below all the same.
+        for a unit that never started). ``systemctl`` runs on a thread of its own: this is
+        called with locks held (a restart, the stop), and must not wait on it."""
+        threading.Thread(target=self._kill_unit, args=(sig,), name="watchd-unit-kill",
+                         daemon=True).start()
+        if sig == signal.SIGKILL:
+            super().kill(sig)
+
+    def _kill_unit(self, sig: int) -> None:
+        # Should systemctl fail, the client is signalled all the same (SIGKILL).
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             subprocess.run([SYSTEMCTL, "kill", f"--signal={signal.Signals(sig).name}",
                             "--kill-whom=all", self.name], stdin=subprocess.DEVNULL,
                            capture_output=True, timeout=SYSTEMCTL_WAIT, check=False)
-        if sig == signal.SIGKILL:
-            super().kill(sig)
 
 
 def _checks(model: SystemdRunAction) -> Iterator[Finding]:
-    """Properties systemd does not take, located each; and the kind refused where systemd
-    does not run."""
+    """What a command's check finds in its argv; properties systemd does not take, located
+    each; and the kind refused where systemd does not run."""
+    for finding in command_checks(model.systemd_run):
+        yield Finding(("systemd_run", *finding.where), finding.message, finding.severity)
     properties = tuple(model.systemd_run.properties.items())
     for name, problem in _unknown_properties(properties):
         yield Finding(("systemd_run", "properties", name), problem, Severity.ERROR)
@@ -197,29 +257,45 @@ def _checks(model: SystemdRunAction) -> Iterator[Finding]:
 
 @functools.lru_cache(maxsize=256)
 def _unknown_properties(properties: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    """What ``systemd-analyze verify`` says of these properties in a service, by name: an
-    unknown name, a value it cannot parse. Nothing where systemd-analyze is not installed."""
+    """What ``systemd-analyze verify`` says of these properties, by name: an unknown name, a
+    value it cannot parse. A name unknown to a service is tried in the unit's [Unit] section,
+    where systemd-run --property takes it too. Nothing where systemd-analyze is missing."""
+    found = dict(_verified(properties, "", _SERVICE))
+    unknown = tuple((name, value) for name, value in properties
+                    if found.get(name, "").startswith("Unknown key"))
+    if unknown:
+        in_unit = dict(_verified(unknown, "[Unit]\n", _SERVICE))
+        for name, _ in unknown:
+            if name not in in_unit:
+                del found[name]
+    return tuple(found.items())
+
+
+def _verified(properties: tuple[tuple[str, str], ...], before: str,
+              after: str) -> Iterator[tuple[str, str]]:
+    """``systemd-analyze verify`` of a unit with the properties between ``before`` and
+    ``after``: each property it has something to say of, and what."""
     if not properties or SYSTEMD_ANALYZE is None:
-        return ()
-    first_line = _VERIFY_PREAMBLE.count("\n") + 1
+        return
+    if not before:
+        before, after = after, ""
+    first_line = before.count("\n") + 1
     with tempfile.TemporaryDirectory(prefix="watchd-verify-") as directory:
         unit = os.path.join(directory, "watchd-verify.service")
         with open(unit, "w", encoding="utf-8") as file:
-            file.write(_VERIFY_PREAMBLE + "".join(f"{k}={v}\n" for k, v in properties))
+            file.write(before + "".join(f"{k}={v}\n" for k, v in properties) + after)
         try:
             result = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", unit],
                                     capture_output=True, text=True, timeout=30, check=False,
                                     stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired):
-            return ()
-    found = []
+            return
     for line in result.stderr.splitlines():
         located = _LOCATED.match(line)
         if located and line.startswith(unit):
             index = int(located.group(1)) - first_line
             if 0 <= index < len(properties):
-                found.append((properties[index][0], located.group(2).removesuffix(", ignoring.")))
-    return tuple(found)
+                yield properties[index][0], located.group(2).removesuffix(", ignoring.")
 
 
 KIND = ActionKind("systemd_run", SystemdRunAction, SystemdRun.compile,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pathspec
 
-from watchd.actions import compile_action
+from watchd.actions.registry import compile_action
 from watchd.config.loader import Config, SourcedRule, load
 from watchd.config.schema import ANY_KIND
 from watchd.core.actions import ActionSpec
@@ -26,7 +26,8 @@ from watchd.security.trust import Resolution, resolve_watched
 
 def read_rules(path: Path, for_daemon: bool = False) -> RuleSet:
     """Load, validate and compile the rules; ConfigError if any of it is wrong, or, for the
-    daemon, if this machine cannot run them (a warning to ``check`` and ``explain``)."""
+    daemon, if this machine cannot run them (``check`` refuses them too; ``explain`` and
+    ``webhooks`` take them)."""
     config = load(path)
     if for_daemon and refused(config):
         raise ConfigError(refused(config))

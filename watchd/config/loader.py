@@ -15,8 +15,8 @@ from typing import Any
 import pydantic
 import yaml
 
-from watchd.actions import KINDS, kind_of
 from watchd.actions.kind import Severity
+from watchd.actions.registry import KINDS, kind_of
 from watchd.config.schema import DropIn, RulesFile, Settings
 from watchd.config.schema import Rule as RuleModel
 from watchd.core.problems import ConfigError, Problem

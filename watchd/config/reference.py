@@ -39,8 +39,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from watchd.actions import KINDS
 from watchd.actions.kind import ActionKind
+from watchd.actions.registry import KINDS
 from watchd.config.schema import DropIn, RulesFile
 from watchd.core.events import EVENT_NAMES
 from watchd.core.placeholders import PLACEHOLDERS

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Discriminator, Field, Tag
 
-from watchd.actions import KINDS
+from watchd.actions.registry import KINDS
 from watchd.schema.fields import (
     ANY_KIND,
     AbsolutePath,

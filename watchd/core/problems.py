@@ -14,8 +14,8 @@ class Problem:
     column: int
     message: str
     warning: bool = False  # the rules are valid; this is something to fix all the same
-    # A warning for ``watchd check`` and ``explain`` that the daemon refuses to start or reload
-    # with: the rules are fine, this machine cannot run them (systemd_run without systemd).
+    # The rules are fine, but this machine cannot run them (systemd_run without systemd): the
+    # daemon and ``watchd check`` refuse them, ``explain`` and ``webhooks`` take them.
     refused_by_daemon: bool = False
 
     def __str__(self) -> str:

@@ -60,7 +60,9 @@ class Counters:
                 _bump(self.by_rule.setdefault(rule, {}), name, amount)
 
     def matched_by(self, rule: str) -> None:
-        """A rule matched an event: on the notifier thread only, so without the lock."""
+        """A rule matched an event. Matching runs under the watch table's lock (the notifier
+        thread's, or the main loop's for a reload or a mount change), one thread at a time:
+        the count needs no lock of its own, and the hot path takes none."""
         self.matched += 1
         per_rule = self.by_rule.get(rule)
         if per_rule is None:

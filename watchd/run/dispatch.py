@@ -1,9 +1,9 @@
-"""Rule match → queue: each event is matched in its directory's scope, each match queued as a job.
+"""match → job → queue: each event is matched in its directory's scope, each match queued as a job.
 
 This runs on the notifier thread, so it never blocks: a full queue drops the
 job, counts it, and asks the main loop to say so. A rule with ``debounce`` goes
 through the debouncer first; one with ``ignore_own_writes`` skips events on a
-path its own action is running for (see ``watchd.ownwrites``).
+path its own action is running for (see ``watchd.run.ownwrites``).
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ class WorkerPool:
         return lambda: self.resize(ruleset.settings.workers)
 
     def stats(self) -> dict[str, int]:
-        return {"running": len(self._running), "workers": len(self._threads)}
+        return {"running": len(self._running),
+                "workers": sum(thread.is_alive() for thread in self._threads)}
 
     def resize(self, count: int) -> None:
         """Have ``count`` workers: start more, or send the extra ones away once idle."""

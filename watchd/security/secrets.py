@@ -1,7 +1,7 @@
 """Webhook signing keys: read once when the rules load, never shown.
 
 A key file holds a Standard Webhooks secret: base64, optionally prefixed ``whsec_``.
-It must pass ``watchd.trust`` (no symlink, owned by root, every directory above it
+It must pass ``watchd.security.trust`` (no symlink, owned by root, every directory above it
 too) and neither group nor others may read or write it. The key's bytes appear in no repr, log line,
 error message or command environment.
 """

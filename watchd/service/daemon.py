@@ -45,6 +45,8 @@ HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 _DROPS = 0
 _LINKS = 0xFE
 _STATUS = 0xFD
+# SIGUSR1's first figures, as 0.1 logged them; the counters follow, then the newer figures.
+_REPORTED_FIRST = ("watches", "rules", "unwatched", "queued", "debouncing", "skipped", "running")
 # On stop, how long a webhook attempt under way may finish; an unfinished one is sent again.
 DELIVERY_STOP_WAIT = 2.0
 
@@ -204,6 +206,7 @@ class Daemon:
         self.service.reloading()
         try:
             ruleset = read_rules(self.config_path, for_daemon=True)
+            self._warn_of_restart_settings(ruleset)
             commits = [component.prepare(ruleset) for component in self.components]
         except ConfigError as error:
             _log_problems("reload failed: the current rules stay in force", error,
@@ -217,9 +220,6 @@ class Daemon:
                 message_id=MessageId.RELOAD_FAILED)
             self._reload_failed(reason)
             return
-        if Path(ruleset.settings.state_dir) != self.deliveries.spool.state_dir:
-            log(logging.WARNING, "settings.state_dir takes effect at the next restart",
-                state_dir=str(self.deliveries.spool.state_dir))
         _log_load_problems(ruleset)
         self.ruleset = ruleset
         for commit in commits:
@@ -230,16 +230,24 @@ class Daemon:
             watches=len(self.table), duration_ms=round((time.monotonic() - started) * 1000))
         self.service.ready(self.status_line())
 
+    def _warn_of_restart_settings(self, ruleset: RuleSet) -> None:
+        in_force = self.deliveries.spool.state_dir
+        if Path(ruleset.settings.state_dir) != in_force:
+            log(logging.WARNING, "settings.state_dir takes effect at the next restart",
+                state_dir=str(in_force))
+
     def _reload_failed(self, reason: str) -> None:
         self._reload_failure = reason
         self.service.ready(self.status_line())
 
     def stats(self) -> dict[str, int]:
-        """Every component's figures and the counters: what STATUS= and SIGUSR1 tell."""
+        """Every component's figures and the counters: what STATUS= and SIGUSR1 tell, the
+        figures 0.1 told first in the order it told them."""
         figures = {"rules": len(self.ruleset.rules)}
         for component in self.components:
             figures.update(component.stats())
-        return {**figures, **self.counters.summary()}
+        first = {name: figures.pop(name) for name in _REPORTED_FIRST}
+        return {**first, **self.counters.summary(), **figures}
 
     def status_line(self) -> str:
         """One line for STATUS=: what is watched, what happened, what is wrong."""

@@ -28,7 +28,6 @@ FileState = tuple[int, int, int]
 UNSEEN: FileState = (0, -1, 0)
 DIRECTORY: FileState = (0, -2, 0)
 OTHER: FileState = (0, -3, 0)
-MARKERS = frozenset({UNSEEN, DIRECTORY, OTHER})
 
 # A directory's state: each name in it, and what is known of its entry.
 DirState = Mapping[bytes, FileState]
@@ -228,13 +227,13 @@ def _with_moves(found: tuple[Created | Changed, ...], gone: tuple[Deleted, ...],
     sources: dict[int, bytes] = {}  # the inode of each gone file whose inode was known
     for deleted in gone:
         known = before[deleted.name]
-        if known not in MARKERS:
+        if known[1] >= 0:  # not a marker
             sources.setdefault(known[0], deleted.name)
     changes: list[Change] = []
     moved: set[bytes] = set()
     for change in found:
         state = after[change.name].state
-        src = sources.pop(state[0], None) if state not in MARKERS else None
+        src = sources.pop(state[0], None) if state[1] >= 0 else None
         if src is None:
             changes.append(change)
             continue
