@@ -193,6 +193,11 @@ class Deliveries:
         for key in orphaned:
             self._orphaned(key)
 
+    @property
+    def state_dir(self) -> Path:
+        """Where deliveries and dead letters are kept: the one of the start, until a restart."""
+        return self.spool.state_dir
+
     def stats(self) -> dict[str, int]:
         return {"webhooks_waiting": self.waiting()}
 

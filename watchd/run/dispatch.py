@@ -50,6 +50,10 @@ class Dispatcher:
             self.jobs.maxsize = self.debouncer.limit = ruleset.settings.queue_size
         return commit
 
+    def stop(self) -> int:
+        """Release nothing more; how many events the debouncer still held."""
+        return self.debouncer.stop()
+
     def stats(self) -> dict[str, int]:
         return {**self.jobs.stats(), "debouncing": len(self.debouncer)}
 

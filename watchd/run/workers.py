@@ -47,12 +47,17 @@ class WorkerPool:
         self._kind_refused: dict[JobKey, None] = {}
         self._programs = ProgramTrust()
         # Programs that failed their trust check at their last run, and why: for STATUS=.
-        self.untrusted_programs: dict[str, str] = {}
+        self._untrusted_programs: dict[str, str] = {}
         self.on_status_change = on_status_change
         self._lock = threading.Lock()
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
         return lambda: self.resize(ruleset.settings.workers)
+
+    def refused_programs(self) -> list[tuple[str, str]]:
+        """Programs that failed their trust check at their last run, and why."""
+        with self._lock:
+            return list(self._untrusted_programs.items())
 
     def stats(self) -> dict[str, int]:
         return {"running": len(self._running),
@@ -169,8 +174,8 @@ class WorkerPool:
             self._programs.check(program)
         except Untrusted as untrusted:
             with self._lock:
-                news = self.untrusted_programs.get(program) != str(untrusted)
-                self.untrusted_programs[program] = str(untrusted)
+                news = self._untrusted_programs.get(program) != str(untrusted)
+                self._untrusted_programs[program] = str(untrusted)
             if news:
                 self.on_status_change()
             self.counters.add(Count.PROGRAMS_UNTRUSTED, job.rule.name)
@@ -179,9 +184,9 @@ class WorkerPool:
                 path=job.event.path, action=job.rule.actions[step - 1].kind, step=step,
                 program=program)
             return False
-        if program in self.untrusted_programs:
+        if program in self._untrusted_programs:
             with self._lock:
-                self.untrusted_programs.pop(program, None)
+                self._untrusted_programs.pop(program, None)
             self.on_status_change()
         return True
 

@@ -231,7 +231,7 @@ class Daemon:
         self.service.ready(self.status_line())
 
     def _warn_of_restart_settings(self, ruleset: RuleSet) -> None:
-        in_force = self.deliveries.spool.state_dir
+        in_force = self.deliveries.state_dir
         if Path(ruleset.settings.state_dir) != in_force:
             log(logging.WARNING, "settings.state_dir takes effect at the next restart",
                 state_dir=str(in_force))
@@ -274,10 +274,10 @@ class Daemon:
         if untrusted:
             found.append("DEGRADED: not following " + "; ".join(
                 f"{escape(root.path)} ({root.untrusted})" for root in untrusted))
-        if self.workers.untrusted_programs:
+        refused = self.workers.refused_programs()
+        if refused:
             found.append("DEGRADED: programs refused at their last run: " + "; ".join(
-                f"{escape(program)} ({reason})"
-                for program, reason in list(self.workers.untrusted_programs.items())))
+                f"{escape(program)} ({reason})" for program, reason in refused))
         if stats["unwatched"]:
             found.append(f"DEGRADED: {stats['unwatched']} directories not watched "
                          "(inotify watch limit)")
@@ -307,7 +307,7 @@ class Daemon:
         grace = self.ruleset.settings.stop_grace
         self.service.stopping(grace)
         self.notifier.stop()
-        abandoned = self.dispatcher.debouncer.stop() + self.workers.stop(grace,
+        abandoned = self.dispatcher.stop() + self.workers.stop(grace,
                                                                           self._asked_to_hurry)
         self.deliveries.stop(DELIVERY_STOP_WAIT)
         self._report_drops()
