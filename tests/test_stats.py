@@ -19,6 +19,15 @@ def test_a_count_adds_to_the_total_and_to_its_rule():
     assert "by_rule" not in counters.summary()
 
 
+def test_a_rule_a_reload_removed_is_forgotten_but_the_totals_keep_its_counts():
+    counters = Counters()
+    counters.add(Count.ACTIONS_OK, "gone")
+    counters.add(Count.ACTIONS_OK, "kept")
+    counters.keep_rules({"kept", "new"})
+    assert counters.of_rule("gone") == {} and counters.of_rule("kept") == {"actions_ok": 1}
+    assert counters.actions_ok == 2
+
+
 def test_counts_from_many_threads_are_all_kept():
     counters = Counters()
 

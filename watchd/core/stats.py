@@ -74,6 +74,12 @@ class Counters:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name != "by_rule" and not f.name.startswith("_")}
 
+    def keep_rules(self, names: set[str]) -> None:
+        """Forget the counts of rules a reload removed (the totals keep them)."""
+        with self._lock:
+            for rule in self.by_rule.keys() - names:
+                del self.by_rule[rule]
+
     def of_rule(self, rule: str) -> dict[str, int]:
         with self._lock:
             return dict(self.by_rule.get(rule, {}))

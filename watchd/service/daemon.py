@@ -224,6 +224,7 @@ class Daemon:
         self.ruleset = ruleset
         for commit in commits:
             commit()
+        self.counters.keep_rules({rule.name for rule in ruleset.rules})
         logs.set_level(ruleset.settings.log_level)
         self._reload_failure = ""
         log(logging.INFO, "reloaded", message_id=MessageId.RELOADED, rules=len(ruleset.rules),
