@@ -210,12 +210,14 @@ def test_a_real_directory_found_then_changed_diffs_as_what_was_done(tmp_path):
     (tmp_path / "gone-dir").mkdir()
     before = state_found(found_in(entries(tmp_path)))
 
+    # The new names first: made after the removals, one could get a removed file's inode,
+    # which a diff with moves cannot tell from a rename.
+    (tmp_path / "new-dir").mkdir()
+    (tmp_path / "new").write_bytes(b"x")
     (tmp_path / "written").write_bytes(b"after, longer")
     (tmp_path / "removed").unlink()
     (tmp_path / "gone-dir").rmdir()
     (tmp_path / "renamed").rename(tmp_path / "moved")
-    (tmp_path / "new-dir").mkdir()
-    (tmp_path / "new").write_bytes(b"x")
 
     after = found_in(entries(tmp_path))
     done = {Changed(b"written", after[b"written"].state), Deleted(b"removed", False),
