@@ -167,6 +167,11 @@ PRIVATE_ENV_PREFIXES = (b"NOTIFY_SOCKET", b"WATCHDOG_", b"LISTEN_", b"WATCHD_", 
                         b"JOURNAL_STREAM")
 
 
+# Each placeholder's variable (WATCHD_PATH for {path} …), and whether the path is a directory.
+EVENT_VARIABLES = {name: b"WATCHD_" + name.upper().encode() for name in PLACEHOLDERS}
+IS_DIR_VARIABLE = b"WATCHD_IS_DIR"
+
+
 @functools.cache
 def _inherited() -> dict[bytes, bytes]:
     """The daemon's environment less what belongs to its supervisor (it does not change)."""
@@ -188,10 +193,8 @@ def environment(job: Job, command: Command, user: RunAs | None,
 def variables(job: Job, command: Command, user: RunAs | None,
               values: Mapping[str, bytes]) -> dict[bytes, bytes]:
     """The event's WATCHD_* variables, the user's HOME, USER and LOGNAME, and the rule's env."""
-    env = {}
-    for name in PLACEHOLDERS:
-        env[b"WATCHD_" + name.upper().encode()] = values[name]
-    env[b"WATCHD_IS_DIR"] = b"1" if job.event.is_dir else b"0"
+    env = {variable: values[name] for name, variable in EVENT_VARIABLES.items()}
+    env[IS_DIR_VARIABLE] = b"1" if job.event.is_dir else b"0"
     if user is not None:
         env[b"HOME"] = os.fsencode(user.home)
         env[b"USER"] = env[b"LOGNAME"] = user.name.encode()

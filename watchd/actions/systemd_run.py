@@ -29,6 +29,8 @@ from typing import Annotated, ClassVar
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from watchd.actions.command import (
+    EVENT_VARIABLES,
+    IS_DIR_VARIABLE,
     KILL_GRACE,
     Command,
     CommandAction,
@@ -40,7 +42,7 @@ from watchd.actions.command import checks as command_checks
 from watchd.actions.kind import ActionKind, Finding, Severity
 from watchd.core.actions import ActionContext, Outcome, ProcessResult
 from watchd.core.job import Job
-from watchd.core.placeholders import PLACEHOLDERS, render
+from watchd.core.placeholders import is_utf8, render
 from watchd.core.rules import RunAs
 from watchd.run.guard import Refused, owner
 from watchd.schema.fields import OWNER, Strict
@@ -139,7 +141,8 @@ class SystemdRun:
 
     def describe(self, values: Mapping[str, bytes]) -> str:
         unit = unit_name(values["rule"].decode(), "ID")
-        names = [*_event_variables(), *(name for name, _ in self.command.env)]
+        names = [*EVENT_VARIABLES.values(), IS_DIR_VARIABLE,
+                 *(name for name, _ in self.command.env)]
         user = OWNER if self.command.as_owner else self.command.user
         shown = [os.fsdecode(arg) for arg in self.client_argv(unit, names, user)]
         return f"{self.kind}: {shlex.join(shown)} {shlex.join(self.command.argv_for(values))}"
@@ -151,7 +154,7 @@ class SystemdRun:
             user = owner(job, command.allow_root_owner, info) if command.as_owner else command.user
         except Refused as refusal:
             return context.skip(job, step, str(refusal))
-        if not all(_is_text(value) for value in job.values().values()):
+        if not all(is_utf8(value) for value in job.values().values()):
             return context.skip(job, step, "systemd_run hands the command and its environment "
                                 "to systemd over D-Bus, which carries only UTF-8: a name that "
                                 "is not UTF-8 cannot reach a unit (use a command action)")
@@ -176,18 +179,6 @@ class SystemdRun:
         argv.extend(b"--setenv=" + name for name in env_names)
         argv.extend(f"--property={name}={value}" for name, value in self.properties)
         return [os.fsencode(arg) for arg in argv] + [b"--"]
-
-
-def _event_variables() -> list[bytes]:
-    return [b"WATCHD_" + name.upper().encode() for name in PLACEHOLDERS] + [b"WATCHD_IS_DIR"]
-
-
-def _is_text(value: bytes) -> bool:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def unit_name(rule: str, run: str) -> str:

@@ -38,6 +38,7 @@ from watchd import __version__
 from watchd.actions.kind import ActionKind
 from watchd.core.actions import ActionContext, Outcome
 from watchd.core.job import Job
+from watchd.core.placeholders import is_utf8
 from watchd.schema.fields import Duration, Strict, absolute
 from watchd.security.secrets import SigningKey, read_signing_key
 
@@ -155,14 +156,6 @@ def _text(name: bytes) -> str:
     return name.decode("utf-8", "backslashreplace")
 
 
-def _is_utf8(name: bytes) -> bool:
-    try:
-        name.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def new_delivery_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
@@ -186,7 +179,7 @@ def body(job: Job, delivery_id: str) -> bytes:
         "host": socket.gethostname(),
     }
     for key in ("path", "src_path"):
-        if not _is_utf8(values[key]):
+        if not is_utf8(values[key]):
             document[f"{key}_b64"] = base64.b64encode(values[key]).decode()
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 

@@ -29,16 +29,18 @@ def read_rules(path: Path, for_daemon: bool = False) -> RuleSet:
     daemon, if this machine cannot run them (``check`` refuses them too; ``explain`` and
     ``webhooks`` take them)."""
     config = load(path)
-    if for_daemon and refused(config):
-        raise ConfigError(refused(config))
+    if for_daemon:
+        refuse_what_cannot_run_here(config)
     return compile_rules(config)
 
 
-def refused(config: Config) -> list[Problem]:
-    """What the daemon refuses in these valid rules here (systemd_run without systemd), as
-    errors."""
-    return [replace(problem, warning=False) for problem in config.warnings
-            if problem.refused_by_daemon]
+def refuse_what_cannot_run_here(config: Config) -> None:
+    """ConfigError, the problems as errors, if the daemon cannot run these valid rules here
+    (systemd_run without systemd)."""
+    refused = [replace(problem, warning=False) for problem in config.warnings
+               if problem.refused_by_daemon]
+    if refused:
+        raise ConfigError(refused)
 
 
 def compile_rules(config: Config) -> RuleSet:

@@ -15,6 +15,15 @@ PLACEHOLDERS: tuple[str, ...] = ("path", "name", "dir", "root", "event", "rule",
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
+def is_utf8(value: bytes) -> bool:
+    """Whether a placeholder's value is text: what JSON and D-Bus can carry as it is."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 # A part is either literal bytes or the name of a placeholder.
 Template = tuple[bytes | str, ...]
 

@@ -215,25 +215,22 @@ class Deliveries:
             log(logging.WARNING, f"webhook delivery kept as a dead letter: {delivery.last_error}",
                 rule=key[0], path=delivery.path, delivery=delivery.id, dead_letter=str(grave))
 
-    def submit(self, job: Job, place: int) -> Delivery | None:
-        """Queue the webhook at ``place`` of the job's rule; None if dropped (backlog full)."""
+    def deliver(self, job: Job, place: int) -> bool:
+        """Keep and queue the webhook at ``place`` of the job's rule; False if it was not
+        (its rule changed, or the backlog is full)."""
         outbox = self._outboxes.get((job.rule.name, place))
         if outbox is None:
             # Matched under rules that a reload has since replaced; the new rules decide now.
             log(logging.WARNING, "webhook not sent: its rule changed since the event",
                 rule=job.rule.name, path=job.event.path, step=place)
-            return None
+            return False
 
         def make() -> Delivery:
             delivery_id = new_delivery_id()
             return Delivery(delivery_id, job.rule.name, place, job.event.event, job.event.path,
                             body(job, delivery_id), time.time())
 
-        return outbox.accept(make)
-
-    def deliver(self, job: Job, place: int) -> bool:
-        """``submit``, for a worker: whether the delivery was accepted."""
-        return self.submit(job, place) is not None
+        return outbox.accept(make) is not None
 
     def waiting(self) -> int:
         return sum(len(outbox) for outbox in self._outboxes.values())

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from watchd import __version__
-from watchd.config.compile import compile_rules, read_rules, refused
+from watchd.config.compile import compile_rules, read_rules, refuse_what_cannot_run_here
 from watchd.config.loader import DEFAULT_CONFIG, load
 from watchd.config.schema import RulesFile
 from watchd.core import logs
@@ -113,8 +113,7 @@ def _command(argv: list[str] | None) -> int:
 def _check(path: Path, strict: bool = False) -> int:
     try:
         config = load(path)
-        if refused(config):
-            raise ConfigError(refused(config))
+        refuse_what_cannot_run_here(config)
         ruleset = compile_rules(config)
     except ConfigError as error:
         _print_problems(error)
