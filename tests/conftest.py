@@ -109,6 +109,15 @@ class Daemon:
         self._log.close()
 
 
+@pytest.fixture(autouse=True)
+def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own state directory (the ledger), as systemd's StateDirectory= gives one:
+    the default settings.state_dir, for the daemons and commands the test starts."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    return state
+
+
 @pytest.fixture
 def write_rules(tmp_path: Path) -> Callable[[str], Path]:
     """Write a rules file (dedented YAML) and return its path."""

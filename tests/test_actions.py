@@ -43,6 +43,9 @@ def test_environment_of_a_command(tmp_path, write_rules, daemon):
         "WATCHD_RULE": b"act",
         "WATCHD_SRC_PATH": b"",
         "WATCHD_IS_DIR": b"0",
+        "WATCHD_JOB": b"1",
+        "WATCHD_TRY": b"1",
+        "WATCHD_CAUGHT_UP": b"0",
         "MODE": b"prod",
         **{key: value for key, value in env_of(record).items() if key in ("HOME", "USER")},
     }

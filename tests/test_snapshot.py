@@ -20,6 +20,7 @@ from watchd.source.snapshot import (
     Deleted,
     Found,
     Moved,
+    compare,
     diff,
     file_state,
     found_from,
@@ -227,3 +228,25 @@ def test_a_real_directory_found_then_changed_diffs_as_what_was_done(tmp_path):
         Deleted(b"renamed", False), Created(b"moved", False)}
     assert set(diff(before, after, since_ns=0, moves=True)) == done | {
         Moved(b"moved", b"renamed", before[b"renamed"])}
+
+
+def test_compare_tells_what_diff_of_a_listing_tells_each_with_its_state(tmp_path):
+    for name in ("kept", "written", "removed", "was-dir"):
+        (tmp_path / name).write_bytes(b"before")
+    (tmp_path / "gone-dir").mkdir()
+    (tmp_path / "link").symlink_to("kept")
+    before = state_found(found_in(entries(tmp_path)))
+    (tmp_path / "new-dir").mkdir()
+    (tmp_path / "new").write_bytes(b"x")
+    (tmp_path / "written").write_bytes(b"after, longer")
+    (tmp_path / "removed").unlink()
+    (tmp_path / "gone-dir").rmdir()
+    (tmp_path / "was-dir").unlink()
+    (tmp_path / "was-dir").mkdir()  # a file become a directory: not told, as diff does
+
+    after = found_in(entries(tmp_path))
+    compared = list(compare(before, entries(tmp_path)))
+    assert {change for change, _ in compared} == set(diff(before, after, since_ns=0))
+    for change, state in compared:
+        known = before[change.name] if isinstance(change, Deleted) else after[change.name].state
+        assert state == known

@@ -8,11 +8,14 @@ The commands a user types are the README's "Install as a service" section, check
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
+import subprocess
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -106,6 +109,69 @@ def test_lintian_finds_no_errors(built):
     tags = [line for line in report.stdout.splitlines() if re.match(r"^[EWIPX]: ", line)]
     print("lintian:", *tags or ["(nothing)"], sep="\n  ")
     assert not [tag for tag in tags if tag.startswith("E: ")]
+
+
+# The upgrade: the previous commit's package, then this one installed over it while files
+# arrive. Each writes "<job id> <path>" for every file it acts on, one at a time.
+UPGRADE_RULES = """\
+settings: {workers: 1}
+rules:
+  - name: upgrade
+    paths: [/srv/upgrade/in]
+    actions:
+      - command: [/bin/sh, -c, 'sleep 0.02; echo "$WATCHD_JOB $WATCHD_PATH" >> /srv/upgrade/done']
+"""
+UPGRADE_FILES = 300
+
+
+def previous_release() -> str:
+    """The commit the package is upgraded from: the newest release tag, else the commit before
+    this one (what the last landed build was made from)."""
+    def git(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True,
+                              check=False)
+    tag = git("describe", "--tags", "--abbrev=0", "--match", "v*")
+    commit = git("rev-parse", "--verify", tag.stdout.strip() if tag.returncode == 0 else "HEAD~1")
+    assert commit.returncode == 0, f"no previous release to upgrade from: {commit.stderr}"
+    return commit.stdout.strip()
+
+
+def build_previous(machine: Machine) -> str:
+    """Build the previous release's package inside the machine, as version 0.1.0~prev (sorted
+    before this one); its path there."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar",
+                              previous_release()], capture_output=True, check=True).stdout
+    machine.run(["sh", "-c", "mkdir -p /build-old/watchd && base64 -d | tar -C /build-old/watchd "
+                 "-xf -"], input=base64.b64encode(archive).decode())
+    machine.sh("cd /build-old/watchd && sed -i '1s/(0.1.0)/(0.1.0~prev)/' debian/changelog && "
+               "dpkg-buildpackage -us -uc -b >/dev/null 2>&1")
+    return "/build-old/watchd_0.1.0~prev_all.deb"
+
+
+def test_an_upgrade_while_files_arrive_acts_on_each_once(built):
+    """apt installs the new package over the old while files keep arriving: each file is acted
+    on once; the one whose action ran during the restart at least once, as the same job."""
+    old = build_previous(built)
+    built.sh(f"apt install -y {old} && cp /etc/watchd/rules.yaml /root/rules.yaml.shipped")
+    built.sh("mkdir -p /srv/upgrade/in")
+    built.run(["tee", "/etc/watchd/rules.yaml"], input=UPGRADE_RULES)
+    built.sh(f"{ENABLE} && {RESTART}")
+    built.sh("systemd-run --unit=upgrade-writer sh -c 'for i in $(seq 1 "
+             f"{UPGRADE_FILES}); do echo x > /srv/upgrade/in/f$i; sleep 0.02; done'")
+    wait_until(built, "test $(wc -l < /srv/upgrade/done) -ge 20", "the old version at work")
+    built.sh(f"cd /build && {INSTALL}")
+    assert "0.1.0~prev" not in built.run(["dpkg-query", "-W", "watchd"]).stdout
+    wait_until(built, "! systemctl is-active -q upgrade-writer", "the writer's end", 60)
+    wait_until(built, f"test $(sort -u -k2 /srv/upgrade/done | wc -l) -eq {UPGRADE_FILES}",
+               "every file acted on", 60)
+    runs: defaultdict[str, list[str]] = defaultdict(list)
+    for line in built.run(["cat", "/srv/upgrade/done"]).stdout.splitlines():
+        job, path = line.split(" ", 1)
+        runs[path].append(job)
+    again = {path: jobs for path, jobs in runs.items() if len(jobs) > 1}
+    assert len(again) <= 1 and all(len(set(jobs)) == 1 for jobs in again.values()), again
+    built.sh("cp /root/rules.yaml.shipped /etc/watchd/rules.yaml && systemctl stop watchd && "
+             "rm -rf /var/lib/watchd/* /srv/upgrade")
 
 
 def test_installed_enabled_and_running(installed):

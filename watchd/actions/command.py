@@ -70,6 +70,11 @@ class CommandAction(Strict):
                                      "the daemon's")
     env: dict[EnvName, EnvValue] = Field(default_factory=dict, description="variables added to "
                                          "the environment, after the `WATCHD_*` ones")
+    retries: int = Field(default=0, ge=0, le=100, description="further runs after a failed one "
+                         "(a non-zero exit, a signal, a timeout, a start that failed); after the "
+                         "last, the job is kept as a dead letter (`watchd jobs list --dead`)")
+    backoff: Duration = Field(default=1.0, description="the wait before the first retry, "
+                              "doubled for each next one (at most 10 minutes), with jitter")
 
     @field_validator("command")
     @classmethod
@@ -116,6 +121,8 @@ class Command:
     env: tuple[tuple[bytes, bytes], ...]
     as_owner: bool = False  # user: '@owner': the user comes from the file, just before the run
     allow_root_owner: bool = False
+    retries: int = 0
+    backoff: float = 1.0
 
     kind: ClassVar[str] = "command"
     keeps_order: ClassVar[bool] = False
@@ -133,6 +140,8 @@ class Command:
             env=tuple((os.fsencode(k), os.fsencode(v)) for k, v in model.env.items()),
             as_owner=as_owner,
             allow_root_owner=model.allow_root_owner,
+            retries=model.retries,
+            backoff=model.backoff,
         )
 
     def describe(self, values: Mapping[str, bytes]) -> str:
@@ -162,14 +171,18 @@ STDERR_TAIL = 2048  # bytes of stderr kept for the log
 # others run meanwhile, and must not wait on a slow exec: they take no turn.
 _SPAWNS_HOLD_INTERPRETER = sys.version_info < (3, 11, 6)
 _SPAWN_TURN = threading.Lock()
-# Variables of the daemon's own supervisor that must not leak into commands.
+# Variables of the daemon's own supervisor that must not leak into commands (the unit's
+# directories are the daemon's: a command writing its ledger's directory would be a bug).
 PRIVATE_ENV_PREFIXES = (b"NOTIFY_SOCKET", b"WATCHDOG_", b"LISTEN_", b"WATCHD_", b"INVOCATION_ID",
-                        b"JOURNAL_STREAM")
+                        b"JOURNAL_STREAM", b"STATE_DIRECTORY", b"RUNTIME_DIRECTORY",
+                        b"CACHE_DIRECTORY", b"LOGS_DIRECTORY", b"CONFIGURATION_DIRECTORY")
 
 
 # Each placeholder's variable (WATCHD_PATH for {path} …), and whether the path is a directory.
 EVENT_VARIABLES = {name: b"WATCHD_" + name.upper().encode() for name in PLACEHOLDERS}
 IS_DIR_VARIABLE = b"WATCHD_IS_DIR"
+# The job's: its id in the ledger, the try (1, 2, …), whether a catch-up found its event.
+JOB_VARIABLES = (b"WATCHD_JOB", b"WATCHD_TRY", b"WATCHD_CAUGHT_UP")
 
 
 @functools.cache
@@ -195,6 +208,10 @@ def variables(job: Job, command: Command, user: RunAs | None,
     """The event's WATCHD_* variables, the user's HOME, USER and LOGNAME, and the rule's env."""
     env = {variable: values[name] for name, variable in EVENT_VARIABLES.items()}
     env[IS_DIR_VARIABLE] = b"1" if job.event.is_dir else b"0"
+    job_id, attempt, caught_up = JOB_VARIABLES
+    env[job_id] = str(job.id).encode()
+    env[attempt] = str(job.tries).encode()
+    env[caught_up] = b"1" if job.event.caught_up else b"0"
     if user is not None:
         env[b"HOME"] = os.fsencode(user.home)
         env[b"USER"] = env[b"LOGNAME"] = user.name.encode()
@@ -349,6 +366,9 @@ def log_result(job: Job, step: int, spec: ProcessAction, result: ProcessResult,
         "exit_status": result.status,
         "duration_ms": round(result.duration * 1000),
         "found_by_scan": True if job.event.synthetic else None,
+        "caught_up": True if job.event.caught_up else None,
+        "job": job.id or None,
+        "try": job.tries,
         **extra,
     }
     if result.ok:
@@ -367,15 +387,7 @@ def failure(result: ProcessResult, spec: ProcessAction) -> str:
     """How a process failed, in words: the number is in a field too, the signal named."""
     if result.timed_out:
         return f"timed out after {spec.timeout:g}s; {spec.killed}"
-    if result.error:
-        return result.error
-    status = result.status or 0
-    if status > 0:
-        return f"exited with status {status}"
-    try:
-        return f"killed by signal {signal.Signals(-status).name}"
-    except ValueError:
-        return f"killed by signal {-status}"
+    return result.describe()
 
 
 def checks(model: CommandAction) -> Iterator[Finding]:

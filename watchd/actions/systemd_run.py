@@ -31,6 +31,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from watchd.actions.command import (
     EVENT_VARIABLES,
     IS_DIR_VARIABLE,
+    JOB_VARIABLES,
     KILL_GRACE,
     Command,
     CommandAction,
@@ -137,11 +138,19 @@ class SystemdRun:
     def timeout(self) -> float:
         return self.command.timeout
 
+    @property
+    def retries(self) -> int:
+        return self.command.retries
+
+    @property
+    def backoff(self) -> float:
+        return self.command.backoff
+
     killed: ClassVar[str] = "every process of its unit killed"
 
     def describe(self, values: Mapping[str, bytes]) -> str:
         unit = unit_name(values["rule"].decode(), "ID")
-        names = [*EVENT_VARIABLES.values(), IS_DIR_VARIABLE,
+        names = [*EVENT_VARIABLES.values(), IS_DIR_VARIABLE, *JOB_VARIABLES,
                  *(name for name, _ in self.command.env)]
         user = OWNER if self.command.as_owner else self.command.user
         shown = [os.fsdecode(arg) for arg in self.client_argv(unit, names, user)]

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import os
-import random
 import re
 import socket
 import time
@@ -36,14 +35,13 @@ from pydantic import (
 
 from watchd import __version__
 from watchd.actions.kind import ActionKind
-from watchd.core.actions import ActionContext, Outcome
+from watchd.core.actions import ActionContext, Outcome, retry_delay
 from watchd.core.job import Job
 from watchd.core.placeholders import is_utf8
 from watchd.schema.fields import Duration, Strict, absolute
 from watchd.security.secrets import SigningKey, read_signing_key
 
 USER_AGENT = f"watchd/{__version__}"
-MAX_BACKOFF = 600.0  # seconds: the longest wait between two attempts that backoff computes
 MAX_RETRY_AFTER = 3600.0  # seconds: the longest wait a server's Retry-After obtains
 RESPONSE_KEPT = 512  # bytes of a failed response's body kept for the log
 
@@ -175,6 +173,7 @@ def body(job: Job, delivery_id: str) -> bytes:
         "root": _text(values["root"]),
         "is_dir": event.is_dir,
         "src_path": _text(values["src_path"]),
+        "caught_up": event.caught_up,
         "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "host": socket.gethostname(),
     }
@@ -297,12 +296,10 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(0.0, remaining), MAX_RETRY_AFTER)
 
 
-def retry_delay(webhook: Webhook, retry: int, retry_after: float | None) -> float:
-    """Seconds before retry number ``retry`` (1 for the first): exponential, with jitter, and
-    never sooner than the server's Retry-After."""
-    ceiling = min(MAX_BACKOFF, webhook.backoff * 2.0 ** (retry - 1))
-    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-    return max(delay, retry_after or 0.0)
+def delivery_delay(webhook: Webhook, retry: int, retry_after: float | None) -> float:
+    """Seconds before retry number ``retry`` of a delivery: never sooner than the server's
+    Retry-After."""
+    return max(retry_delay(webhook.backoff, retry), retry_after or 0.0)
 
 
 KIND = ActionKind("webhook", WebhookAction, Webhook.compile,

@@ -15,7 +15,7 @@ import pathspec
 
 from watchd.actions.registry import compile_action
 from watchd.config.loader import Config, SourcedRule, load
-from watchd.config.schema import ANY_KIND
+from watchd.config.schema import ANY_KIND, state_dir_of
 from watchd.core.actions import ActionSpec
 from watchd.core.events import DIR, KINDS, event_mask
 from watchd.core.problems import ConfigError, Problem
@@ -50,7 +50,8 @@ def compile_rules(config: Config) -> RuleSet:
     roots = _roots(rules, resolutions)
     return RuleSet(
         settings=Settings(**{name: getattr(config.settings, name)
-                              for name in type(config.settings).model_fields}),
+                              for name in type(config.settings).model_fields
+                              if name != "state_dir"}, state_dir=state_dir_of(config.settings)),
         rules=rules,
         roots=roots,
         roots_by_path={root.path: root for root in roots},
@@ -136,6 +137,8 @@ def _rule(sourced: SourcedRule) -> Rule:
         include_patterns=tuple(model.include) if model.include else None,
         exclude_patterns=tuple(model.exclude),
         ignore_case=model.ignore_case,
+        catch_up=model.catch_up,
+        existing=model.existing,
         kind_by_is_dir=frozenset(kind == DIR for kind in kinds),
     )
 

@@ -6,6 +6,7 @@ These models only check shape and values; ``watchd.config.compile`` compiles a v
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Discriminator, Field, Tag
@@ -22,6 +23,18 @@ from watchd.schema.fields import (
 )
 
 __all__ = ["ANY_KIND", "DropIn", "Rule", "RulesFile", "Settings"]
+
+
+PACKAGED_STATE_DIR = "/var/lib/watchd"
+
+
+def state_dir_of(settings: Settings) -> str:
+    """``settings.state_dir`` as given; unset, the state directory systemd made for the unit
+    (``StateDirectory=`` sets the variable, the first of several), else the packaged one."""
+    if "state_dir" in settings.model_fields_set:
+        return settings.state_dir
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return given if given.startswith("/") else PACKAGED_STATE_DIR
 
 
 def _action_kind(data: Any) -> str | None:
@@ -98,6 +111,17 @@ class Rule(Strict):
                                     "an action of this rule runs for it and 1 s after: a loop "
                                     "guard for actions that rewrite their own file; writes to "
                                     "other paths are not covered")
+    catch_up: bool = Field(default=True, description="at start, and when a reload adds a "
+                           "path, act once on what changed while the daemon was not running, "
+                           "as the events it would have seen (`create` and `close_write` for "
+                           "a new file, `close_write` for a changed one, `delete`, "
+                           "`moved_from`/`moved_to` for a renamed one), with "
+                           "`WATCHD_CAUGHT_UP=1`; a file unchanged since it was last acted "
+                           "on is not acted on again")
+    existing: Literal["ignore", "process"] = Field(
+        default="ignore", description="at a rule's first start (nothing in the ledger for it "
+        "yet), what to do with the files already there: `ignore` them (they are recorded, so "
+        "that later changes are caught up with) or `process` them as new")
     enabled: bool = Field(default=True, description="`false`: the rule is checked, but watches "
                           "nothing and never acts")
     actions: list[ActionModel] = Field(min_length=1, description="what to do for each matched "
@@ -113,13 +137,18 @@ class Settings(Strict):
         default="info", description="the least severe level of what is logged")
     stop_grace: Duration = Field(default=10.0, description="on stop, how long running actions "
                                  "may finish before their process groups are killed")
-    state_dir: AbsolutePath = Field(default="/var/lib/watchd", description="where webhook "
-                                    "deliveries are kept until acknowledged, and dead letters; "
-                                    "read at start")
+    state_dir: AbsolutePath = Field(default=PACKAGED_STATE_DIR, description="where "
+                                    "the ledger (`ledger.db`: jobs until they end, dead letters, "
+                                    "what each rule last saw) and webhook deliveries are kept; "
+                                    "read at start. Unset: `$STATE_DIRECTORY` (set by the unit's "
+                                    "`StateDirectory=`), else `/var/lib/watchd`")
     snapshot_limit: int = Field(default=500_000, ge=0, le=100_000_000, description="names kept "
                                 "(about 150 bytes each) to report what changed during an "
                                 "inotify queue overflow; past it, files deleted during an "
                                 "overflow in the directories beyond the limit go unreported")
+    dead_letters: int = Field(default=10000, ge=1, le=10_000_000, description="dead letters "
+                              "kept in the ledger, of jobs and of webhook deliveries each; past "
+                              "it the oldest are dropped, counted and logged")
     webhook_backlog: int = Field(default=10000, ge=1, le=1_000_000, description="deliveries "
                                  "waiting per webhook action; beyond it new ones are dropped, "
                                  "counted and logged")

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import enum
 import os
+import random
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from watchd.core.job import Job
+
+MAX_BACKOFF = 600.0  # seconds: the longest wait between two tries that a backoff computes
+
+
+def retry_delay(backoff: float, retry: int) -> float:
+    """Seconds before retry number ``retry`` (1 for the first): ``backoff`` doubled for each
+    retry after the first, at most ``MAX_BACKOFF``, and between half of that and all of it
+    (jitter: many jobs that failed together do not all retry together)."""
+    ceiling = min(MAX_BACKOFF, backoff * 2.0 ** (retry - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 class Outcome(enum.Enum):
@@ -38,6 +50,20 @@ class ProcessResult:
     @property
     def ok(self) -> bool:
         return self.status == 0 and not self.timed_out
+
+    def describe(self) -> str:
+        """How it failed, in words: the signal named, the number in words too."""
+        if self.timed_out:
+            return "timed out"
+        if self.error:
+            return self.error
+        status = self.status or 0
+        if status > 0:
+            return f"exited with status {status}"
+        try:
+            return f"killed by signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
 
 
 class Process(Protocol):
@@ -74,6 +100,16 @@ class ActionSpec(Protocol):
     # Whether a rule with it runs one job at a time unless it says otherwise (webhooks: the
     # deliveries then go out in the order of the events).
     keeps_order: ClassVar[bool]
+
+    @property
+    def retries(self) -> int:
+        """Further tries of a failed run before the job is a dead letter."""
+        ...
+
+    @property
+    def backoff(self) -> float:
+        """The wait before the first retry, in seconds (``retry_delay``)."""
+        ...
 
     def describe(self, values: Mapping[str, bytes]) -> str:
         """What ``watchd explain`` shows of it for an event with these placeholder values."""

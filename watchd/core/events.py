@@ -114,7 +114,8 @@ class FileEvent:
     ``path`` is the full path in bytes, exactly as the kernel gave the name.
     ``src_path`` is the old path of a move when both halves were seen, else ``b""``.
     ``synthetic`` marks an event watchd made up for an entry it found by scanning
-    a directory that appeared before its watch was in place.
+    a directory that appeared before its watch was in place; ``caught_up`` one a catch-up
+    found: a change made while the daemon was not running.
     """
 
     path: bytes
@@ -123,3 +124,4 @@ class FileEvent:
     is_dir: bool
     src_path: bytes = b""
     synthetic: bool = False
+    caught_up: bool = False

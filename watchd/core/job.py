@@ -13,9 +13,15 @@ JobKey = tuple[str, bytes]  # a rule's name and a path: what runs one at a time
 
 @dataclass(frozen=True, slots=True)
 class Job:
+    """``id`` is the job's in the ledger (0 until it is queued); ``step`` the action to
+    perform next, from 1; ``tries`` how many runs of that action have been started."""
+
     rule: Rule
     root: Root
     event: FileEvent
+    id: int = 0
+    step: int = 1
+    tries: int = 0
 
     @property
     def key(self) -> JobKey:

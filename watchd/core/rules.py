@@ -32,6 +32,7 @@ class Settings:
     state_dir: str
     snapshot_limit: int
     webhook_backlog: int
+    dead_letters: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,8 @@ class Rule:
     include_patterns: tuple[str, ...] | None = None
     exclude_patterns: tuple[str, ...] = ()
     ignore_case: bool = False
+    catch_up: bool = True
+    existing: str = "ignore"  # or "process": at the rule's first start
     # The values ``is_dir`` may have for the rule to fire, from ``kinds``: the hot path's test.
     kind_by_is_dir: frozenset[bool] = frozenset((False, True))
 

@@ -26,6 +26,13 @@ class Count(enum.Enum):
     OWN_WRITES_IGNORED = "own_writes_ignored"
     PROGRAMS_UNTRUSTED = "programs_untrusted"
     REFUSED_BY_KIND = "refused_by_kind"
+    RETRIED = "retried"
+    DEAD_LETTERS = "dead_letters"
+    DEAD_LETTERS_DROPPED = "dead_letters_dropped"
+    CAUGHT_UP = "caught_up"
+    LEDGER_FAILURES = "ledger_failures"
+    LEDGER_DROPPED = "ledger_dropped"
+    LEDGER_CORRUPT = "ledger_corrupt"
 
 
 @dataclass
@@ -48,6 +55,13 @@ class Counters:
     programs_untrusted: int = 0  # runs refused: the program became writable by others
     refused_by_kind: int = 0  # jobs not run: the path was a symlink, FIFO… the rule did not name
     found_by_scan: int = 0  # events reported from a directory's listing, not the kernel's queue
+    retried: int = 0  # failed runs that are tried again
+    dead_letters: int = 0  # jobs given up on, kept in the ledger
+    dead_letters_dropped: int = 0  # the oldest, past settings.dead_letters
+    caught_up: int = 0  # events found by a catch-up: changes made while the daemon was down
+    ledger_failures: int = 0  # attempts to write the ledger that failed
+    ledger_dropped: int = 0  # records of what rules saw not kept: ledger unwritable too long
+    ledger_corrupt: int = 0  # ledgers put aside as unreadable
     # Per rule: "matched" and each ``Count``'s name.
     by_rule: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)

@@ -1,4 +1,4 @@
-"""``watchd webhooks list | replay``: what waits in the spool, and the dead letters sent again.
+"""``watchd webhooks list | replay`` and ``watchd jobs list``: what waits, and dead letters.
 
 A replay is one attempt per dead letter, made by this command (the daemon need not run),
 with the rule's webhook as it is configured now: a URL or key fixed since is used. The
@@ -8,7 +8,9 @@ saw it can tell.
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import urllib3
@@ -16,12 +18,31 @@ import urllib3
 from watchd.actions.webhook import attempt
 from watchd.core.logs import escape
 from watchd.core.rules import RuleSet
+from watchd.ledger.store import JobRow
 from watchd.outbox.outboxes import webhooks_of
 from watchd.outbox.spool import Delivery, Spool
 
 
 def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def ledger_listing(rows: list[JobRow], as_json: bool) -> Iterator[str]:
+    """``watchd jobs list``: a count by state, then a line for each job (and for a dead
+    letter what failed); or one JSON document of them all."""
+    if as_json:
+        yield json.dumps({"jobs": [row.as_json() for row in rows]}, indent=1)
+        return
+    states = Counter(row.state for row in rows)
+    yield "jobs: " + (", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+                      or "none")
+    for row in rows:
+        yield (f"  {row.id}  {row.state}  {_when(row.created)}  rule={row.rule} step={row.step} "
+               f"tries={row.tries} event={row.event}  {escape(row.path)}")
+        if row.error:
+            yield f"      {row.action}: {row.error}"
+        if row.stderr:
+            yield f"      stderr: {escape(row.stderr.strip()[-200:])}"
 
 
 def describe(delivery: Delivery) -> str:
@@ -37,7 +58,7 @@ def listing(spool: Spool) -> Iterator[str]:
     for (rule, action), count in waiting.items():
         yield f"  rule={rule} action={action}: {count}"
     dead = spool.dead_letters()
-    yield f"dead letters: {len(dead)} (in {spool.dead})"
+    yield f"dead letters: {len(dead)} (in the ledger, {spool.file})"
     for delivery in dead:
         yield f"  {describe(delivery)}"
 

@@ -1,10 +1,11 @@
 """Webhook deliveries: one outbox per webhook action, each with a thread of its own.
 
-A worker running a webhook action only builds the delivery, writes it to the spool and
-hands it to its outbox: it never waits on the network. Each outbox sends in order and
-retries its head until acknowledged or given up on, so a slow or dead endpoint delays
-only its own rule's deliveries. An outbox holds at most ``settings.webhook_backlog``
-deliveries; beyond that new ones are dropped, counted and logged.
+A worker running a webhook action only builds the delivery, keeps it in the ledger (handed
+to its writer thread) and hands it to its outbox: it never waits on the network or the disk.
+Each outbox sends in order and retries its head until acknowledged or given up on, so a
+slow or dead endpoint delays only its own rule's deliveries. An outbox holds at most
+``settings.webhook_backlog`` deliveries; beyond that a new one is refused, counted and
+logged, and its job is tried again later (``retries`` and ``backoff`` of the webhook).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from pathlib import Path
 
 import urllib3
 
-from watchd.actions.webhook import Webhook, attempt, body, new_delivery_id, retry_delay
+from watchd.actions.webhook import Webhook, attempt, body, delivery_delay, new_delivery_id
 from watchd.core.job import Job
 from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import RuleSet
 from watchd.core.stats import DROP_REPORT_INTERVAL, Count, Counters
+from watchd.ledger.writer import Ledger
 from watchd.outbox.spool import Delivery, Spool
 
 OutboxKey = tuple[str, int]  # a rule's name, and the action's place in it from 1
@@ -45,7 +47,6 @@ class Outbox:
         self.pool = pool
         self.counters = counters
         self._waiting: deque[Delivery] = deque()
-        self._reserved = 0
         self._ready = threading.Condition()
         self._stopping = threading.Event()
         self._dropped_unreported = 0
@@ -63,23 +64,17 @@ class Outbox:
         self.thread.start()
 
     def accept(self, make: Callable[[], Delivery]) -> Delivery | None:
-        """Keep a new delivery on disk, then queue it; None if the backlog is full."""
+        """Keep a new delivery in the ledger, then queue it; None if the backlog is full."""
         with self._ready:
-            # A place is taken before the (slow) write, so that workers cannot overfill it.
-            room = len(self._waiting) + self._reserved < self.backlog
-            self._reserved += room
+            room = len(self._waiting) < self.backlog
+            if room:
+                delivery = make()
+                self.spool.keep(delivery)
+                self._waiting.append(delivery)
+                self._ready.notify()
         if not room:
             self._dropped()
             return None
-        try:
-            delivery = make()
-            self.spool.keep(delivery)
-        finally:
-            with self._ready:
-                self._reserved -= 1
-        with self._ready:
-            self._waiting.append(delivery)
-            self._ready.notify()
         return delivery
 
     def stop(self) -> None:
@@ -98,7 +93,7 @@ class Outbox:
             try:
                 self._deliver(delivery)
             except Exception:
-                # A bug must cost one delivery, not the outbox: it stays on disk for the next start.
+                # A bug must cost one delivery, not the outbox: it stays kept for the next start.
                 log(logging.ERROR, "webhook delivery failed: internal error", exc_info=True,
                     rule=delivery.rule, path=delivery.path, delivery=delivery.id)
             if not self._stopping.is_set():
@@ -120,11 +115,11 @@ class Outbox:
             if not result.retryable or delivery.attempts > webhook.retries:
                 self._give_up(delivery, result.retryable, fields)
                 return
-            delay = retry_delay(webhook, delivery.attempts, result.retry_after)
+            delay = delivery_delay(webhook, delivery.attempts, result.retry_after)
             log(logging.WARNING, f"webhook attempt failed: {result.describe()}; retrying in "
                 f"{delay:.1f}s", fields=fields)
             if self._stopping.wait(delay):
-                return  # still on disk: sent after the next start
+                return  # still kept: sent after the next start
 
     def _give_up(self, delivery: Delivery, exhausted: bool, fields: dict[str, object]) -> None:
         grave = self.spool.bury(delivery)
@@ -158,23 +153,24 @@ def _fields(delivery: Delivery, status: int | None, duration: float) -> dict[str
 class Deliveries:
     """Every outbox, kept in step with the rules on each reload."""
 
-    def __init__(self, state_dir: Path, counters: Counters) -> None:
-        self.spool = Spool(state_dir)
+    def __init__(self, state_dir: Path, counters: Counters, ledger: Ledger) -> None:
+        self.spool = Spool(state_dir, ledger)
+        self.ledger = ledger
         self.counters = counters
+        self._imported = False
         self.pool = urllib3.PoolManager(num_pools=64, maxsize=2, retries=False)
         self._outboxes: dict[OutboxKey, Outbox] = {}
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
-        """Read what the rules' webhooks need from disk, and check that it can be kept (an
-        unwritable state directory is an error now, not at each event). The commit starts
-        outboxes for new webhook actions, updates kept ones, stops gone ones, and makes dead
-        letters of deliveries on disk for an action that no longer exists."""
+        """Read what the rules' webhooks have waiting in the ledger (at the first, the start:
+        after importing what watchd 0.1 left in files). The commit starts outboxes for new
+        webhook actions, updates kept ones, stops gone ones, and makes dead letters of
+        deliveries waiting for an action that no longer exists."""
+        if not self._imported:
+            self.spool.import_legacy()
+            self._imported = True
         wanted = webhooks_of(ruleset)
-        if wanted:
-            self.spool.prepare()
         orphaned = sorted(set(self.spool.outboxes()) - wanted.keys())
-        if orphaned:
-            self.spool.prepare_dead()
         waiting = {key: self.spool.load(*key) for key in wanted.keys() - self._outboxes.keys()}
         return functools.partial(self._commit, wanted, waiting, orphaned,
                                  ruleset.settings.webhook_backlog)
@@ -195,7 +191,7 @@ class Deliveries:
 
     @property
     def state_dir(self) -> Path:
-        """Where deliveries and dead letters are kept: the one of the start, until a restart."""
+        """Where the ledger is, with deliveries and dead letters: the one of the start."""
         return self.spool.state_dir
 
     def stats(self) -> dict[str, int]:
@@ -204,13 +200,7 @@ class Deliveries:
     def _orphaned(self, key: OutboxKey) -> None:
         for delivery in self.spool.load(*key):
             delivery.last_error = f"its rule {key[0]!r} has no webhook as action {key[1]} any more"
-            try:
-                grave = self.spool.bury(delivery)
-            except OSError as error:
-                # A commit cannot fail: it stays in the spool, and is looked at again next time.
-                log(logging.ERROR, f"webhook delivery of a removed action left in the spool: "
-                    f"{error}", rule=key[0], path=delivery.path, delivery=delivery.id)
-                continue
+            grave = self.spool.bury(delivery)
             self.counters.add(Count.WEBHOOKS_FAILED, key[0])
             log(logging.WARNING, f"webhook delivery kept as a dead letter: {delivery.last_error}",
                 rule=key[0], path=delivery.path, delivery=delivery.id, dead_letter=str(grave))
@@ -226,7 +216,9 @@ class Deliveries:
             return False
 
         def make() -> Delivery:
-            delivery_id = new_delivery_id()
+            # A job run again after a crash sends the same id: the receiver can tell.
+            delivery_id = (f"msg_{self.ledger.instance}_{job.id}_{place}" if job.id
+                           else new_delivery_id())
             return Delivery(delivery_id, job.rule.name, place, job.event.event, job.event.path,
                             body(job, delivery_id), time.time())
 
@@ -236,7 +228,7 @@ class Deliveries:
         return sum(len(outbox) for outbox in self._outboxes.values())
 
     def stop(self, timeout: float) -> None:
-        """Stop every outbox; what is not acknowledged stays on disk for the next start."""
+        """Stop every outbox; what is not acknowledged stays kept for the next start."""
         deadline = time.monotonic() + timeout
         for outbox in self._outboxes.values():
             outbox.stop()

@@ -1,12 +1,14 @@
-"""Webhook deliveries on disk, so that none is lost to a stop, a crash or a kill -9.
+"""Webhook deliveries in the ledger, so that none is lost to a stop, a crash or a kill -9.
 
-A delivery is written (atomically: a temporary file, fsync, rename) before its first
-attempt and removed once the endpoint acknowledged it. One that exhausted its retries,
-or was refused for good, moves to the dead letters, where ``watchd webhooks list``
-shows it and ``watchd webhooks replay`` sends it again.
+A delivery is kept (a row of the ledger's ``deliveries``, written by its writer thread with
+the job that made it: one commit for a burst, no fsync of its own) before its first attempt,
+and removed once the endpoint acknowledged it. One that exhausted its retries, or was refused
+for good, becomes a dead letter, where ``watchd webhooks list`` shows it and ``watchd webhooks
+replay`` sends it again.
 
-    <state_dir>/spool/<rule>/<action>/<ns since epoch>-<id>.json   waiting, in order
-    <state_dir>/dead/<id>.json                                     given up on
+watchd 0.1 kept them as files (``<state_dir>/spool/<rule>/<action>/*.json`` waiting,
+``<state_dir>/dead/*.json`` dead letters): the first start of this version imports them
+into the ledger and removes the files.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import base64
 import contextlib
 import json
 import logging
-import os
-import time
+import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from watchd.core.logs import log
+from watchd.ledger import store
 
 SUFFIX = ".json"
 
@@ -37,112 +40,143 @@ class Delivery:
     created: float
     attempts: int = 0
     last_error: str | None = None
-    file: Path | None = field(default=None, compare=False)
+    dead: bool = False
 
-    def to_json(self) -> bytes:
-        return json.dumps({
-            "id": self.id, "rule": self.rule, "action": self.action, "event": self.event,
-            "path_b64": base64.b64encode(self.path).decode(), "body": self.body.decode(),
-            "created": self.created, "attempts": self.attempts, "last_error": self.last_error,
-        }, indent=1).encode()
+    def values(self) -> tuple[object, ...]:
+        """As ``store.DELIVERY_COLUMNS``."""
+        return (self.id, self.rule, self.action, self.event, self.path, self.body, self.created,
+                self.attempts, self.last_error, int(self.dead))
 
     @classmethod
-    def from_file(cls, file: Path) -> Delivery:
+    def from_legacy_file(cls, file: Path) -> Delivery:
+        """A delivery as watchd 0.1 kept it, one JSON file each."""
         data = json.loads(file.read_bytes())
         return cls(data["id"], data["rule"], int(data["action"]), data["event"],
                    base64.b64decode(data["path_b64"]), data["body"].encode(),
-                   float(data["created"]), int(data["attempts"]), data["last_error"], file)
+                   float(data["created"]), int(data["attempts"]), data["last_error"])
+
+
+class DeliveryWriter(Protocol):
+    """Who writes deliveries: the daemon's ledger (its writer thread), or a command itself."""
+
+    def put_delivery(self, values: tuple[object, ...]) -> None: ...
+
+    def end_delivery(self, delivery_id: str) -> None: ...
+
+
+class DirectWriter:
+    """Deliveries written at once, by this process (``watchd webhooks replay``)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def put_delivery(self, values: tuple[object, ...]) -> None:
+        with store.transaction(self.connection):
+            self.connection.execute(store.PUT_DELIVERY, values)
+
+    def end_delivery(self, delivery_id: str) -> None:
+        with store.transaction(self.connection):
+            self.connection.execute(store.END_DELIVERY, (delivery_id,))
 
 
 class Spool:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, writer: DeliveryWriter | None = None) -> None:
         self.state_dir = state_dir
-        self.waiting = state_dir / "spool"
-        self.dead = state_dir / "dead"
-
-    def prepare(self) -> None:
-        _make_private(self.waiting)
-
-    def prepare_dead(self) -> None:
-        _make_private(self.dead)
-
-    def outbox(self, rule: str, action: int) -> Path:
-        return self.waiting / rule / str(action)
+        self.file = store.path_in(state_dir)
+        self.writer = writer
 
     def keep(self, delivery: Delivery) -> None:
-        """Write a new delivery to its outbox's directory; it is on disk when this returns."""
-        directory = self.outbox(delivery.rule, delivery.action)
-        _make_private(directory)
-        delivery.file = directory / f"{time.time_ns():020d}-{delivery.id}{SUFFIX}"
-        _write_atomically(delivery.file, delivery.to_json())
+        assert self.writer is not None
+        self.writer.put_delivery(delivery.values())
 
     def done(self, delivery: Delivery) -> None:
-        if delivery.file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                delivery.file.unlink()
+        assert self.writer is not None
+        self.writer.end_delivery(delivery.id)
 
-    def bury(self, delivery: Delivery) -> Path:
-        """Move a delivery to the dead letters, with its attempts and last error."""
-        _make_private(self.dead)
-        grave = self.dead / f"{delivery.id}{SUFFIX}"
-        waiting = delivery.file
-        delivery.file = grave
-        _write_atomically(grave, delivery.to_json())
-        if waiting is not None and waiting != grave:
-            with contextlib.suppress(FileNotFoundError):
-                waiting.unlink()
-        return grave
+    def bury(self, delivery: Delivery) -> str:
+        """Make a delivery a dead letter, with its attempts and last error; where it is kept."""
+        assert self.writer is not None
+        delivery.dead = True
+        self.writer.put_delivery(delivery.values())
+        return str(self.file)
 
     def load(self, rule: str, action: int) -> list[Delivery]:
         """The deliveries waiting in one outbox, oldest first."""
-        return list(_read_all(self.outbox(rule, action)))
+        return self._select("dead=0 AND rule=? AND action=?", (rule, action))
 
     def outboxes(self) -> list[tuple[str, int]]:
-        """Every (rule, action) with deliveries waiting on disk."""
-        found = []
-        if self.waiting.is_dir():
-            for rule in sorted(self.waiting.iterdir()):
-                for action in sorted(rule.iterdir()) if rule.is_dir() else ():
-                    if action.name.isdigit() and any(action.glob(f"*{SUFFIX}")):
-                        found.append((rule.name, int(action.name)))
-        return found
+        """Every (rule, action) with deliveries waiting."""
+        with self._reading() as connection:
+            if connection is None:
+                return []
+            return [(rule, action) for rule, action in connection.execute(
+                "SELECT DISTINCT rule, action FROM deliveries WHERE dead=0 ORDER BY rule, action")]
 
     def dead_letters(self) -> list[Delivery]:
-        return sorted(_read_all(self.dead), key=lambda delivery: delivery.created)
+        return self._select("dead=1", ())
+
+    def import_legacy(self) -> None:
+        """Move what watchd 0.1 left in the spool and dead-letter directories into the ledger
+        (one transaction), then remove those files: done once, at the first start."""
+        waiting = sorted((self.state_dir / "spool").glob(f"*/*/*{SUFFIX}"))
+        dead = sorted((self.state_dir / "dead").glob(f"*{SUFFIX}"))
+        if not waiting and not dead:
+            return
+        found = [(file, delivery) for file, delivery in _legacy(waiting)]
+        found += [(file, _buried(delivery)) for file, delivery in _legacy(dead)]
+        with (contextlib.closing(store.connect(self.file, create=True)) as connection,
+              store.transaction(connection)):
+            connection.executemany(store.PUT_DELIVERY,
+                                   [delivery.values() for _, delivery in found])
+        for file, _ in found:
+            file.unlink()
+        for directory in sorted({file.parent for file in waiting + dead}, reverse=True):
+            for empty in (directory, directory.parent, directory.parent.parent):
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+        log(logging.INFO, f"imported {len(found)} webhook deliveries of watchd 0.1 (their files "
+            f"in {self.state_dir}) into the ledger", path=str(self.file))
+
+    def _select(self, where: str, parameters: tuple[object, ...]) -> list[Delivery]:
+        with self._reading() as connection:
+            if connection is None:
+                return []
+            rows = connection.execute(
+                f"SELECT {','.join(store.DELIVERY_COLUMNS)} FROM deliveries WHERE {where} "
+                "ORDER BY seq", parameters).fetchall()
+        return [_delivery(row) for row in rows]
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection | None]:
+        """A connection to read with; None where there is no ledger that can be read (then
+        nothing waits: the daemon says why the ledger cannot be had)."""
+        try:
+            connection = store.connect(self.file, create=False)
+        except (OSError, sqlite3.Error):
+            yield None
+            return
+        try:
+            yield connection
+        finally:
+            connection.close()
 
 
-def _read_all(directory: Path) -> Iterator[Delivery]:
-    if not directory.is_dir():
-        return
-    for file in sorted(directory.glob(f"*{SUFFIX}")):
+def _delivery(row: tuple[object, ...]) -> Delivery:
+    data = dict(zip(store.DELIVERY_COLUMNS, row, strict=True))
+    data["dead"] = bool(data["dead"])
+    return Delivery(**data)  # type: ignore[arg-type]
+
+
+def _buried(delivery: Delivery) -> Delivery:
+    delivery.dead = True
+    return delivery
+
+
+def _legacy(files: list[Path]) -> Iterator[tuple[Path, Delivery]]:
+    for file in files:
         if file.name.startswith("."):
             continue  # a write cut short by a crash: its delivery was never acknowledged to anyone
         try:
-            yield Delivery.from_file(file)
+            yield file, Delivery.from_legacy_file(file)
         except (OSError, ValueError, KeyError, TypeError) as error:
             log(logging.ERROR, f"unreadable webhook delivery file left alone: {error}", path=file)
-
-
-def _make_private(directory: Path) -> None:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, path)
-    # The rename is durable only once its directory is: without this, a power cut in the next
-    # seconds could take a delivery the worker has already moved on from.
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

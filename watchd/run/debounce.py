@@ -77,12 +77,12 @@ class Debouncer:
                 released.append(job)
         return released
 
-    def stop(self) -> int:
-        """Stop; returns how many held events were not released."""
+    def stop(self) -> list[Job]:
+        """Stop; the jobs of the events held and not released (for the ledger)."""
         with self._changed:
             self._stopping = True
-            abandoned = len(self._pending)
+            held = [job for job, _ in self._pending.values()]
             self._pending.clear()
             self._deadlines.clear()
             self._changed.notify()
-        return abandoned
+        return held

@@ -16,6 +16,7 @@ from watchd.core.rules import RuleSet, Scope
 from watchd.core.stats import Count, Counters
 from watchd.match.matcher import match
 from watchd.run.debounce import Debouncer
+from watchd.run.overlap import Overlap
 from watchd.run.ownwrites import OwnWrites
 from watchd.run.queue import JobQueue
 
@@ -28,11 +29,16 @@ class Dispatcher:
         self.on_drop = on_drop
         self.own_writes = own_writes or OwnWrites()
         self.debouncer = Debouncer(self.queue, jobs.maxsize)
+        # While a catch-up runs: what it and the live events told (watchd.run.overlap).
+        self.overlap: Overlap | None = None
 
     def submit(self, event: FileEvent, scope: Scope) -> None:
         for rule, root in match(scope, event):
             self.counters.matched_by(rule.name)
             job = Job(rule, root, event)
+            overlap = self.overlap
+            if overlap is not None and not event.caught_up and overlap.told_already(job):
+                continue  # the catch-up acted on this very change
             if rule.ignore_own_writes and self.own_writes.ignoring(job.key):
                 self.counters.add(Count.OWN_WRITES_IGNORED, rule.name)
             elif rule.debounce:
@@ -50,8 +56,8 @@ class Dispatcher:
             self.jobs.maxsize = self.debouncer.limit = ruleset.settings.queue_size
         return commit
 
-    def stop(self) -> int:
-        """Release nothing more; how many events the debouncer still held."""
+    def stop(self) -> list[Job]:
+        """Release nothing more; the jobs of the events the debouncer still held."""
         return self.debouncer.stop()
 
     def stats(self) -> dict[str, int]:

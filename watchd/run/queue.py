@@ -1,13 +1,20 @@
-"""job → worker: the bounded queue of jobs, and which may run now."""
+"""job → ledger → worker: the bounded queue of jobs, and which may run now.
+
+Every job that enters the queue is kept in the ledger first (``ledger.add``: appended for
+the writer thread, never waited on here); one replaced by a newer event ends there.
+"""
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
 from watchd.core.job import Job, JobKey
+from watchd.ledger.writer import Ledger
 
 
 class _Waiting:
@@ -28,14 +35,18 @@ class JobQueue:
     run now: its rule is under ``max_parallel`` and no action of its rule runs for its path.
     An event for a path whose action runs follows the rule's ``on_busy``: ``queue`` keeps one
     more run after it (later events replace that run's event), ``skip`` drops it, ``restart``
-    keeps one more run and asks ``on_restart`` to stop the running one. ``retire`` sends
-    idle workers away; ``close`` ends them all and returns how many jobs were not run.
+    keeps one more run and asks ``on_restart`` to stop the running one. ``later`` holds a job
+    to retry until its time. ``retire`` sends idle workers away; ``close`` ends them all and
+    returns how many jobs were not run (they stay in the ledger, for the next start).
     """
 
     def __init__(self, maxsize: int,
-                 on_restart: Callable[[JobKey], None] = lambda key: None) -> None:
+                 on_restart: Callable[[JobKey], None] = lambda key: None,
+                 ledger: Ledger | None = None) -> None:
         self.maxsize = maxsize
         self.on_restart = on_restart
+        self.ledger = ledger
+        self._retries: list[tuple[float, int, Job]] = []  # (when, order, job): a heap
         self.skipped = 0
         self._rules: dict[str, deque[_Waiting]] = {}  # only rules with jobs waiting
         self._count = 0
@@ -51,14 +62,16 @@ class JobQueue:
         return self._count
 
     def put(self, job: Job) -> bool:
+        """Queue a new job (kept in the ledger), or one the ledger already holds (its id is
+        set: found there at start, or asked for again)."""
         with self._ready:
             if self._closed:
                 return False
             key = job.key
             if key in self._busy:
                 return self._put_behind_busy(key, job)
-            if self._count >= self.maxsize:
-                return False
+            if self._count >= self.maxsize and not job.id:
+                return False  # one the ledger holds was accepted once: it is never refused
             self._append(job)
             return True
 
@@ -68,8 +81,11 @@ class JobQueue:
             return True
         follow_up = self._follow_ups.get(key)
         if follow_up is not None:
-            follow_up.job = job  # still one more run, with the newest event
-        elif self._count >= self.maxsize:
+            # Still one more run, with the newest event: the older one ends unrun.
+            if self.ledger is not None:
+                self.ledger.end(follow_up.job.id)
+            follow_up.job = self._kept(job)
+        elif self._count >= self.maxsize and not job.id:
             return False
         else:
             self._follow_ups[key] = self._append(job)
@@ -77,9 +93,26 @@ class JobQueue:
             self.on_restart(key)
         return True
 
+    def _kept(self, job: Job) -> Job:
+        if job.id or self.ledger is None:
+            return job
+        job_id = self.ledger.add(job)
+        return Job(job.rule, job.root, job.event, job_id)
+
+    def later(self, job: Job, delay: float) -> None:
+        """Queue ``job`` again in ``delay`` seconds (a retry), whatever the queue holds."""
+        with self._ready:
+            if not self._closed:
+                heapq.heappush(self._retries, (time.monotonic() + delay, next(self._order), job))
+                self._ready.notify()
+
     def _append(self, job: Job) -> _Waiting:
+        job = self._kept(job)
         waiting = _Waiting(next(self._order), job)
-        self._rules.setdefault(job.rule.name, deque()).append(waiting)
+        queue = self._rules.get(job.rule.name)
+        if queue is None:
+            queue = self._rules[job.rule.name] = deque()
+        queue.append(waiting)
         self._count += 1
         self._ready.notify()
         return waiting
@@ -93,10 +126,17 @@ class JobQueue:
                 if self._retiring:
                     self._retiring -= 1
                     return None
+                self._retries_due()
                 waiting = self._next()
                 if waiting is not None:
                     return self._take(waiting)
-                self._ready.wait()
+                self._ready.wait(self._retries[0][0] - time.monotonic() if self._retries
+                                 else None)
+
+    def _retries_due(self) -> None:
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now:
+            self._append(heapq.heappop(self._retries)[2])
 
     def _next(self) -> _Waiting | None:
         """The oldest job that may run now, over every rule with jobs waiting."""
@@ -142,12 +182,13 @@ class JobQueue:
             self._ready.notify(workers)
 
     def stats(self) -> dict[str, int]:
-        return {"queued": self._count, "skipped": self.skipped}
+        return {"queued": self._count, "skipped": self.skipped, "retrying": len(self._retries)}
 
     def close(self) -> int:
         with self._ready:
             self._closed = True
-            abandoned = self._count
+            abandoned = self._count + len(self._retries)
+            self._retries.clear()
             self._rules.clear()
             self._follow_ups.clear()
             self._count = 0

@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable
 from typing import assert_never
 
-from watchd.core.actions import Outcome, Process, ProcessResult
+from watchd.core.actions import Outcome, Process, ProcessResult, retry_delay
 from watchd.core.job import Job, JobKey
 from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import RuleSet
 from watchd.core.stats import Count, Counters
+from watchd.ledger.rows import Failure, row_of
+from watchd.ledger.store import DEAD, RETRYING, RUNNING
+from watchd.ledger.writer import Ledger
 from watchd.run.guard import Refused, WrongKind, recheck
 from watchd.run.ownwrites import OwnWrites
 from watchd.run.queue import JobQueue
@@ -30,13 +33,24 @@ RESTART_GRACE = 2.0
 HURRY_TURN = 0.2
 # Paths whose refusal for their kind has been logged (each once); the oldest are forgotten.
 KIND_REFUSALS_REMEMBERED = 10_000
+STDERR_KEPT = 2048  # bytes of a failed run's stderr a dead letter keeps
+
+
+class _Left:
+    """A job the stop left before its end: it stays in the ledger, for the next start."""
+
+
+LEFT = _Left()
 
 
 class WorkerPool:
     def __init__(self, jobs: JobQueue, counters: Counters, deliver: Callable[[Job, int], bool],
                  own_writes: OwnWrites, on_status_change: Callable[[], None] = lambda: None,
-                 ) -> None:
+                 ledger: Ledger | None = None) -> None:
         self.jobs = jobs
+        self.ledger = ledger
+        self._last_result = threading.local()  # each worker's last process run: for a failure
+        self.left = 0  # jobs the stop cut short: they wait in the ledger, for the next start
         self.counters = counters
         self.deliver = deliver
         self.own_writes = own_writes
@@ -110,45 +124,116 @@ class WorkerPool:
         return not any(thread.is_alive() for thread in self._threads)
 
     def _work(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        while (taken := self.jobs.get()) is not None:
+            job = self._started(taken)
             guarded = job.rule.ignore_own_writes
             if guarded:
                 self.own_writes.started(job.key)
             try:
-                self._run_actions(job)
+                end = self._run_actions(job)
             except Exception:
                 # A bug here must cost one job, not a worker: the pool would shrink unseen.
                 self.counters.add(Count.ACTIONS_FAILED, job.rule.name)
                 log(logging.ERROR, "action failed: internal error", exc_info=True,
-                    rule=job.rule.name, path=job.event.path)
+                    rule=job.rule.name, path=job.event.path, job=job.id or None)
+                end = Failure(job.rule.actions[job.step - 1].kind, "internal error")
             finally:
                 if guarded:
                     self.own_writes.finished(job.key)
-                self.jobs.done(job)
+                self.jobs.done(taken)
+            self._ended(job, end)
 
-    def _run_actions(self, job: Job) -> None:
+    @staticmethod
+    def _started(job: Job) -> Job:
+        """The job as it runs now, its try counted. The try is kept in the ledger only if it
+        fails: a job cut short by a crash is run again as it was queued (at least once)."""
+        return Job(job.rule, job.root, job.event, job.id, job.step, job.tries + 1)
+
+    def _run_actions(self, job: Job) -> Job | Failure | _Left | None:
+        """Perform the job's actions from its step on. None: it ended (ok, skipped, refused,
+        restarted); a ``Failure``: the action at the job's step failed; the job at its next
+        step: it was stopped between two actions (``LEFT`` before the first)."""
         try:
             # Once, before the first action: later ones may move the file on purpose.
             info = recheck(job)
         except WrongKind as refusal:
             self._refused_kind(job, refusal)
-            return
+            return None
         except Refused as refusal:
-            self.skip(job, 1, str(refusal))
-            return
-        for step, action in enumerate(job.rule.actions, 1):
+            self.skip(job, job.step, str(refusal))
+            return None
+        for step in range(job.step, len(job.rule.actions) + 1):
             if self.stopping.is_set():
-                return
-            outcome = action.perform(self, job, step, info)
+                return LEFT if step == job.step else job
+            if step != job.step:
+                job = Job(job.rule, job.root, job.event, job.id, step, 1)
+                if self.ledger is not None and job.id:
+                    self.ledger.keep(row_of(job, RUNNING))
+            self._last_result.result = None  # a failure is told by its own action's run
+            outcome = job.rule.actions[step - 1].perform(self, job, step, info)
             if outcome is Outcome.OK:
                 self.counters.add(Count.ACTIONS_OK, job.rule.name)
             elif outcome is Outcome.FAILED:
                 self.counters.add(Count.ACTIONS_FAILED, job.rule.name)
-                return
+                return self._failure(job)
             elif outcome is Outcome.RESTARTED or outcome is Outcome.SKIPPED:
-                return  # said why; a restarted run is followed by another
+                return None  # said why; a restarted run is followed by another
             else:
                 assert_never(outcome)
+        return None
+
+    def _failure(self, job: Job) -> Failure:
+        action = job.rule.actions[job.step - 1]
+        result: ProcessResult | None = getattr(self._last_result, "result", None)
+        self._last_result.result = None
+        described = action.describe(job.values())
+        if result is None:
+            return Failure(described, f"the {action.kind} action failed (see the log)")
+        return Failure(described, result.describe(), result.status,
+                       result.stderr[-STDERR_KEPT:] or None)
+
+    def _ended(self, job: Job, end: Job | Failure | _Left | None) -> None:
+        """Keep in the ledger what became of the job: ended, retried later, a dead letter, or
+        left for the next start (stopped)."""
+        if isinstance(end, Failure):
+            self._failed(job, end)
+        elif end is LEFT:
+            self._left()
+        elif isinstance(end, Job):
+            self._left()
+            if self.ledger is not None and end.id:
+                self.ledger.keep(row_of(Job(end.rule, end.root, end.event, end.id, end.step),
+                                        RUNNING))
+        elif end is None and self.ledger is not None and job.id:
+            self.ledger.end(job.id)
+
+    def _left(self) -> None:
+        with self._lock:
+            self.left += 1
+
+    def _failed(self, job: Job, failure: Failure) -> None:
+        if self.stopping.is_set():
+            self._left()  # perhaps killed by the stop itself: it stays queued
+            return
+        action = job.rule.actions[job.step - 1]
+        fields = {"rule": job.rule.name, "event": job.event.event, "path": job.event.path,
+                  "step": job.step, "job": job.id or None, "try": job.tries}
+        if job.tries <= action.retries:
+            delay = retry_delay(action.backoff, job.tries)
+            self.counters.add(Count.RETRIED, job.rule.name)
+            log(logging.WARNING, f"job retried: try {job.tries + 1} of {action.retries + 1} in "
+                f"{delay:.1f}s", fields=fields)
+            if self.ledger is not None and job.id:
+                self.ledger.keep(row_of(job, RETRYING, failure, time.time() + delay))
+            self.jobs.later(job, delay)
+            return
+        self.counters.add(Count.DEAD_LETTERS, job.rule.name)
+        if self.ledger is None or not job.id:
+            return
+        self.ledger.keep(row_of(job, DEAD, failure))
+        log(logging.ERROR, f"job kept as a dead letter after {job.tries} tries: "
+            f"{failure.error}; run it again with: watchd jobs retry {job.id}",
+            message_id=MessageId.JOB_DEAD, fields=fields)
 
     def _refused_kind(self, job: Job, refusal: WrongKind) -> None:
         """Counted every time, logged once per rule and path: a user could make many."""
@@ -196,11 +281,16 @@ class WorkerPool:
         program is not trusted now, RESTARTED if a newer event stopped it."""
         if not self._program_trusted(job, step, program):
             return Outcome.FAILED
+        if self.ledger is not None and job.id:
+            # A process is never started for a job a crash could forget. (A delivery needs no
+            # wait: it is kept after its job, in the same order, so never without it.)
+            self.ledger.wait_durable(job.id)
         me = threading.current_thread()
         with self._lock:
             self._running[me] = (job.key, process)
         try:
             result = process.run()
+            self._last_result.result = result
         finally:
             with self._lock:
                 del self._running[me]

@@ -1,4 +1,4 @@
-"""The command line: ``watchd run | check | explain | schema``."""
+"""The command line: ``watchd run | check | explain | schema | webhooks | jobs``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from watchd import __version__
@@ -17,8 +19,9 @@ from watchd.core import logs
 from watchd.core.events import event_mask
 from watchd.core.logs import escape
 from watchd.core.problems import ConfigError
-from watchd.outbox.deadletters import listing, replay
-from watchd.outbox.spool import Spool
+from watchd.ledger import store
+from watchd.outbox.deadletters import ledger_listing, listing, replay
+from watchd.outbox.spool import DirectWriter, Spool
 from watchd.service.daemon import Daemon
 from watchd.service.explain import explain, resolve
 
@@ -59,7 +62,28 @@ def _parser() -> argparse.ArgumentParser:
     chosen = replay_parser.add_mutually_exclusive_group(required=True)
     chosen.add_argument("ids", nargs="*", default=[], metavar="ID", help="dead letters to send")
     chosen.add_argument("--all", action="store_true", help="every dead letter")
+    _jobs_parser(commands, with_config)
     return parser
+
+
+def _jobs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+                 with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
+                 ) -> None:
+    jobs = commands.add_parser("jobs", help="jobs in the ledger: queued, running, retrying, "
+                               "and dead letters")
+    job_commands = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND")
+    for parser in (jobs, with_config(job_commands.add_parser(
+            "list", help="every job in the ledger (the default)"))):
+        parser.add_argument("--dead", action="store_true", help="only the dead letters")
+        parser.add_argument("--json", action="store_true", help="one JSON document")
+    with_config(jobs)
+    for name, what in (("retry", "run dead letters again, from the action that failed"),
+                       ("drop", "forget dead letters")):
+        sub = with_config(job_commands.add_parser(name, help=what))
+        chosen = sub.add_mutually_exclusive_group(required=True)
+        chosen.add_argument("ids", nargs="*", default=[], type=int, metavar="ID",
+                            help="the dead letters' ids")
+        chosen.add_argument("--all", action="store_true", help="every dead letter")
 
 
 def _event_name(name: str) -> str:
@@ -106,6 +130,8 @@ def _command(argv: list[str] | None) -> int:
         return _explain(args.config, args.path, args.event)
     if args.command == "webhooks":
         return _webhooks(args)
+    if args.command == "jobs":
+        return _jobs(args)
     print(json.dumps(RulesFile.model_json_schema(), indent=2))
     return 0
 
@@ -165,19 +191,73 @@ def _webhooks(args: argparse.Namespace) -> int:
     except ConfigError as error:
         _print_problems(error)
         return 1
-    spool = Spool(Path(ruleset.settings.state_dir))
+    state_dir = Path(ruleset.settings.state_dir)
     if args.webhooks_command == "list":
-        for line in listing(spool):
+        for line in listing(Spool(state_dir)):
             print(line)
         return 0
     if not args.ids and not args.all:
         print("name the dead letters to send, or --all", file=sys.stderr)
         return 2
+    try:
+        connection = _open_ledger(state_dir)
+    except sqlite3.Error as error:
+        print(f"watchd: cannot read the ledger in {state_dir}: {error}", file=sys.stderr)
+        return 1
     failed = 0
+    spool = Spool(state_dir, DirectWriter(connection) if connection else None)
     for sent, line in replay(spool, ruleset, args.ids):
         print(line, file=sys.stdout if sent else sys.stderr)
         failed += not sent
     return 1 if failed else 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    """``watchd jobs``: the ledger read (or its dead letters changed) by this command, whether
+    the daemon runs or not; a running daemon picks up what ``retry`` asked for within a
+    second."""
+    try:
+        ruleset = read_rules(args.config)
+    except ConfigError as error:
+        _print_problems(error)
+        return 1
+    try:
+        return _job_command(args, _open_ledger(Path(ruleset.settings.state_dir)))
+    except sqlite3.Error as error:
+        print(f"watchd: cannot read the ledger in {ruleset.settings.state_dir}: {error}",
+              file=sys.stderr)
+        return 1
+
+
+def _open_ledger(state_dir: Path) -> sqlite3.Connection | None:
+    """The ledger, to read and change; None if there is none (nothing was ever queued)."""
+    try:
+        return store.connect(store.path_in(state_dir), create=False)
+    except FileNotFoundError:
+        return None
+
+
+def _job_command(args: argparse.Namespace, connection: sqlite3.Connection | None) -> int:
+    command = args.jobs_command or "list"
+    if command == "list":
+        rows = store.jobs(connection, (store.DEAD,) if args.dead else
+                          (*store.UNFINISHED, store.DEAD)) if connection else []
+        for line in ledger_listing(rows, args.json):
+            print(line)
+        return 0
+    if not args.ids and not args.all:
+        print("name the dead letters, or --all", file=sys.stderr)
+        return 2
+    wanted = None if args.all else args.ids
+    change = store.request_retry if command == "retry" else store.drop
+    done = change(connection, wanted) if connection else []
+    verb = "queued again" if command == "retry" else "dropped"
+    for job_id in done:
+        print(f"{job_id}: {verb}")
+    unknown = sorted(set(args.ids) - set(done))
+    for job_id in unknown:
+        print(f"{job_id}: no such dead letter", file=sys.stderr)
+    return 1 if unknown else 0
 
 
 def _print_problems(error: ConfigError) -> None:

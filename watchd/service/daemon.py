@@ -27,7 +27,11 @@ from watchd.core.logs import escape, log
 from watchd.core.problems import ConfigError
 from watchd.core.rules import Root, RuleSet
 from watchd.core.stats import DROP_REPORT_INTERVAL, Counters
+from watchd.ledger.rows import job_of, row_of
+from watchd.ledger.store import DEAD, QUEUED, REQUESTED, RETRYING, JobRow
+from watchd.ledger.writer import Ledger
 from watchd.outbox.outboxes import Deliveries
+from watchd.run.catchup import CatchUp
 from watchd.run.dispatch import Dispatcher
 from watchd.run.ownwrites import OwnWrites
 from watchd.run.queue import JobQueue
@@ -49,6 +53,9 @@ _STATUS = 0xFD
 _REPORTED_FIRST = ("watches", "rules", "unwatched", "queued", "debouncing", "skipped", "running")
 # On stop, how long a webhook attempt under way may finish; an unfinished one is sent again.
 DELIVERY_STOP_WAIT = 2.0
+# On stop, how long the ledger may take to write what it holds, and a catch-up to end its turn.
+LEDGER_STOP_WAIT = 5.0
+CATCH_UP_STOP_WAIT = 1.0
 
 
 class Component(Protocol):
@@ -102,6 +109,7 @@ class Daemon:
             return EX_FATAL
         log(logging.INFO, f"watchd {__version__} started", message_id=MessageId.STARTED,
             rules=len(ruleset.rules), watches=len(self.table), config=str(self.config_path))
+        self.catch_up.begin()
         self.service.ready(self.status_line())
         try:
             status = self._loop()
@@ -113,13 +121,21 @@ class Daemon:
 
     def _start(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
-        self.deliveries = Deliveries(Path(ruleset.settings.state_dir), self.counters)
+        state_dir = Path(ruleset.settings.state_dir)
+        status_changed = functools.partial(self._wake, _STATUS)
+        self.ledger = Ledger(state_dir, self.counters, status_changed)
+        self.ledger.prepare(ruleset)()
+        unfinished = self.ledger.open()
+        self.deliveries = Deliveries(state_dir, self.counters, self.ledger)
         self.deliveries.prepare(ruleset)()
         own_writes = OwnWrites()
         self.jobs = JobQueue(ruleset.settings.queue_size,
-                             on_restart=lambda key: self.workers.restart(key))
+                             on_restart=lambda key: self.workers.restart(key), ledger=self.ledger)
+        # Before any event: what a stop or a crash left runs first, in its order.
+        self._resume(unfinished)
+        self.ledger.on_found = self._resume
         self.workers = WorkerPool(self.jobs, self.counters, self.deliveries.deliver, own_writes,
-                                  functools.partial(self._wake, _STATUS))
+                                  status_changed, self.ledger)
         self.workers.resize(ruleset.settings.workers)
         self.dispatcher = Dispatcher(self.jobs, self.counters,
                                      functools.partial(self._wake, _DROPS), own_writes)
@@ -127,10 +143,35 @@ class Daemon:
                                           functools.partial(self._wake, _LINKS))
         self.table = self.notifier.table
         self.mounts = MountTable()
-        # In the order a reload commits them: the outboxes before the events that reach them.
-        self.components: tuple[Component, ...] = (self.deliveries, self.notifier,
-                                                  self.dispatcher, self.workers)
+        self.catch_up = CatchUp(self.ledger, self.dispatcher, self.jobs, self.counters,
+                                self.notifier)
+        # In the order a reload commits them: the outboxes before the events that reach them;
+        # the catch-up before the watches of new paths (it notes their events from then on,
+        # and begins once they are watched).
+        self.components: tuple[Component, ...] = (self.ledger, self.deliveries, self.catch_up,
+                                                  self.notifier, self.dispatcher, self.workers)
+        self.catch_up.prepare(ruleset)()
         self.notifier.start()
+
+    def _resume(self, rows: list[JobRow]) -> None:
+        """Queue the jobs the ledger holds unfinished (at start), or that ``watchd jobs retry``
+        asked for; one whose rule can no longer run it becomes a dead letter, saying why.
+        Called on the main thread at start, on the ledger's later."""
+        now = time.time()
+        for row in rows:
+            job = job_of(row, self.ruleset)
+            if isinstance(job, str):
+                self.ledger.keep(row._replace(state=DEAD, error=job))
+                log(logging.WARNING, f"job not run: {job}; kept as a dead letter",
+                    rule=row.rule, path=row.path, job=row.id)
+            elif row.state == RETRYING and row.next_at:
+                self.jobs.later(job, max(0.0, row.next_at - now))
+            else:
+                if row.state == REQUESTED:
+                    self.ledger.keep(row_of(job, QUEUED))
+                self.jobs.put(job)
+        if rows:
+            log(logging.INFO, f"{len(rows)} job(s) from the ledger queued", jobs=len(rows))
 
     def _loop(self) -> int:
         while not self._stopping:
@@ -224,6 +265,7 @@ class Daemon:
         self.ruleset = ruleset
         for commit in commits:
             commit()
+        self.catch_up.begin()
         self.counters.keep_rules({rule.name for rule in ruleset.rules})
         logs.set_level(ruleset.settings.log_level)
         self._reload_failure = ""
@@ -279,6 +321,8 @@ class Daemon:
         if refused:
             found.append("DEGRADED: programs refused at their last run: " + "; ".join(
                 f"{escape(program)} ({reason})" for program, reason in refused))
+        if self.ledger.problem:
+            found.append(f"DEGRADED: {self.ledger.problem}")
         if stats["unwatched"]:
             found.append(f"DEGRADED: {stats['unwatched']} directories not watched "
                          "(inotify watch limit)")
@@ -308,12 +352,20 @@ class Daemon:
         grace = self.ruleset.settings.stop_grace
         self.service.stopping(grace)
         self.notifier.stop()
-        abandoned = self.dispatcher.stop() + self.workers.stop(grace,
-                                                                          self._asked_to_hurry)
+        self.catch_up.stop(CATCH_UP_STOP_WAIT)
+        held = self.dispatcher.stop()
+        for job in held:  # debounced, not yet queued: they wait in the ledger too
+            self.ledger.add(job)
+        waiting = len(held) + self.workers.stop(grace, self._asked_to_hurry) + self.workers.left
         self.deliveries.stop(DELIVERY_STOP_WAIT)
+        unwritten = self.ledger.close(LEDGER_STOP_WAIT)
         self._report_drops()
-        log(logging.INFO, "stopped", message_id=MessageId.STOPPED,
-            fields={"abandoned": abandoned or None, **self.counters.summary()})
+        said = f"; {waiting} job(s) wait in the ledger for the next start" if waiting else ""
+        if unwritten:
+            said += f"; {unwritten} change(s) to the ledger could not be written"
+        log(logging.INFO, "stopped" + said, message_id=MessageId.STOPPED,
+            fields={"waiting": waiting or None, "unwritten": unwritten or None,
+                    **self.counters.summary()})
 
     def _asked_to_hurry(self, timeout: float) -> bool:
         """During the stop grace: whether a second SIGTERM or SIGINT came within ``timeout``."""

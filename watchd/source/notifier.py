@@ -24,13 +24,10 @@ What pyinotify 0.9.6 gets wrong, and what this subclass does instead:
 from __future__ import annotations
 
 import array
-import errno
 import fcntl
 import logging
 import os
 import select
-import signal
-import stat
 import struct
 import termios
 import time
@@ -82,7 +79,6 @@ _MOVE_SETTLE_MS = 5
 # during it: the margin covers file-system timestamp granularity.
 _OVERFLOW_MARGIN_NS = 1_000_000_000
 _MOVES = IN_MOVED_FROM | IN_MOVED_TO
-_LEASE_BROKEN = signal.SIGURG  # ignored by default: a broken lease must not end the daemon
 _SNAPSHOT_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
 
 
@@ -126,6 +122,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         self.dispatcher = dispatcher
         self.counters = counters
         self._generation = 0
+        self.turns = 0  # rounds of reading and handling what was read: see ``drained``
         self._scanned: dict[int, _Scanned] = {}
         self._moves: dict[int, _MoveOut] = {}
         self._read_at = self._previous_read_at = time.time_ns()
@@ -157,6 +154,11 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         return {"watches": len(self.table), "unwatched": self.table.refused_for_limit}
 
     # -- the thread ------------------------------------------------------------------------
+
+    def drained(self, turn: int) -> bool:
+        """Whether everything the kernel queued before ``turns`` was ``turn`` has been handled:
+        a whole read, and its handling, began after it."""
+        return self.turns >= turn + 2
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -194,6 +196,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         """
         with self.table.lock:
             self._translate_queued()
+            self.turns += 1
         while (self._scanned or self._moves) and not self._stop_event.is_set():
             settled = self._generation
             self._generation += 1
@@ -379,7 +382,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
                 continue  # its watch ended meanwhile: what it held is the delete's to tell
             for name, leased in scanned.unclosed.items():
                 path = entry.path + b"/" + name
-                if leased and self._open_for_writing(path):
+                if leased and self.table.open_for_writing(path):
                     continue  # its writer's own close_write is still to come, and is told
                 # Its state as reported: a later rescan reports it again only if it changed.
                 self.table.remember(entry, name, _state_after(IN_CLOSE_WRITE, path, False))
@@ -392,45 +395,6 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
                     # Its held records are dropped; those that ended a watch still count.
                     ended = frozenset(wd for wd, mask, _, _ in move.held if mask & IN_IGNORED)
                     self.table.unwatch_entries(move.watches, ended)
-
-    def _open_for_writing(self, path: bytes) -> bool:
-        """Whether someone still has the regular file at ``path`` open for writing.
-
-        A read lease is granted only while nobody does (fcntl(2), F_SETLEASE): asked for on
-        a read-only, non-blocking descriptor and released at once; nothing is read. The file
-        is first reached with O_PATH, which opens nothing, and opened only once that shows a
-        regular file: a directory above it swapped for a symlink to /dev cannot make root
-        open a device. A writer that breaks the lease meanwhile makes the kernel signal the
-        holder, with SIGIO by default, whose default ends the process: the lease asks for
-        ``_LEASE_BROKEN`` instead, which is ignored unless handled. Where a lease cannot be had
-        (another's file for a daemon that is not root, a file system without leases) the
-        answer is no.
-        """
-        try:
-            handle = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            if not stat.S_ISREG(os.fstat(handle).st_mode):
-                return False
-            self.table.reading(path)
-            try:
-                fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError:
-                self.table.read_back(path)  # not opened: no events of it will come
-                return False
-        finally:
-            os.close(handle)
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETSIG, _LEASE_BROKEN)
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-        except OSError as error:
-            return error.errno == errno.EAGAIN
-        else:
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-            return False
-        finally:
-            os.close(fd)
 
     def _emit(self, entry: WatchedDir, event: FileEvent) -> None:
         self.counters.events += 1

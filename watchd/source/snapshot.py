@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, NamedTuple
@@ -191,6 +191,34 @@ def diff(before: DirState | None, after: Listing, since_ns: int, *,
     if moves and gone:
         return _with_moves(found, gone, before or NO_FILES, after)
     return found + gone
+
+
+def compare(before: DirState, entries: Iterable[os.DirEntry[bytes]],
+            ) -> Iterator[tuple[Change, FileState]]:
+    """``diff(before, found_in(entries), 0)`` without a listing in between, each change with the
+    entry's state (a deletion's: the state it had): a tree's walk against a record of it, where
+    most names are unchanged and nothing is made for them. A regular file gone between the
+    listing and its lstat is left out (whatever removed it is told otherwise)."""
+    left = dict(before)
+    for entry in entries:
+        name = entry.name
+        known = left.pop(name, None)
+        if entry.is_dir(follow_symlinks=False):
+            state = DIRECTORY
+        elif entry.is_file(follow_symlinks=False):
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            state = (info.st_ino, info.st_size, info.st_mtime_ns)
+        else:
+            state = OTHER
+        if known is None:
+            yield Created(name, state == DIRECTORY), state
+        elif state != known and state[1] >= 0:
+            yield Changed(name, state), state
+    for name, known in left.items():
+        yield Deleted(name, known == DIRECTORY), known
 
 
 def _found_changes(before: DirState | None, after: Listing, since_ns: int,

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+import signal
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ from watchd.core.rules import EMPTY_SCOPE, Root, RuleSet, Scope
 from watchd.security.trust import resolve_watched
 from watchd.source.mounts import at_or_below
 from watchd.source.snapshot import NO_FILES, DirState, FileState, listed
+
+_LEASE_BROKEN = signal.SIGURG  # ignored by default: a broken lease must not end the daemon
 
 # What every watch needs to keep the table and its snapshot true, whatever its rules ask for.
 STRUCTURE_MASK = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
@@ -469,6 +472,45 @@ class WatchTable:
         teller = parent if parent is not None else self.by_path.get(path)
         if teller is not None and teller.scope.mask & READ_MASK:
             self.own_reads[path] = self.own_reads.get(path, 0) + 1
+
+    def open_for_writing(self, path: bytes) -> bool:
+        """Whether someone still has the regular file at ``path`` open for writing.
+
+        A read lease is granted only while nobody does (fcntl(2), F_SETLEASE): asked for on
+        a read-only, non-blocking descriptor and released at once; nothing is read. The file
+        is first reached with O_PATH, which opens nothing, and opened only once that shows a
+        regular file: a directory above it swapped for a symlink to /dev cannot make root
+        open a device. A writer that breaks the lease meanwhile makes the kernel signal the
+        holder, with SIGIO by default, whose default ends the process: the lease asks for
+        ``_LEASE_BROKEN`` instead, which is ignored unless handled. Where a lease cannot be had
+        (another's file for a daemon that is not root, a file system without leases) the
+        answer is no.
+        """
+        try:
+            handle = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                return False
+            self.reading(path)
+            try:
+                fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                self.read_back(path)  # not opened: no events of it will come
+                return False
+        finally:
+            os.close(handle)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETSIG, _LEASE_BROKEN)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as error:
+            return error.errno == errno.EAGAIN
+        else:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            return False
+        finally:
+            os.close(fd)
 
     def read_back(self, path: bytes) -> None:
         """One of watchd's own opens of ``path`` is over (its close was read, or it failed)."""

@@ -1,0 +1,446 @@
+"""Catch-up: what changed while the daemon was down (stopped or killed) is acted on once, as the
+events inotify would have told, with WATCHD_CAUGHT_UP=1; what did not change is not."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from conftest import Daemon, env_of, recorder, records, wait_for
+
+SENTINEL = "zz-sentinel-"
+CHANGE_EVENTS = "[close_write, moved_to, delete]"
+
+
+class Run(NamedTuple):
+    """One run of the recorder: what it was told."""
+
+    event: str
+    path: str  # relative to the test's directory
+    src_path: str
+    caught_up: str
+    is_dir: str
+    job: str
+
+
+class Watched:
+    """A watched directory, its rules file, the daemon on it (one at a time) and what the
+    recorder command was run for."""
+
+    def __init__(self, tmp_path: Path, write_rules, daemon) -> None:
+        self.base = tmp_path
+        self.dir = tmp_path / "in"
+        self.dir.mkdir()
+        self.out = tmp_path / "out.jsonl"
+        self.ledger_file = tmp_path / "state" / "ledger.db"
+        self._write_rules = write_rules
+        self._daemon = daemon
+        self.process: Daemon | None = None
+        self._sentinels = 0
+
+    def configure(self, paths: list[Path] | None = None, workers: int = 1, more: str = "",
+                  **keys: str) -> Path:
+        """One rule, ``catch``, running the recorder; one worker by default, so that jobs run
+        in the order they were queued (a sentinel's run comes after all queued before it)."""
+        lines = "".join(f"\n    {key}: {value}" for key, value in keys.items())
+        return self._write_rules(f"""\
+settings: {{workers: {workers}}}
+rules:
+  - name: catch
+    paths: {[str(path) for path in paths or [self.dir]]}
+    actions: [{{command: {recorder(self.out)}}}]{lines}
+{more}""")
+
+    def start(self) -> Daemon:
+        self.process = self._daemon(self.base / "etc" / "rules.yaml")
+        return self.process
+
+    def stop(self) -> None:
+        assert self.process is not None
+        code = self.process.stop()
+        assert code == 0, f"daemon exited {code}:\n{self.process.log()}"
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+
+    def caught_up(self) -> dict[str, str]:
+        """The fields of the running daemon's "caught up" line, once it is logged; {} for
+        "caught up: nothing changed"."""
+        assert self.process is not None
+        self.process.wait_log(" caught up")
+        line = next(line for line in self.process.log().splitlines() if " caught up" in line)
+        if "caught up: nothing changed" in line:
+            return {}
+        fields = line.split(" caught up ", 1)[1].split()
+        return {key: value for key, _, value in (field.partition("=") for field in fields)
+                if key not in ("rule", "path", "duration_ms")}
+
+    def settle(self) -> None:
+        """Write a new file live and wait for its run: every job queued before it has run."""
+        self._sentinels += 1
+        sentinel = self.dir / f"{SENTINEL}{self._sentinels}"
+        sentinel.write_bytes(b"s")
+        wait_for(lambda: any(run.path == f"in/{sentinel.name}" and run.event == "close_write"
+                             for run in self.all_runs()), what=f"the run for {sentinel.name}")
+
+    def all_runs(self) -> list[Run]:
+        def relative(value: bytes) -> str:
+            return os.path.relpath(os.fsdecode(value), self.base) if value else ""
+
+        return [Run(env["WATCHD_EVENT"].decode(), relative(env["WATCHD_PATH"]),
+                    relative(env["WATCHD_SRC_PATH"]), env["WATCHD_CAUGHT_UP"].decode(),
+                    env["WATCHD_IS_DIR"].decode(), env["WATCHD_JOB"].decode())
+                for env in map(env_of, records(self.out))]
+
+    def runs(self) -> list[Run]:
+        """The runs for anything but the sentinels."""
+        return [run for run in self.all_runs() if SENTINEL not in run.path]
+
+    def told(self, after: int = 0) -> set[tuple[str, str, str, str]]:
+        """(event, path, src_path, caught_up) of the runs from the ``after``-th on."""
+        return {(run.event, run.path, run.src_path, run.caught_up)
+                for run in self.runs()[after:]}
+
+    def ledger(self, query: str) -> list[tuple]:
+        if not self.ledger_file.exists():
+            return []
+        uri = f"file:{self.ledger_file}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            try:
+                return connection.execute(query).fetchall()
+            except sqlite3.OperationalError:  # not made yet
+                return []
+
+    def wait_committed(self, records: int, rules: tuple[str, ...] = ("catch",)) -> None:
+        """Until the ledger holds no job, the rules' first start, and ``records`` records:
+        what a kill -9 would leave is what a clean stop leaves."""
+        wait_for(lambda: self.ledger("SELECT count(*) FROM jobs") == [(0,)]
+                 and self.ledger("SELECT name FROM rules ORDER BY name") == [
+                     (name,) for name in sorted(rules)]
+                 and self.ledger("SELECT count(*) FROM seen") == [(records,)],
+                 what=f"no job, the rule and {records} records in the ledger")
+
+
+@pytest.fixture
+def watched(tmp_path, write_rules, daemon) -> Watched:
+    return Watched(tmp_path, write_rules, daemon)
+
+
+def write(path: Path, data: bytes = b"data") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def append(path: Path) -> None:
+    with path.open("ab") as file:
+        file.write(b" more")
+
+
+# -- downtime: a clean stop, and kill -9 --------------------------------------------------------
+
+LIVE_FILES = ("keep", "grow", "old", "gone")
+
+
+def files_made_live(w: Watched) -> None:
+    """A first start on an empty directory, then files written while it runs; their runs."""
+    w.configure(events=CHANGE_EVENTS)
+    w.start()
+    w.process.wait_log("first start: what is there is recorded, not acted on")
+    for name in LIVE_FILES:
+        write(w.dir / name)
+    wait_for(lambda: len(w.runs()) == len(LIVE_FILES), what="the live runs")
+    assert w.told() == {("close_write", f"in/{name}", "", "0") for name in LIVE_FILES}
+
+
+def change_while_down(w: Watched) -> None:
+    write(w.dir / "new")
+    append(w.dir / "grow")
+    (w.dir / "old").rename(w.dir / "renamed")
+    (w.dir / "gone").unlink()
+
+
+def assert_caught_up_once(w: Watched) -> None:
+    """After the changes of ``change_while_down``: each acted on once, as its events."""
+    before = len(w.runs())
+    w.start()
+    assert w.caught_up() == {"close_write": "2", "create": "1", "delete": "1",
+                             "moved_from": "1", "moved_to": "1"}
+    w.settle()
+    assert w.told(before) == {
+        ("close_write", "in/new", "", "1"),
+        ("close_write", "in/grow", "", "1"),
+        ("moved_to", "in/renamed", "in/old", "1"),
+        ("delete", "in/gone", "", "1"),
+    }
+    assert len(w.runs()) == before + 4, w.runs()[before:]  # once each, "keep" not at all
+    assert f"caught_up=True job={w.runs()[-1].job}" in w.process.log()
+    sentinel = w.all_runs()[-1]
+    assert sentinel.caught_up == "0"  # a live event after the catch-up
+    # Nothing changed since: nothing to act on.
+    w.stop()
+    runs = len(w.all_runs())
+    w.start()
+    assert w.caught_up() == {}
+    w.settle()
+    assert len(w.all_runs()) == runs + 1  # the sentinel's run alone
+
+
+def test_changes_made_while_stopped_are_acted_on_once(watched):
+    files_made_live(watched)
+    watched.stop()
+    change_while_down(watched)
+    assert_caught_up_once(watched)
+
+
+def test_changes_made_after_a_kill_are_acted_on_once(watched):
+    files_made_live(watched)
+    watched.wait_committed(len(LIVE_FILES))
+    watched.kill()
+    assert watched.process.process.returncode == -signal.SIGKILL
+    change_while_down(watched)
+    assert_caught_up_once(watched)
+
+
+# -- a rule's first start ----------------------------------------------------------------------
+
+def test_first_start_ignores_what_is_there_and_acts_on_later_changes(watched):
+    for name in ("a", "b"):
+        write(watched.dir / name)
+    watched.configure()
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded, not acted on "
+                             "(existing: ignore)")
+    watched.settle()
+    assert watched.runs() == []
+    assert " caught up" not in watched.process.log()
+    watched.stop()
+    append(watched.dir / "a")
+    watched.start()
+    assert watched.caught_up() == {"close_write": "1"}
+    watched.settle()
+    assert watched.told() == {("close_write", "in/a", "", "1")}
+    assert len(watched.runs()) == 1
+
+
+def test_first_start_with_existing_process_acts_on_each_file_once(watched):
+    names = ("a", "b", "c")
+    for name in names:
+        write(watched.dir / name)
+    watched.configure(existing="process")
+    watched.start()
+    assert watched.caught_up() == {"close_write": "3", "create": "3"}
+    watched.settle()
+    assert watched.told() == {("close_write", f"in/{name}", "", "1") for name in names}
+    assert len(watched.runs()) == len(names)
+    assert "first start" not in watched.process.log()
+    watched.stop()
+    watched.start()
+    assert watched.caught_up() == {}
+    watched.settle()
+    assert len(watched.runs()) == len(names)
+
+
+# -- a recursive rule ----------------------------------------------------------------------------
+
+def test_a_recursive_rule_catches_up_with_new_and_removed_directories(watched):
+    for name in ("old/x", "old/y", "old/inner/z", "top"):
+        write(watched.dir / name)
+    watched.configure(recursive="true", events="[create, close_write, delete]")
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded")
+    watched.stop()
+    shutil.rmtree(watched.dir / "old")
+    for name in ("sub/f1", "sub/deeper/f2"):
+        write(watched.dir / name)
+    watched.start()
+    assert watched.caught_up() == {"close_write": "2", "create": "4", "delete": "5"}
+    watched.settle()
+    runs = watched.runs()
+    assert sorted((run.event, run.path, run.is_dir, run.caught_up) for run in runs) == sorted([
+        ("create", "in/sub", "1", "1"),
+        ("create", "in/sub/deeper", "1", "1"),
+        ("create", "in/sub/f1", "0", "1"),
+        ("close_write", "in/sub/f1", "0", "1"),
+        ("create", "in/sub/deeper/f2", "0", "1"),
+        ("close_write", "in/sub/deeper/f2", "0", "1"),
+        ("delete", "in/old", "1", "1"),
+        ("delete", "in/old/inner", "1", "1"),
+        ("delete", "in/old/x", "0", "1"),
+        ("delete", "in/old/y", "0", "1"),
+        ("delete", "in/old/inner/z", "0", "1"),
+    ])
+
+
+# -- catch_up: false ---------------------------------------------------------------------------
+
+def test_without_catch_up_changes_made_while_down_are_not_acted_on(watched):
+    write(watched.dir / "there")
+    watched.configure(catch_up="false")
+    watched.start()
+    write(watched.dir / "live")
+    wait_for(watched.runs, what="the live run")
+    watched.stop()
+    write(watched.dir / "new")
+    append(watched.dir / "there")
+    (watched.dir / "live").rename(watched.dir / "moved")
+    watched.start()
+    watched.settle()  # live events still work
+    write(watched.dir / "live-again")
+    wait_for(lambda: len(watched.runs()) == 2, what="the second live run")
+    assert [(run.event, run.path, run.caught_up) for run in watched.runs()] == [
+        ("close_write", "in/live", "0"), ("close_write", "in/live-again", "0")]
+    assert " caught up" not in watched.process.log()
+    assert "first start" not in watched.process.log()
+
+
+# -- a reload adding a path --------------------------------------------------------------------
+
+def test_a_path_a_reload_adds_to_a_rule_is_caught_up_with_as_new(watched):
+    added = watched.base / "added"
+    for name in ("p", "q"):
+        write(added / name)
+    watched.configure()
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded")
+    watched.configure(paths=[watched.dir, added])
+    watched.process.signal(signal.SIGHUP)
+    watched.process.wait_log("reloaded")
+    assert watched.caught_up() == {"close_write": "2", "create": "2"}
+    line = next(ln for ln in watched.process.log().splitlines() if " caught up" in ln)
+    assert f"path={added}" in line
+    watched.settle()
+    assert watched.told() == {("close_write", "added/p", "", "1"),
+                              ("close_write", "added/q", "", "1")}
+    assert len(watched.runs()) == 2
+    assert watched.process.log().count("first start") == 1  # the rule's, at start
+
+
+# -- kill -9 at random moments -----------------------------------------------------------------
+
+SEED = 20240613
+KILLS = 20
+WRITE_EVERY = 0.02  # seconds between two new files
+DRAIN = 60.0
+
+
+class Writer(threading.Thread):
+    """New files, each with a name of its own, into a directory until told to stop."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(name="writer", daemon=True)
+        self.directory = directory
+        self.written: list[str] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            name = f"f{len(self.written):05d}"
+            write(self.directory / name, name.encode())
+            self.written.append(f"in/{name}")
+            self.done.wait(WRITE_EVERY)
+
+
+class Hooks:
+    """An HTTP server on 127.0.0.1 keeping each delivery's name and webhook-id."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str]] = []
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hooks.received.append((f"in/{body['name']}", self.headers["webhook-id"]))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def by_path(self) -> dict[str, list[str]]:
+        ids: dict[str, list[str]] = defaultdict(list)
+        for path, delivery_id in list(self.received):
+            ids[path].append(delivery_id)
+        return ids
+
+
+@pytest.fixture
+def hooks():
+    server = Hooks()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def test_kill_9_at_random_moments_acts_on_every_file_once_or_reruns_its_job(watched, hooks):
+    """A command rule and a webhook rule on the same files, 20 kill -9 at seeded moments while
+    files keep coming: every file is acted on by each rule, a second time only as the same job
+    run again (the same WATCHD_JOB, the same webhook-id)."""
+    rng = random.Random(SEED)
+    watched.configure(workers=2, more=f"""\
+  - name: hook
+    paths: [{watched.dir}]
+    actions: [{{webhook: {{url: '{hooks.url}', backoff: 50ms}}}}]
+""")
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded")
+    # The rules' first start is behind them, even after a kill -9.
+    watched.wait_committed(0, ("catch", "hook"))
+    writer = Writer(watched.dir)
+    writer.start()
+    try:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(0.05, 0.5))  # the moment of the kill, not a wait for a result
+            watched.kill()
+            watched.start()
+    finally:
+        writer.done.set()
+        writer.join()
+    written = set(writer.written)
+
+    def runs_by_path() -> dict[str, list[Run]]:
+        by_path: dict[str, list[Run]] = defaultdict(list)
+        for run in watched.runs():
+            by_path[run.path].append(run)
+        return by_path
+
+    wait_for(lambda: written <= runs_by_path().keys() and written <= hooks.by_path().keys()
+             and watched.ledger("SELECT count(*) FROM jobs") == [(0,)],
+             timeout=DRAIN, what="a run and a delivery for every file written, and no job left")
+    by_path = runs_by_path()
+    assert by_path.keys() == written
+    twice = {path: runs for path, runs in by_path.items() if len(runs) > 1}
+    print(f"{len(written)} files, {len(twice)} acted on more than once, "
+          f"{sum(run.caught_up == '1' for run in watched.runs())} runs caught up")
+    # At least once allows a job to run again (killed before its end was kept), never a
+    # second job for the same file, nor a third run.
+    wrong = {path: [(run.job, run.caught_up) for run in runs] for path, runs in twice.items()
+             if len(runs) > 2 or len({run.job for run in runs}) > 1}
+    assert not wrong, (f"{len(wrong)} of {len(written)} files acted on by two jobs or three "
+                       f"times, as [(WATCHD_JOB, WATCHD_CAUGHT_UP)]: {wrong}")
+    delivered = hooks.by_path()
+    assert delivered.keys() == written
+    resent = {path: ids for path, ids in delivered.items() if len(set(ids)) > 1}
+    assert not resent, f"files delivered under two webhook-ids: {resent}"
+    print(f"{sum(len(ids) > 1 for ids in delivered.values())} delivered more than once")

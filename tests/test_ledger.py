@@ -1,0 +1,467 @@
+"""The ledger: jobs outlive kill -9 and stops, failed ones are retried or kept as dead letters,
+and a ledger that cannot be written (full, read-only, locked, corrupt) never stops the work."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, env_of, recorder, records, wait_for
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+LEDGER_FILES = {"ledger.db", "ledger.db-wal", "ledger.db-shm"}
+DEGRADED = "DEGRADED: "
+RECOVERED = "the ledger can be written again"
+BURST = 20
+
+
+# -- rules and commands ------------------------------------------------------------------------
+
+def one_rule(write_rules: Callable[[str], Path], watched: Path, command: list[str],
+             settings: dict | None = None, **action_keys: object) -> Path:
+    """A rules file (JSON is YAML) with one rule, ``job``, running ``command`` for ``watched``."""
+    rule = {"name": "job", "paths": [str(watched)],
+            "actions": [{"command": command, **action_keys}]}
+    return write_rules(json.dumps({"settings": settings or {}, "rules": [rule]}))
+
+
+def state_dir(state: Path | None) -> dict[str, str]:
+    """The settings for a ledger in ``state``; none for the test's own state directory."""
+    return {"state_dir": str(state)} if state else {}
+
+
+def gated(out: Path, gate: Path) -> list[str]:
+    """A recorder whose run for the file named ``slow`` then holds until ``gate`` exists."""
+    script = (f'"$0" "$@" || exit; [ "$WATCHD_NAME" != slow ] || '
+              f'until [ -e "{gate}" ]; do sleep 0.05; done')
+    return ["/bin/sh", "-c", script, *recorder(out)]
+
+
+def failing_until(counter: Path, tries: int, out: Path) -> list[str]:
+    """A command that fails its first ``tries - 1`` runs (counted in ``counter``), then records."""
+    script = (f'n=$(cat "{counter}" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "{counter}"; '
+              f'[ $n -ge {tries} ] || exit 1; exec "$0" "$@"')
+    return ["/bin/sh", "-c", script, *recorder(out)]
+
+
+def make_files(watched: Path, names: list[str]) -> None:
+    for name in names:
+        (watched / name).write_bytes(b"x")
+
+
+def burst_names() -> list[str]:
+    return [f"f{index:02}" for index in range(BURST)]
+
+
+def runs_by_name(out: Path) -> dict[str, list[dict[str, bytes]]]:
+    """Each file's runs, by its name: the environment of each."""
+    runs: dict[str, list[dict[str, bytes]]] = {}
+    for record in records(out):
+        env = env_of(record)
+        runs.setdefault(env["WATCHD_NAME"].decode(), []).append(env)
+    return runs
+
+
+# -- the ledger, the daemon, the command line --------------------------------------------------
+
+def ledger_jobs(state: Path) -> list[dict]:
+    """The ledger's job rows, read as another process would (WAL: never in the daemon's way)."""
+    with contextlib.closing(sqlite3.connect(f"file:{state / 'ledger.db'}?mode=ro",
+                                            uri=True, timeout=5)) as connection:
+        connection.row_factory = sqlite3.Row
+        return [dict(row) for row in connection.execute("SELECT * FROM jobs ORDER BY id")]
+
+
+def jobs_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``watchd jobs ARGS --config CONFIG``, as an admin runs it."""
+    return subprocess.run([sys.executable, "-m", "watchd", "jobs", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def listed(config: Path, *args: str) -> list[dict]:
+    result = jobs_cli(config, "list", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["jobs"]
+
+
+def counters(process: Daemon) -> dict[str, int]:
+    """The daemon's counters, asked for now with SIGUSR1."""
+    before = process.log().count(" counters ")
+    process.signal(signal.SIGUSR1)
+    process.wait_log(" counters ", count=before + 1)
+    line = process.log().rpartition(" counters ")[2].splitlines()[0]
+    pairs = (item.partition("=") for item in line.split())
+    return {key: int(value) for key, _, value in pairs if value.isdigit()}
+
+
+def log_lines(process: Daemon, text: str) -> list[str]:
+    return [line for line in process.log().splitlines() if text in line]
+
+
+def assert_clean(process: Daemon, state: Path) -> None:
+    """No traceback was logged, and nothing but the ledger's own files is left in ``state``."""
+    assert "Traceback" not in process.log(), process.log()
+    assert set(os.listdir(state)) <= LEDGER_FILES, sorted(os.listdir(state))
+
+
+# -- a tmpfs for the state directory -----------------------------------------------------------
+
+@pytest.fixture
+def tmpfs_state(tmp_path: Path) -> Iterator[Path]:
+    """A tiny tmpfs as the state directory. Request it before ``daemon``: the daemons (which
+    hold the ledger open) are stopped first, then it is unmounted."""
+    mount_point = tmp_path / "tmpfs-state"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "watchd-test",
+                    mount_point], check=True)
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", mount_point], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", mount_point], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """A file that takes every block left in ``directory``'s filesystem."""
+    filler = directory / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as file:
+        while True:
+            try:
+                file.write(chunk)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+                if len(chunk) == 1:
+                    return filler
+                chunk = chunk[: len(chunk) // 2]
+
+
+def start_on(write_rules, daemon, tmp_path: Path, state: Path) -> tuple[Daemon, Path, Path]:
+    """A daemon recording every file of ``tmp_path/in``, with its ledger in ``state``."""
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = one_rule(write_rules, watched, recorder(out), settings={"state_dir": str(state)})
+    return daemon(config), watched, out
+
+
+def assert_degraded_yet_acting(process: Daemon, watched: Path, out: Path, problem: str) -> None:
+    """Files written while the ledger cannot be written are all acted on, from memory."""
+    make_files(watched, burst_names())
+    wait_for(lambda: set(runs_by_name(out)) >= set(burst_names()), what="every file acted on")
+    process.wait_log(DEGRADED)
+    degraded = log_lines(process, DEGRADED)
+    assert len(degraded) == 1, degraded
+    assert f" ERROR DEGRADED: {problem}" in degraded[0], degraded[0]
+    assert "jobs are kept in memory" in degraded[0]
+    assert counters(process)["ledger_failures"] > 0
+
+
+def assert_recovers(process: Daemon, watched: Path, out: Path, state: Path,
+                    kept: list[dict] | None = None) -> None:
+    """The ledger written again (within two retries), what was held is written: no job is left
+    in it but those ``kept`` (as they were), and a new file is acted on as before."""
+    process.wait_log(RECOVERED, timeout=15)
+    wait_for(lambda: ledger_jobs(state) == (kept or []), what="the held jobs written, and ended")
+    make_files(watched, ["after"])
+    wait_for(lambda: "after" in runs_by_name(out))
+    assert all(len(runs) == 1 for runs in runs_by_name(out).values())
+    assert_clean(process, state)
+
+
+# -- kill -9 and stops -------------------------------------------------------------------------
+
+def slow_then_burst(write_rules, daemon, tmp_path: Path, **settings: object):
+    """One worker held on ``slow``, and ``BURST`` files queued behind it, all in the ledger."""
+    watched, out, gate = tmp_path / "in", tmp_path / "out.jsonl", tmp_path / "gate"
+    watched.mkdir()
+    config = one_rule(write_rules, watched, gated(out, gate), settings={"workers": 1, **settings})
+    process = daemon(config)
+    make_files(watched, ["slow"])
+    wait_for(lambda: "slow" in runs_by_name(out))
+    make_files(watched, burst_names())
+    state = tmp_path / "state"
+    wait_for(lambda: len(ledger_jobs(state)) == BURST + 1, what="every job in the ledger")
+    assert not set(runs_by_name(out)) & set(burst_names())
+    return process, config, out, gate
+
+
+def unfinished(state: Path) -> list[dict]:
+    return [job for job in ledger_jobs(state) if job["state"] != "dead"]
+
+
+def assert_all_run_once(out: Path, state: Path) -> dict[str, list[dict[str, bytes]]]:
+    """Once the ledger holds no unfinished job: every file of the burst was run exactly once."""
+    wait_for(lambda: not unfinished(state), what="every job ended")
+    runs = runs_by_name(out)
+    assert set(runs) == {"slow", *burst_names()}
+    for name in burst_names():
+        assert len(runs[name]) == 1, (name, runs[name])
+    return runs
+
+
+def test_kill_9_loses_no_queued_job(tmp_path, write_rules, daemon):
+    first, config, out, gate = slow_then_burst(write_rules, daemon, tmp_path)
+    first.kill()
+    gate.touch()  # the slow run the daemon left behind ends; its next run does not wait
+    second = daemon(config)
+    second.wait_log(f"{BURST + 1} job(s) from the ledger queued")
+    runs = assert_all_run_once(out, tmp_path / "state")
+    assert not ledger_jobs(tmp_path / "state")
+    # The slow job, running at the kill, ran again (at least once): as the same job.
+    assert len(runs["slow"]) >= 2
+    for name, envs in runs.items():
+        assert len({env["WATCHD_JOB"] for env in envs}) == 1, (name, envs)
+    assert {runs[name][0]["WATCHD_TRY"] for name in burst_names()} == {b"1"}
+    assert "Traceback" not in second.log()
+
+
+def test_a_stop_leaves_the_queued_jobs_in_the_ledger_for_the_next_start(
+        tmp_path, write_rules, daemon):
+    first, config, out, gate = slow_then_burst(write_rules, daemon, tmp_path, stop_grace="0.2s")
+    assert first.stop() == 0
+    # The queued ones, and the one the stop cut short.
+    stopped = log_lines(first, " stopped")
+    assert f"stopped; {BURST + 1} job(s) wait in the ledger for the next start" in stopped[-1]
+    assert f"waiting={BURST + 1}" in stopped[-1]
+    gate.touch()
+    second = daemon(config)
+    second.wait_log(f"{BURST + 1} job(s) from the ledger queued")
+    assert_all_run_once(out, tmp_path / "state")
+
+
+def test_the_run_a_stop_killed_runs_again_at_the_next_start(tmp_path, write_rules, daemon):
+    first, config, out, gate = slow_then_burst(write_rules, daemon, tmp_path, stop_grace="0.2s")
+    first.stop()
+    gate.touch()
+    daemon(config)
+    runs = assert_all_run_once(out, tmp_path / "state")
+    assert len(runs["slow"]) >= 2
+    assert not ledger_jobs(tmp_path / "state")
+
+
+# -- retries and dead letters ------------------------------------------------------------------
+
+def test_a_failed_command_is_retried_with_backoff_until_it_succeeds(
+        tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    command = failing_until(tmp_path / "counter", 3, out)
+    process = daemon(one_rule(write_rules, watched, command, retries=3, backoff="50ms"))
+    make_files(watched, ["f"])
+    wait_for(lambda: records(out))
+    wait_for(lambda: not ledger_jobs(tmp_path / "state"), what="the job ended")
+    (run,) = runs_by_name(out)["f"]
+    assert run["WATCHD_TRY"] == b"3"
+    retried = log_lines(process, "job retried")
+    assert len(retried) == 2, retried
+    assert "job retried: try 2 of 4 in 0." in retried[0]
+    assert "job retried: try 3 of 4 in 0." in retried[1]
+    assert "dead letter" not in process.log()
+    seen = counters(process)
+    assert seen["retried"] == 2 and seen["dead_letters"] == 0
+    assert seen["queued"] == seen["retrying"] == 0
+
+
+def dead_letters_of(write_rules, daemon, tmp_path: Path, names: list[str],
+                    state: Path | None = None):
+    """A daemon whose rule runs /bin/false: each file written becomes a dead letter."""
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = one_rule(write_rules, watched, ["/bin/false"], settings=state_dir(state))
+    process = daemon(config)
+    make_files(watched, names)
+    process.wait_log("job kept as a dead letter", count=len(names))
+    wait_for(lambda: len(listed(config, "--dead")) == len(names), what="the dead letters")
+    return process, config, watched, out
+
+
+def fix_the_rule(write_rules, watched: Path, out: Path, state: Path | None = None) -> Path:
+    return one_rule(write_rules, watched, recorder(out), settings=state_dir(state))
+
+
+def test_a_dead_letter_is_listed_and_runs_again_when_retried_while_the_daemon_runs(
+        tmp_path, write_rules, daemon):
+    process, config, watched, out = dead_letters_of(write_rules, daemon, tmp_path, ["f"])
+    (line,) = log_lines(process, "job kept as a dead letter")
+    (job,) = listed(config)
+    assert (f"job kept as a dead letter after 1 tries: exited with status 1; run it again "
+            f"with: watchd jobs retry {job['id']}") in line
+    assert " ERROR job kept as a dead letter" in line
+    assert {key: job[key] for key in ("state", "rule", "path", "action", "error", "status",
+                                      "tries")} == {
+        "state": "dead", "rule": "job", "path": str(watched / "f"), "action": "command: /bin/false",
+        "error": "exited with status 1", "status": 1, "tries": 1}
+    text = jobs_cli(config)
+    assert text.returncode == 0 and text.stdout.startswith("jobs: 1 dead\n"), text.stdout
+    assert str(watched / "f") in text.stdout and "exited with status 1" in text.stdout
+    # Fixed, reloaded, asked for again: it runs from the action that failed, as the same job.
+    fix_the_rule(write_rules, watched, out)
+    process.signal(signal.SIGHUP)
+    process.wait_log("reloaded")
+    retried = jobs_cli(config, "retry", str(job["id"]))
+    assert (retried.returncode, retried.stdout) == (0, f"{job['id']}: queued again\n")
+    wait_for(lambda: records(out), timeout=10, what="the retried job run")
+    (run,) = runs_by_name(out)["f"]
+    assert run["WATCHD_JOB"] == str(job["id"]).encode() and run["WATCHD_TRY"] == b"1"
+    wait_for(lambda: not listed(config), what="the ledger empty")
+    unknown = jobs_cli(config, "retry", "999")
+    assert unknown.returncode == 1 and "999: no such dead letter" in unknown.stderr
+    assert counters(process)["dead_letters"] == 1
+
+
+def test_a_dead_letter_retried_while_the_daemon_is_stopped_runs_at_the_next_start(
+        tmp_path, write_rules, daemon):
+    process, config, watched, out = dead_letters_of(write_rules, daemon, tmp_path, ["a", "b"])
+    assert process.stop() == 0
+    first, second = (job["id"] for job in listed(config))
+    assert jobs_cli(config, "retry", str(first)).stdout == f"{first}: queued again\n"
+    # --all drops every dead letter, not the one asked for again.
+    dropped = jobs_cli(config, "drop", "--all")
+    assert (dropped.returncode, dropped.stdout) == (0, f"{second}: dropped\n")
+    assert [(job["id"], job["state"]) for job in listed(config)] == [(first, "requested")]
+    assert jobs_cli(config, "drop", str(second)).returncode == 1
+    restarted = daemon(fix_the_rule(write_rules, watched, out))
+    restarted.wait_log("1 job(s) from the ledger queued")
+    wait_for(lambda: not listed(config), what="the retried job ended")
+    assert list(runs_by_name(out)) == ["a"]
+    assert runs_by_name(out)["a"][0]["WATCHD_JOB"] == str(first).encode()
+
+
+# -- a ledger that cannot be written -----------------------------------------------------------
+
+@ROOT_ONLY
+def test_a_full_disk_degrades_the_ledger_and_every_file_is_still_acted_on(
+        tmpfs_state, tmp_path, write_rules, daemon):
+    process, watched, out = start_on(write_rules, daemon, tmp_path, tmpfs_state)
+    filler = fill(tmpfs_state)
+    try:
+        assert_degraded_yet_acting(process, watched, out,
+                                   f"cannot write {tmpfs_state / 'ledger.db'}: "
+                                   "database or disk is full")
+    finally:
+        filler.unlink()
+    assert_recovers(process, watched, out, tmpfs_state)
+
+
+@contextlib.contextmanager
+def read_only(mount_point: Path) -> Iterator[None]:
+    subprocess.run(["mount", "-o", "remount,ro", mount_point], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", mount_point], check=True)
+
+
+def start_read_only(write_rules, daemon, tmp_path: Path, state: Path,
+                    dead: list[str]) -> tuple[Daemon, Path, Path, list[dict]]:
+    """A daemon started on a ledger in ``state`` that is read-only (a mount cannot be made
+    read-only while a daemon holds the ledger open for writing: EBUSY), with the dead letters
+    of ``dead`` kept from an earlier run. It acts on a burst from memory, degraded; then the
+    mount is writable again. Returns the daemon, its paths, and the dead letters as they were."""
+    process, _, watched, out = dead_letters_of(write_rules, daemon, tmp_path, dead, state=state)
+    assert process.stop() == 0
+    kept = ledger_jobs(state)
+    with read_only(state):
+        process = daemon(fix_the_rule(write_rules, watched, out, state=state))
+        assert_degraded_yet_acting(process, watched, out, f"cannot open {state / 'ledger.db'}: "
+                                   "attempt to write a readonly database")
+    return process, watched, out, kept
+
+
+@ROOT_ONLY
+def test_a_read_only_ledger_degrades_and_recovers_when_writable_again(
+        tmpfs_state, tmp_path, write_rules, daemon):
+    process, watched, out, _ = start_read_only(write_rules, daemon, tmp_path, tmpfs_state, [])
+    assert_recovers(process, watched, out, tmpfs_state)
+
+
+@ROOT_ONLY
+def test_a_dead_letter_outlives_a_start_on_a_read_only_ledger(
+        tmpfs_state, tmp_path, write_rules, daemon):
+    process, watched, out, kept = start_read_only(write_rules, daemon, tmp_path, tmpfs_state,
+                                                  ["old"])
+    ran = {env["WATCHD_JOB"] for runs in runs_by_name(out).values() for env in runs}
+    assert str(kept[0]["id"]).encode() not in ran  # ids are never given twice
+    assert_recovers(process, watched, out, tmpfs_state, kept=kept)
+
+
+def test_a_locked_ledger_degrades_and_recovers_when_released(tmp_path, write_rules, daemon):
+    state = tmp_path / "state"
+    process, watched, out = start_on(write_rules, daemon, tmp_path, state)
+    with contextlib.closing(sqlite3.connect(state / "ledger.db", isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            assert_degraded_yet_acting(process, watched, out,
+                                       f"cannot write {state / 'ledger.db'}: database is locked")
+        finally:
+            other.execute("ROLLBACK")
+    assert_recovers(process, watched, out, state)
+
+
+# -- a corrupt ledger --------------------------------------------------------------------------
+
+def garbage(ledger: Path) -> None:
+    ledger.write_bytes(b"this is not an SQLite database\n" * 1000)
+
+
+def truncated(ledger: Path) -> None:
+    with open(ledger, "r+b") as file:
+        file.truncate(os.path.getsize(ledger) // 2)
+
+
+@pytest.mark.parametrize("spoil", [garbage, truncated], ids=["garbage", "truncated"])
+def test_a_corrupt_ledger_is_kept_aside_and_a_new_one_begun(tmp_path, write_rules, daemon,
+                                                            spoil):
+    state = tmp_path / "state"
+    first, watched, out = start_on(write_rules, daemon, tmp_path, state)
+    make_files(watched, burst_names())  # a ledger of a few pages, what the rule saw
+    wait_for(lambda: len(records(out)) == BURST)
+    wait_for(lambda: not ledger_jobs(state))
+    assert first.stop() == 0
+    assert set(os.listdir(state)) == {"ledger.db"}, os.listdir(state)
+    spoil(state / "ledger.db")
+    second = daemon(first.config)
+    (line,) = log_lines(second, "the ledger is corrupt")
+    assert " CRITICAL " in line and "a new ledger is begun" in line
+    (aside,) = state.glob("ledger.db.corrupt-*")
+    assert f"kept aside as {aside}" in line
+    make_files(watched, ["after"])
+    wait_for(lambda: "after" in runs_by_name(out))
+    wait_for(lambda: not ledger_jobs(state))
+    assert "Traceback" not in second.log()
+
+
+def test_watchd_jobs_on_a_corrupt_ledger_says_so_without_a_traceback(tmp_path, write_rules):
+    config = one_rule(write_rules, tmp_path / "in", ["/bin/true"])
+    (tmp_path / "state").mkdir()
+    garbage(tmp_path / "state" / "ledger.db")
+    for args in (("list",), ("retry", "--all"), ("drop", "1")):
+        result = jobs_cli(config, *args)
+        assert result.returncode == 1, result
+        assert "cannot read the ledger" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dead_letters_past_the_bound_drop_the_oldest_and_say_so(tmp_path, write_rules, daemon):
+    watched = tmp_path / "in"
+    watched.mkdir()
+    config = one_rule(write_rules, watched, ["/bin/false"], {"workers": 1, "dead_letters": 3})
+    process = daemon(config)
+    names = [f"f{index}" for index in range(5)]
+    for name in names:
+        make_files(watched, [name])
+        process.wait_log(f"/in/{name} ")
+    wait_for(lambda: process.log().count("job kept as a dead letter") == 5)
+    state = tmp_path / "state"
+    wait_for(lambda: [os.path.basename(job["path"]).decode() for job in ledger_jobs(state)]
+             == names[2:], what="the three newest dead letters, alone")
+    assert "oldest dead letter(s) dropped: settings.dead_letters keeps 3" in process.log()
+    assert counters(process)["dead_letters_dropped"] == 2

@@ -1,0 +1,168 @@
+"""One group commit's worth of operations, applied with as few statements as they allow.
+
+Under a burst most of a job's operations meet in the same batch, or cancel out: a row kept
+twice is written once (its last state), a job that ended before it was ever written is not
+written at all, and what a rule saw at a path is written once, as it is now. What is left
+goes to SQLite table by table with ``executemany``. Tables are independent, so only the
+order within one matters, and it is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import time
+from typing import cast
+
+from watchd.ledger import store
+from watchd.ledger.store import JobRow
+from watchd.source.snapshot import DIRECTORY, OTHER, FileState, file_state
+
+# Events after which a rule has nothing at the path: its record goes.
+_GONE_AFTER = frozenset({"delete", "moved_from", "delete_self", "move_self"})
+
+# An operation: (kind, ...). "job": a row to keep, and whether its rule's record of its path
+# is to be written with it (the rule acted on the event there); "end": a job whose actions
+# ended; "dir": a directory's records as a catch-up found
+# it (upserts, deletions); "forget": a directory gone; "caught_up": a rule's first catch-up
+# done; "delivery": a webhook delivery to keep; "delivered": one acknowledged.
+Operation = tuple[object, ...]
+RecordKey = tuple[str, bytes]  # a rule, and a path
+# A record to make from what is at the path when the batch is written (looked at once however
+# many of the batch's jobs name it).
+LOOK: FileState = (0, -5, 0)
+PUT_RECORD = ("INSERT INTO seen VALUES(?, ?, ?, ?, ?) ON CONFLICT(dir, name) DO UPDATE SET "
+              "ino=excluded.ino, size=excluded.size, mtime=excluded.mtime")
+
+
+class Batch:
+    def __init__(self, connection: sqlite3.Connection, on_disk_upto: int,
+                 dir_ids: dict[tuple[str, bytes], int]) -> None:
+        self.connection = connection
+        self.on_disk_upto = on_disk_upto  # jobs with a greater id were never written
+        self.dir_ids = dir_ids  # a cache of the dirs table, kept across batches
+        self.jobs: dict[int, JobRow | None] = {}  # each job's last state; None: ended
+        self.deliveries: dict[str, tuple[object, ...] | None] = {}
+        self.new_deliveries: set[str] = set()  # first kept in this batch: never written yet
+        self.records: dict[RecordKey, FileState | None] = {}  # None: nothing there now
+
+    def apply(self, operations: list[Operation], dead_letters: int) -> int:
+        """Apply them; then keep at most ``dead_letters`` of jobs and of deliveries each, if
+        new ones came; how many old ones were dropped."""
+        for operation in operations:
+            kind = operation[0]
+            if kind == "job":
+                row = cast(JobRow, operation[1])
+                self.jobs[row.id] = row
+                if operation[2]:
+                    self._seen(row.rule, row.event, row.path, row.src_path)
+            elif kind == "end":
+                self.jobs[cast(int, operation[1])] = None
+            elif kind == "dir":
+                self._dir(*cast(tuple[str, bytes, list[tuple[bytes, FileState]], list[bytes]],
+                                operation[1:]))
+            elif kind == "forget":
+                self._forget(*cast(tuple[str, bytes], operation[1:]))
+            elif kind == "caught_up":
+                self.connection.execute("INSERT OR IGNORE INTO rules(name, since) VALUES(?, ?)",
+                                        (operation[1], time.time()))
+            elif kind == "delivery":
+                self._delivery(cast(tuple[object, ...], operation[1]))
+            elif kind == "delivered":
+                self.deliveries[cast(str, operation[1])] = None
+        self._write_records()
+        buried = self._write_jobs() + self._write_deliveries()
+        return self._drop_old_dead_letters(dead_letters) if buried else 0
+
+    def _delivery(self, values: tuple[object, ...]) -> None:
+        delivery_id = cast(str, values[0])
+        if delivery_id not in self.deliveries and values[7] == 0:  # no attempt yet: new
+            self.new_deliveries.add(delivery_id)
+        self.deliveries[delivery_id] = values
+
+    def _seen(self, rule: str, event: str, path: bytes, src_path: bytes) -> None:
+        if src_path:
+            self.records[rule, src_path] = None
+        self.records[rule, path] = None if event in _GONE_AFTER else LOOK
+
+    def _write_records(self) -> None:
+        kept, gone = [], []
+        for (rule, path), state in self.records.items():
+            directory, name = os.path.split(path)
+            dir_id = self._dir_id(rule, directory)
+            if state is LOOK:
+                state = _looked_at(path)
+            if state is None:
+                gone.append((dir_id, name))
+            else:
+                kept.append((dir_id, name, *state))
+        self.connection.executemany(PUT_RECORD, kept)
+        self.connection.executemany("DELETE FROM seen WHERE dir=? AND name=?", gone)
+        self.records.clear()
+
+    def _dir(self, rule: str, directory: bytes, found: list[tuple[bytes, FileState]],
+             gone: list[bytes]) -> None:
+        for name, state in found:
+            self.records[rule, os.path.join(directory, name)] = state
+        for name in gone:
+            self.records[rule, os.path.join(directory, name)] = None
+
+    def _forget(self, rule: str, directory: bytes) -> None:
+        self._write_records()  # what came before, first: the order is kept
+        dir_id = self._dir_id(rule, directory)
+        self.connection.execute("DELETE FROM seen WHERE dir=?", (dir_id,))
+        self.connection.execute("DELETE FROM dirs WHERE id=?", (dir_id,))
+        del self.dir_ids[rule, directory]
+
+    def _write_jobs(self) -> int:
+        """Write the jobs' last states (one never written by a plain insert); how many are
+        dead letters."""
+        kept = [row for row in self.jobs.values() if row is not None]
+        ended = [(job_id,) for job_id, row in self.jobs.items()
+                 if row is None and job_id <= self.on_disk_upto]
+        upto = self.on_disk_upto
+        self.connection.executemany(store.NEW_JOB, [row for row in kept if row.id > upto])
+        self.connection.executemany(store.PUT_JOB, [row for row in kept if row.id <= upto])
+        self.connection.executemany("DELETE FROM jobs WHERE id=?", ended)
+        return sum(row.state == store.DEAD for row in kept)
+
+    def _write_deliveries(self) -> int:
+        """Write the deliveries' last states; how many are dead letters."""
+        kept = [values for values in self.deliveries.values() if values is not None]
+        self.connection.executemany(store.PUT_DELIVERY, kept)
+        self.connection.executemany(store.END_DELIVERY, [
+            (delivery_id,) for delivery_id, values in self.deliveries.items()
+            if values is None and delivery_id not in self.new_deliveries])
+        return sum(bool(values[-1]) for values in kept)
+
+    def _drop_old_dead_letters(self, keep: int) -> int:
+        dropped = 0
+        for statement in (store.DROP_OLD_DEAD_JOBS, store.DROP_OLD_DEAD_DELIVERIES):
+            dropped += self.connection.execute(statement, (keep,)).rowcount
+        return dropped
+
+    def _dir_id(self, rule: str, directory: bytes) -> int:
+        key = (rule, directory)
+        dir_id = self.dir_ids.get(key)
+        if dir_id is None:
+            self.connection.execute("INSERT OR IGNORE INTO dirs(rule, path) VALUES(?, ?)", key)
+            dir_id = self.connection.execute("SELECT id FROM dirs WHERE rule=? AND path=?",
+                                             key).fetchone()[0]
+            self.dir_ids[key] = dir_id
+        return dir_id
+
+
+def _looked_at(path: bytes) -> FileState | None:
+    try:
+        return record_of(os.lstat(path))
+    except OSError:
+        return None
+
+
+def record_of(info: os.stat_result) -> FileState:
+    """What the ledger keeps of an entry, as a snapshot does: a regular file's inode, size and
+    mtime; a marker for anything else (a directory's content is its own record)."""
+    if stat.S_ISREG(info.st_mode):
+        return file_state(info)
+    return DIRECTORY if stat.S_ISDIR(info.st_mode) else OTHER

@@ -1,0 +1,56 @@
+"""A job as the ledger keeps it, and back: the row of a ``Job``, the ``Job`` of a row."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from watchd.core.events import EVENT_BITS, FileEvent
+from watchd.core.job import Job
+from watchd.core.rules import RuleSet
+from watchd.ledger.store import QUEUED, JobRow
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How the last run of a job's action failed, for its retry or its dead letter."""
+
+    action: str  # what ran, as ``watchd explain`` shows it
+    error: str
+    status: int | None = None
+    stderr: bytes | None = None
+
+
+def row_of(job: Job, state: str, failure: Failure | None = None,
+           next_at: float | None = None) -> JobRow:
+    event = job.event
+    now = time.time()
+    return JobRow(job.id, state, job.rule.name, job.root.path, event.path, event.event,
+                  event.is_dir, event.src_path, event.caught_up, job.step, job.tries, now, now,
+                  next_at, failure.action if failure else None,
+                  failure.status if failure else None, failure.error if failure else None,
+                  failure.stderr if failure else None)
+
+
+def queued_row(job: Job, job_id: int) -> JobRow:
+    """A new job's row, under the id it is given: made for every job queued, so kept short."""
+    event = job.event
+    now = time.time()
+    return JobRow(job_id, QUEUED, job.rule.name, job.root.path, event.path, event.event,
+                  event.is_dir, event.src_path, event.caught_up, job.step, job.tries, now, now)
+
+
+def job_of(row: JobRow, ruleset: RuleSet) -> Job | str:
+    """The job a row keeps, under the rules in force now; why not, if it cannot be (its
+    rule, its root or its action is gone)."""
+    rule = next((rule for rule in ruleset.rules if rule.name == row.rule and rule.enabled), None)
+    if rule is None:
+        return f"its rule {row.rule!r} is gone or disabled"
+    root = ruleset.roots_by_path.get(row.root)
+    if root is None or rule not in root.rules:
+        return f"rule {row.rule!r} no longer watches {row.root.decode(errors='replace')}"
+    if row.step > len(rule.actions):
+        return f"rule {row.rule!r} has no action {row.step} now"
+    event = FileEvent(row.path, row.event, EVENT_BITS.get(row.event, 0), row.is_dir,
+                      row.src_path, caught_up=row.caught_up)
+    return Job(rule, root, event, row.id, row.step, row.tries)

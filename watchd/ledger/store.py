@@ -1,0 +1,220 @@
+"""The ledger's database: its schema, how it is opened, and the queries on it.
+
+One SQLite file, ``<state_dir>/ledger.db``, in WAL mode so that ``watchd jobs`` can read and
+change it while the daemon writes. Only the daemon's writer thread (``watchd.ledger.writer``)
+writes jobs and records while it runs; ``watchd jobs retry|drop`` change only dead letters
+(and mark them ``requested``, which the daemon picks up).
+
+    jobs   one row a job, from queued until its actions end (or it is dropped as a dead letter)
+    rules  each rule the ledger has caught up with once: its first start is behind it
+    dirs   each directory a rule last saw, by rule
+    seen   what a rule last saw in each directory: name, inode, size, mtime
+    deliveries  webhook deliveries from their acceptance until acknowledged, and dead letters
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+FILE_NAME = "ledger.db"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 2000  # how long a write waits for another process's lock before it fails
+
+# The states of a job row. A job that is running when the daemon dies is queued again at the
+# next start (at least once); ``requested``: a dead letter that ``watchd jobs retry`` asked for.
+QUEUED, RUNNING, RETRYING, DEAD, REQUESTED = "queued", "running", "retrying", "dead", "requested"
+UNFINISHED = (QUEUED, RUNNING, RETRYING, REQUESTED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs(
+    id INTEGER PRIMARY KEY, state TEXT NOT NULL, rule TEXT NOT NULL, root BLOB NOT NULL,
+    path BLOB NOT NULL, event TEXT NOT NULL, is_dir INTEGER NOT NULL, src_path BLOB NOT NULL,
+    caught_up INTEGER NOT NULL, step INTEGER NOT NULL, tries INTEGER NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL, next_at REAL,
+    action TEXT, status INTEGER, error TEXT, stderr BLOB);
+CREATE TABLE IF NOT EXISTS rules(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL,
+    since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS dirs(id INTEGER PRIMARY KEY, rule TEXT NOT NULL,
+    path BLOB NOT NULL, UNIQUE(rule, path));
+CREATE TABLE IF NOT EXISTS seen(dir INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
+    size INTEGER NOT NULL, mtime INTEGER NOT NULL, PRIMARY KEY(dir, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deliveries(seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,
+    rule TEXT NOT NULL, action INTEGER NOT NULL, event TEXT NOT NULL, path BLOB NOT NULL,
+    body BLOB NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
+    dead INTEGER NOT NULL);
+"""
+DELIVERY_COLUMNS = ("id", "rule", "action", "event", "path", "body", "created", "attempts",
+                    "last_error", "dead")
+# A delivery, new or as it is now (attempts made, given up on); it keeps its place in order.
+PUT_DELIVERY = (f"INSERT INTO deliveries({','.join(DELIVERY_COLUMNS)}) "
+                f"VALUES({','.join('?' * len(DELIVERY_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
+                "rule=excluded.rule, action=excluded.action, attempts=excluded.attempts, "
+                "last_error=excluded.last_error, dead=excluded.dead")
+END_DELIVERY = "DELETE FROM deliveries WHERE id=?"
+# The dead letters past the newest N (the parameter), of jobs and of deliveries.
+DROP_OLD_DEAD_JOBS = ("DELETE FROM jobs WHERE state='dead' AND id <= (SELECT id FROM jobs "
+                      "WHERE state='dead' ORDER BY id DESC LIMIT 1 OFFSET ?)")
+DROP_OLD_DEAD_DELIVERIES = ("DELETE FROM deliveries WHERE dead=1 AND seq <= (SELECT seq FROM "
+                            "deliveries WHERE dead=1 ORDER BY seq DESC LIMIT 1 OFFSET ?)")
+
+
+class JobRow(NamedTuple):
+    """A job as the ledger keeps it: a row of ``jobs``, its columns in order (a tuple: one is
+    made for every job queued, on the event path)."""
+
+    id: int
+    state: str
+    rule: str
+    root: bytes
+    path: bytes
+    event: str
+    is_dir: bool
+    src_path: bytes
+    caught_up: bool
+    step: int  # the action to perform next, from 1
+    tries: int  # runs of that action started
+    created: float
+    updated: float
+    next_at: float | None = None  # retrying: when (seconds since the epoch)
+    action: str | None = None  # the last failed run: what it ran
+    status: int | None = None  # … its exit status (minus a signal's number)
+    error: str | None = None  # … how it failed, in words
+    stderr: bytes | None = None  # … the tail of its stderr
+
+    def as_json(self) -> dict[str, object]:
+        """For ``watchd jobs list --json``: names as text (bytes escaped as in logs)."""
+        return {column: value.decode("utf-8", "backslashreplace") if isinstance(value, bytes)
+                else value for column, value in self._asdict().items()}
+
+
+JOB_COLUMNS = JobRow._fields
+# A job never written yet.
+NEW_JOB = f"INSERT INTO jobs({','.join(JOB_COLUMNS)}) VALUES({','.join('?' * len(JOB_COLUMNS))})"
+# A job's row, new or as it is now; its creation time stays that of its first.
+PUT_JOB = (f"INSERT INTO jobs({','.join(JOB_COLUMNS)}) VALUES({','.join('?' * len(JOB_COLUMNS))}) "
+           "ON CONFLICT(id) DO UPDATE SET " + ", ".join(
+               f"{column}=excluded.{column}" for column in JOB_COLUMNS
+               if column not in ("id", "created")))
+
+
+def path_in(state_dir: Path) -> Path:
+    return state_dir / FILE_NAME
+
+
+def connect(file: Path, *, create: bool) -> sqlite3.Connection:
+    """A connection in WAL mode, each commit durable (``synchronous=FULL``); with ``create``,
+    the state directory and schema are made if missing. Raises ``sqlite3.DatabaseError`` for a
+    file that is not a database, ``OSError``/``sqlite3.OperationalError`` if it cannot be had."""
+    if create:
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif not file.exists():
+        raise FileNotFoundError(f"no ledger at {file}")
+    uri = f"file:{file}" + ("" if create else "?mode=rw")
+    connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                 isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        if create:
+            with transaction(connection):
+                _create(connection)
+        # Reading a table proves the file is a database, and a ledger.
+        connection.execute("SELECT count(*) FROM jobs WHERE id < 0").fetchone()
+    except BaseException:
+        connection.close()
+        raise
+    if create:
+        os.chmod(file, 0o600)
+    return connection
+
+
+def _create(connection: sqlite3.Connection) -> None:
+    for statement in filter(str.strip, _SCHEMA.split(";")):
+        connection.execute(statement)
+    connection.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)",
+                       (SCHEMA_VERSION,))
+    connection.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('instance', ?)",
+                       (secrets.randbits(48),))
+
+
+def instance(connection: sqlite3.Connection) -> str:
+    """This ledger's own name, made at its creation: ids made from job ids differ from those
+    of a ledger begun anew (a corrupt one put aside)."""
+    row = connection.execute("SELECT value FROM meta WHERE key='instance'").fetchone()
+    return f"{row[0]:012x}" if row else "0" * 12
+
+
+@contextlib.contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def put_aside(file: Path) -> Path:
+    """Move a database SQLite cannot read (and its WAL) aside, where it can be looked at."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = file.with_name(f"{file.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{file}{suffix}", f"{aside}{suffix}")
+    return aside
+
+
+def next_id(connection: sqlite3.Connection) -> int:
+    """The first job id not used yet: ids are never given twice, even after a drop."""
+    row = connection.execute(
+        "SELECT max(coalesce((SELECT value FROM meta WHERE key='next_id'), 1), "
+        "coalesce((SELECT max(id) FROM jobs), 0) + 1)").fetchone()
+    return int(row[0])
+
+
+def jobs(connection: sqlite3.Connection, states: Iterable[str] = (*UNFINISHED, DEAD),
+         ids: Iterable[int] | None = None) -> list[JobRow]:
+    wanted = tuple(states)
+    query = (f"SELECT {','.join(JOB_COLUMNS)} FROM jobs "
+             f"WHERE state IN ({','.join('?' * len(wanted))})")
+    parameters: list[object] = list(wanted)
+    if ids is not None:
+        chosen = tuple(ids)
+        query += f" AND id IN ({','.join('?' * len(chosen))})"
+        parameters.extend(chosen)
+    rows = connection.execute(query + " ORDER BY id", parameters).fetchall()
+    return [_row(row) for row in rows]
+
+
+def _row(values: tuple[object, ...]) -> JobRow:
+    row = JobRow._make(values)
+    return row._replace(is_dir=bool(row.is_dir), caught_up=bool(row.caught_up))
+
+
+def request_retry(connection: sqlite3.Connection, ids: list[int] | None) -> list[int]:
+    """Mark dead letters (all, for None) to be run again; the ids that were."""
+    return _change_dead(connection, ids, "UPDATE jobs SET state=?, tries=0, next_at=NULL, "
+                        "updated=? WHERE id=?",
+                        lambda job_id: (REQUESTED, time.time(), job_id))
+
+
+def drop(connection: sqlite3.Connection, ids: list[int] | None) -> list[int]:
+    """Forget dead letters (all, for None); the ids that were."""
+    return _change_dead(connection, ids, "DELETE FROM jobs WHERE id=?", lambda job_id: (job_id,))
+
+
+def _change_dead(connection: sqlite3.Connection, ids: list[int] | None, statement: str,
+                 parameters: Callable[[int], tuple[object, ...]]) -> list[int]:
+    with transaction(connection):
+        found = [row.id for row in jobs(connection, (DEAD,), ids)]
+        connection.executemany(statement, [parameters(job_id) for job_id in found])
+    return found

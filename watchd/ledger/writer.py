@@ -1,0 +1,318 @@
+"""The ledger's one writer: a thread that commits what the daemon hands it, many at a time.
+
+Whoever changes a job (the notifier queueing it, a worker starting or ending it) only appends
+an operation to a list and wakes this thread: nobody waits on the disk. The thread takes the
+whole list, applies it in one transaction and commits (one fsync for a burst: group commit).
+A job's id is its place in that order, so "committed up to id N" tells a worker whether the
+job it took is on disk yet; it waits for that (rarely: the writer is usually ahead) so that
+an action never runs for a job a crash could forget.
+
+When a commit fails (a full disk, a read-only or locked database) the operations stay in
+memory, in order, and are tried again every ``RETRY_INTERVAL``: the daemon runs on, degraded
+and saying so, and loses nothing it can hold. Past ``MAX_PENDING`` held operations the
+records of what rules saw go first (a later catch-up may then act once more), then nothing:
+jobs themselves are also in the queue, which is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchd.core.job import Job
+from watchd.core.journal import MessageId
+from watchd.core.logs import log
+from watchd.core.rules import RuleSet
+from watchd.core.stats import Count, Counters
+from watchd.ledger import store
+from watchd.ledger.batch import Batch, Operation
+from watchd.ledger.rows import queued_row
+from watchd.ledger.store import JobRow
+from watchd.source.snapshot import FileState
+
+RETRY_INTERVAL = 5.0  # seconds between attempts to write while the ledger cannot be written
+IDLE_LOOK = 1.0  # seconds between looks for dead letters `watchd jobs retry` asked for
+DURABLE_WAIT = 5.0  # the longest a worker waits for its job to be on disk before it runs anyway
+MAX_PENDING = 1_000_000  # operations held in memory while the ledger cannot be written
+# The most operations one commit takes: a burst's first jobs are on disk (and may run) soon,
+# rather than after the whole burst has been written.
+BATCH_LIMIT = 2000
+
+
+
+class Ledger:
+    def __init__(self, state_dir: Path, counters: Counters,
+                 on_status_change: Callable[[], None] = lambda: None) -> None:
+        self.file = store.path_in(state_dir)
+        self.counters = counters
+        self.on_status_change = on_status_change
+        # Dead letters asked for again, or jobs found once the database could be opened late.
+        self.on_found: Callable[[list[JobRow]], None] = lambda rows: None
+        self.dead_letters = 10_000  # kept at most, of jobs and of deliveries each
+        self._connection: sqlite3.Connection | None = None
+        self._pending: list[Operation] = []
+        self._changed = threading.Condition(threading.Lock())
+        self._last_id = 0
+        self._committed = 0
+        self._closing = False
+        self._problem = ""  # why the ledger cannot be written now; "" when it can
+        self._closed = threading.Event()  # wakes the writer from a wait between retries
+        self._data_version: int | None = None
+        self._next_look = 0.0  # when to look for dead letters asked for again
+        self._dir_ids: dict[tuple[str, bytes], int] = {}
+        self._instance = f"{secrets.randbits(48):012x}"  # the database's, once it is open
+        self._thread = threading.Thread(target=self._run, name="watchd-ledger", daemon=True)
+
+    # -- for the daemon ------------------------------------------------------------------------
+
+    def open(self) -> list[JobRow]:
+        """Open (or make) the database; the jobs a stop or a crash left unfinished. A file
+        SQLite cannot read is put aside and a new ledger begun; one that cannot be opened
+        (read-only, full, locked) leaves the ledger degraded, tried again in the background."""
+        rows = self._try_open()
+        if self._connection is None:
+            # Ids given before the ledger can be read must not be those of the jobs in it:
+            # these start past any it can hold (microseconds since the epoch).
+            self._last_id = self._committed = time.time_ns() // 1000
+        self._thread.start()
+        return rows
+
+    def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
+        """The commit sets how many dead letters are kept (the ledger itself is the one in the
+        state directory of the start)."""
+        def commit() -> None:
+            self.dead_letters = ruleset.settings.dead_letters
+        return commit
+
+    @property
+    def problem(self) -> str:
+        """Why the ledger cannot be written now (for STATUS=), or ""."""
+        return self._problem
+
+    def stats(self) -> dict[str, int]:
+        return {"ledger_pending": len(self._pending)}
+
+    def add(self, job: Job) -> int:
+        """Keep a new job, queued; its id. Called from any thread; never waits on the disk.
+        For a rule with ``catch_up``, its record of the path is written with it (in the same
+        commit: a job on disk is never without it, or a crash could make a catch-up act on it
+        again)."""
+        with self._changed:
+            self._last_id += 1
+            job_id = self._last_id
+            self._pending.append(("job", queued_row(job, job_id), job.rule.catch_up))
+            self._changed.notify()
+        return job_id
+
+    def keep(self, row: JobRow) -> None:
+        """Keep a job's row as it is now (retrying, dead, queued again)."""
+        self._append(("job", row, False))
+
+    def end(self, job_id: int) -> None:
+        self._append(("end", job_id))
+
+    def record_dir(self, rule: str, directory: bytes, found: list[tuple[bytes, FileState]],
+                   gone: list[bytes]) -> None:
+        self._append(("dir", rule, directory, found, gone))
+
+    def forget_dir(self, rule: str, directory: bytes) -> None:
+        self._append(("forget", rule, directory))
+
+    def caught_up(self, rule: str) -> None:
+        self._append(("caught_up", rule))
+
+    def put_delivery(self, values: tuple[object, ...]) -> None:
+        """A webhook delivery, as ``store.DELIVERY_COLUMNS``: new, or as it is now."""
+        self._append(("delivery", values))
+
+    def end_delivery(self, delivery_id: str) -> None:
+        self._append(("delivered", delivery_id))
+
+    @property
+    def instance(self) -> str:
+        return self._instance
+
+    def wait_durable(self, job_id: int) -> None:
+        """Return once job ``job_id`` is on disk, or at once while the ledger cannot be
+        written (the job runs from memory), or after ``DURABLE_WAIT`` at the most."""
+        deadline = time.monotonic() + DURABLE_WAIT
+        with self._changed:
+            while (self._committed < job_id and not self._problem and not self._closing
+                   and (remaining := deadline - time.monotonic()) > 0):
+                self._changed.wait(remaining)
+
+    def backlog(self, limit: int) -> None:
+        """Wait while more than ``limit`` operations are held (a catch-up's bulk), unless the
+        ledger cannot be written (they are held in memory then, and must not grow)."""
+        with self._changed:
+            while len(self._pending) > limit and not self._problem and not self._closing:
+                self._changed.wait(0.5)
+
+    def close(self, timeout: float) -> int:
+        """Write what is held, stop; how many operations could not be written."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        self._closed.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._changed:
+            left = len(self._pending)
+        if self._connection is not None and not self._thread.is_alive():
+            self._connection.close()
+        return left
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _append(self, operation: Operation) -> None:
+        with self._changed:
+            self._pending.append(operation)
+            self._changed.notify()
+
+    def _try_open(self) -> list[JobRow]:
+        try:
+            connection = self._connect()
+            rows = store.jobs(connection, store.UNFINISHED)
+            first = store.next_id(connection)
+            self._instance = store.instance(connection)
+        except (OSError, sqlite3.Error) as error:
+            self._failed(f"cannot open {self.file}: {_reason(error)}")
+            return []
+        with self._changed:
+            self._connection = connection
+            # Ids go on from the highest ever given, and past those given while degraded.
+            self._last_id = max(self._last_id, first - 1)
+            self._committed = first - 1
+            self._data_version = None
+        return rows
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            return store.connect(self.file, create=True)
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as error:
+            aside = store.put_aside(self.file)
+            self.counters.add(Count.LEDGER_CORRUPT)
+            log(logging.CRITICAL, f"the ledger is corrupt ({error}): kept aside as {aside}; a new "
+                "ledger is begun. Jobs that were waiting in it are not run: look at the kept "
+                "file with sqlite3", message_id=MessageId.LEDGER_CORRUPT, path=str(aside))
+            return store.connect(self.file, create=True)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                if not self._pending and not self._closing:
+                    self._changed.wait(RETRY_INTERVAL if self._problem else IDLE_LOOK)
+                batch = self._pending[:BATCH_LIMIT]
+                del self._pending[:BATCH_LIMIT]
+                upto = self._last_id if not self._pending else _highest_job(batch, self._committed)
+                closing = self._closing
+            if self._connection is None:
+                found = self._try_open()
+                if found:
+                    self.on_found(found)
+            written = self._write(batch, upto) if self._connection is not None else False
+            if not written:
+                self._hold(batch)
+                if closing:
+                    return
+                self._closed.wait(RETRY_INTERVAL)
+                continue
+            if closing:
+                with self._changed:
+                    if not self._pending:
+                        return
+            elif time.monotonic() >= self._next_look:
+                self._next_look = time.monotonic() + IDLE_LOOK
+                self._look_for_requests()
+
+    def _write(self, batch: list[Operation], upto: int) -> bool:
+        assert self._connection is not None
+        try:
+            if batch:
+                with store.transaction(self._connection):
+                    dropped = Batch(self._connection, self._committed, self._dir_ids).apply(
+                        batch, self.dead_letters)
+                    self._connection.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES('next_id', ?)",
+                        (upto + 1,))
+        except sqlite3.Error as error:
+            self._dir_ids.clear()  # rolled back: ids made in it are not there
+            self._failed(f"cannot write {self.file}: {_reason(error)}")
+            return False
+        if batch and dropped:
+            self.counters.add(Count.DEAD_LETTERS_DROPPED, amount=dropped)
+            log(logging.WARNING, f"{dropped} oldest dead letter(s) dropped: settings."
+                f"dead_letters keeps {self.dead_letters}", path=str(self.file))
+        with self._changed:
+            self._committed = max(self._committed, upto)
+            recovered, self._problem = self._problem, ""
+            self._changed.notify_all()
+        if recovered:
+            log(logging.WARNING, f"the ledger can be written again ({recovered} before); what "
+                "was held in memory is written", message_id=MessageId.LEDGER_DEGRADED,
+                path=str(self.file))
+            self.on_status_change()
+        return True
+
+    def _hold(self, batch: list[Operation]) -> None:
+        """Keep a batch that could not be written before what came since, within the bound."""
+        with self._changed:
+            held = batch + self._pending
+            if len(held) > MAX_PENDING:
+                kept = [(*op[:2], False) if op[0] == "job" else op for op in held
+                        if op[0] not in ("dir", "forget")]
+                self.counters.add(Count.LEDGER_DROPPED, amount=len(held) - len(kept))
+                held = kept[-MAX_PENDING:]
+            self._pending = held
+
+    def _failed(self, problem: str) -> None:
+        self.counters.add(Count.LEDGER_FAILURES)
+        with self._changed:
+            news = not self._problem
+            self._problem = problem
+            self._changed.notify_all()
+        if news:
+            log(logging.ERROR, f"DEGRADED: {problem}; jobs are kept in memory (and lost to a "
+                f"crash) until it can be written, tried every {RETRY_INTERVAL:g}s",
+                message_id=MessageId.LEDGER_DEGRADED, path=str(self.file))
+            self.on_status_change()
+
+    def _look_for_requests(self) -> None:
+        """Dead letters ``watchd jobs retry`` marked since the last look (another process's
+        commit changes ``data_version``)."""
+        assert self._connection is not None
+        try:
+            version = self._connection.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._data_version:
+                return
+            self._data_version = version
+            rows = store.jobs(self._connection, (store.REQUESTED,))
+        except sqlite3.Error:
+            return  # looked at again next time
+        if rows:
+            self.on_found(rows)
+
+
+def _highest_job(batch: list[Operation], committed: int) -> int:
+    """The highest id of a job kept new in ``batch``: what is on disk once it is written, when
+    more waits after it (ids are given in the order of the list)."""
+    for operation in reversed(batch):
+        if operation[0] == "job":
+            row = operation[1]
+            assert isinstance(row, JobRow)
+            if row.id > committed:
+                return row.id
+    return committed
+
+
+
+
+def _reason(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error)

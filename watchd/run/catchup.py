@@ -1,0 +1,342 @@
+"""Catch-up: what changed in a rule's trees while the daemon was not running, acted on once.
+
+At start (and when a reload adds a path) each rule with ``catch_up`` has its trees listed and
+compared, directory by directory (``watchd.source.snapshot``), with what the ledger says the
+rule last saw; each difference becomes the events inotify would have told: ``create`` and
+``close_write`` for a new file, ``close_write`` for a changed one, ``delete`` for a gone one,
+``moved_from`` and ``moved_to`` for a file found under another name (the same inode, size and
+mtime: a reused inode with other content is a delete and a create). They go through the
+rule's matching like any event, marked ``caught_up``, and the ledger then holds the tree as
+found. A rule's first start only records what is there, unless it says ``existing: process``.
+
+It runs on a thread of its own: the main loop and the event path never wait for a walk. It
+waits for room in the queue rather than have events dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+
+from watchd.core.events import EVENT_BITS, FileEvent
+from watchd.core.journal import MessageId
+from watchd.core.logs import log
+from watchd.core.rules import Root, Rule, RuleSet, Scope
+from watchd.core.stats import Count, Counters
+from watchd.ledger import store
+from watchd.ledger.writer import Ledger
+from watchd.run.dispatch import Dispatcher
+from watchd.run.overlap import GONE, Overlap
+from watchd.run.queue import JobQueue
+from watchd.source.notifier import Notifier
+from watchd.source.snapshot import (
+    DIRECTORY,
+    Changed,
+    Created,
+    Deleted,
+    DirState,
+    FileState,
+    compare,
+)
+from watchd.source.table import WatchTable
+
+HELD_OPERATIONS = 50_000  # a catch-up waits while the ledger holds more than this to write
+QUEUE_ROOM = 0.8  # … and while the queue is fuller than this share of its size
+OVERLAP_GRACE = 2.0  # seconds the end of a catch-up waits at most for live events read late
+
+Pair = tuple[Rule, Root]  # a rule, and one of its roots: what one catch-up walks
+
+
+class CatchUp:
+    def __init__(self, ledger: Ledger, sink: Dispatcher, jobs: JobQueue, counters: Counters,
+                 notifier: Notifier) -> None:
+        self.ledger = ledger
+        self.sink = sink
+        self.jobs = jobs
+        self.counters = counters
+        self.notifier = notifier
+        # Its lock: matching runs one thread at a time; its note of watchd's own reads: a
+        # listing here is never told as an event.
+        self.table = notifier.table
+        self.stopping = threading.Event()
+        self.overlap = Overlap()
+        self._threads: list[threading.Thread] = []
+        self._done: set[tuple[str, bytes]] = set()  # (rule, root) caught up with since start
+        self._due: list[Pair] = []
+        self._walking = 0
+
+    def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
+        """The commit makes ready to catch up with each rule's roots not caught up with yet
+        (all at start, those a reload added after): from then on live events are noted, so
+        that the catch-up ``begin`` starts, once they are watched, does not act on them too."""
+        pairs = [(rule, root) for root in ruleset.roots if root.untrusted is None
+                 for rule in root.rules if rule.enabled and rule.catch_up
+                 and (rule.name, root.path) not in self._done]
+
+        def commit() -> None:
+            self._done.update((rule.name, root.path) for rule, root in pairs)
+            if pairs:
+                self._due.extend(pairs)
+                if self.sink.overlap is None:
+                    self.overlap = self.sink.overlap = Overlap()
+        return commit
+
+    def begin(self) -> None:
+        """Start the catch-up made ready by the last commit, in the background."""
+        pairs, self._due = self._due, []
+        self.start(pairs)
+
+    def stats(self) -> dict[str, int]:
+        return {"catching_up": self.walking()}
+
+    def start(self, pairs: list[Pair]) -> None:
+        """Catch up with these pairs, in the background (once live events are noted)."""
+        if not pairs:
+            return
+        thread = threading.Thread(target=self._run, args=(pairs,), name="watchd-catch-up",
+                                  daemon=True)
+        with self.table.lock:
+            self._walking += 1
+        self._threads.append(thread)
+        thread.start()
+
+    def running(self) -> int:
+        """Catch-ups whose thread has not ended (one may still wait for late live events)."""
+        return sum(thread.is_alive() for thread in self._threads)
+
+    def walking(self) -> int:
+        """Catch-ups still walking a tree."""
+        return self._walking
+
+    def stop(self, timeout: float) -> None:
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self, pairs: list[Pair]) -> None:
+        try:
+            self._walk_all(pairs)
+        finally:
+            with self.table.lock:
+                self._walking -= 1
+            self._end_overlap()
+
+    def _walk_all(self, pairs: list[Pair]) -> None:
+        try:
+            reader = store.connect(self.ledger.file, create=False)
+        except (OSError, sqlite3.Error) as error:
+            log(logging.ERROR, f"catch-up skipped: the ledger cannot be read: {error}; changes "
+                "made while the daemon was down are not acted on",
+                message_id=MessageId.LEDGER_DEGRADED, rule=",".join(r.name for r, _ in pairs))
+            return
+        try:
+            for rule, root in pairs:
+                if self.stopping.is_set():
+                    return
+                try:
+                    Walk(self, reader, rule, root).run()
+                except (OSError, sqlite3.Error) as error:
+                    log(logging.ERROR, f"catch-up failed: {error}", rule=rule.name,
+                        path=root.path)
+        finally:
+            reader.close()
+
+    def _end_overlap(self) -> None:
+        """Once the last catch-up running ends, and the events the kernel queued before are
+        handled (a live event read late must still find what the catch-up told), or after
+        ``OVERLAP_GRACE`` if none come: live events are alone again."""
+        turn = self.notifier.turns
+        deadline = time.monotonic() + OVERLAP_GRACE
+        while not self.notifier.drained(turn) and time.monotonic() < deadline:
+            if self.stopping.wait(0.01):
+                break
+        with self.table.lock:
+            if self.running() <= 1:
+                self.sink.overlap = None
+
+
+class Walk:
+    """One catch-up of one rule's tree."""
+
+    def __init__(self, catch_up: CatchUp, reader: sqlite3.Connection, rule: Rule,
+                 root: Root) -> None:
+        self.up = catch_up
+        self.reader = reader
+        self.rule = rule
+        self.root = root
+        # The rule alone, at this root: a catch-up acts for its own rule, never another's.
+        alone = dataclasses.replace(root, rules=(rule,), index=None)
+        self.scope = Scope.of((alone,))
+        first = reader.execute("SELECT 1 FROM rules WHERE name=?", (rule.name,)).fetchone()
+        self.first = first is None
+        self.acting = not self.first or rule.existing == "process"
+        self.told: Counter[str] = Counter()
+        # Regular files found new, and gone, anywhere in the tree, by state: paired into
+        # moves at the end. Their records are written once their events are queued (a crash
+        # between the two must not leave a change recorded and never acted on).
+        self.created: defaultdict[FileState, list[bytes]] = defaultdict(list)
+        self.gone: defaultdict[FileState, list[bytes]] = defaultdict(list)
+        self.vanished: list[bytes] = []
+
+    def run(self) -> None:
+        started = time.monotonic()
+        known = self._known_dirs()
+        for directory, entries in _walk(self.root.path, self.rule.recursive, self.up.table):
+            if self.up.stopping.is_set():
+                return
+            self._directory(directory, entries, known.pop(directory, None))
+        for directory, dir_id in known.items():
+            self._vanished(directory, dir_id)
+        self._moves_and_the_rest()
+        for directory in self.vanished:
+            self.up.ledger.forget_dir(self.rule.name, directory)
+        if self.first:
+            self.up.ledger.caught_up(self.rule.name)
+        duration_ms = round((time.monotonic() - started) * 1000)
+        if self.acting:
+            self.up.counters.add(Count.CAUGHT_UP, self.rule.name, sum(self.told.values()))
+            log(logging.INFO, "caught up" + ("" if self.told else ": nothing changed"),
+                message_id=MessageId.CAUGHT_UP, rule=self.rule.name, path=self.root.path,
+                duration_ms=duration_ms,
+                fields={name: self.told[name] for name in sorted(self.told)})
+        else:
+            log(logging.INFO, "first start: what is there is recorded, not acted on "
+                "(existing: ignore)", message_id=MessageId.CAUGHT_UP, rule=self.rule.name,
+                path=self.root.path, duration_ms=duration_ms)
+
+    def _known_dirs(self) -> dict[bytes, int]:
+        top = self.root.path
+        prefix = top.rstrip(b"/") + b"/"
+        rows = self.reader.execute("SELECT path, id FROM dirs WHERE rule=?", (self.rule.name,))
+        return {path: dir_id for path, dir_id in rows
+                if path == top or (self.rule.recursive and path.startswith(prefix))}
+
+    def _records(self, dir_id: int) -> dict[bytes, FileState]:
+        rows = self.reader.execute("SELECT name, ino, size, mtime FROM seen WHERE dir=?",
+                                   (dir_id,)).fetchall()
+        return {row[0]: row[1:] for row in rows}
+
+    def _directory(self, directory: bytes, entries: list[os.DirEntry[bytes]],
+                   dir_id: int | None) -> None:
+        before: DirState = self._records(dir_id) if dir_id is not None else {}
+        found: list[tuple[bytes, FileState]] = []
+        gone: list[bytes] = []
+        for change, state in compare(before, entries):
+            path = os.path.join(directory, change.name)
+            if isinstance(change, Deleted):
+                if self._defer(self.gone, state, path):
+                    continue
+                if self._tell("delete", path, change.is_dir, GONE):
+                    gone.append(change.name)
+                continue
+            if isinstance(change, Created) and self._defer(self.created, state, path):
+                continue
+            told = (self._tell("close_write", path, False, state) if isinstance(change, Changed)
+                    else self._tell("create", path, state == DIRECTORY, state))
+            if told:
+                found.append((change.name, state))
+        self._record(directory, found, gone)
+
+    def _defer(self, by_state: defaultdict[FileState, list[bytes]], state: FileState,
+               path: bytes) -> bool:
+        """Keep a regular file found new or gone for the end, when acting (it may be one half
+        of a move); whether it was."""
+        if not self.acting or state[1] < 0:
+            return False
+        by_state[state].append(path)
+        return True
+
+    def _record(self, directory: bytes, found: list[tuple[bytes, FileState]],
+                gone: list[bytes]) -> None:
+        if found or gone:
+            self.up.ledger.record_dir(self.rule.name, directory, found, gone)
+            self.up.ledger.backlog(HELD_OPERATIONS)
+
+    def _vanished(self, directory: bytes, dir_id: int) -> None:
+        """A directory the ledger knew that the walk did not find: what it held is gone (if
+        the directory is; one a rule no longer walks is only forgotten), at the end."""
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            for name, state in self._records(dir_id).items():
+                path = os.path.join(directory, name)
+                if not self._defer(self.gone, state, path):
+                    self._tell("delete", path, state == DIRECTORY, GONE)
+        self.vanished.append(directory)
+
+    def _moves_and_the_rest(self) -> None:
+        """Tell the regular files found new or gone: a new one with the state of a gone one
+        is that one renamed. Then record them."""
+        found: defaultdict[bytes, list[tuple[bytes, FileState]]] = defaultdict(list)
+        gone: defaultdict[bytes, list[bytes]] = defaultdict(list)
+        for state, paths in self.created.items():
+            sources = self.gone.get(state, [])
+            for path in paths:
+                if sources:
+                    src = sources.pop()
+                    if self._tell("moved_from", src, False, GONE):
+                        directory, name = os.path.split(src)
+                        gone[directory].append(name)
+                    told = self._tell("moved_to", path, False, state, src)
+                else:
+                    told = self._tell("create", path, False, state)
+                    told = self._tell("close_write", path, False, state) and told
+                if told:
+                    directory, name = os.path.split(path)
+                    found[directory].append((name, state))
+        for paths in self.gone.values():
+            for path in paths:
+                if self._tell("delete", path, False, GONE):
+                    directory, name = os.path.split(path)
+                    gone[directory].append(name)
+        for directory in found.keys() | gone.keys():
+            self._record(directory, found.get(directory, []), gone.get(directory, []))
+
+    def _tell(self, name: str, path: bytes, is_dir: bool, state: FileState,
+              src_path: bytes = b"") -> bool:
+        """Act on a change as ``name`` (when acting); whether it is the catch-up's to record:
+        not if a live event came for the path, nor if it is a file someone still writes."""
+        if self.acting:
+            self._wait_for_room()
+        table = self.up.table
+        with table.lock:
+            if name == "close_write" and self.acting and table.open_for_writing(path):
+                return False  # not written yet: its writer's own close_write comes live
+            if not self.up.overlap.claim((self.rule.name, path), state, self.acting):
+                return False
+            if self.acting:
+                self.told[name] += 1
+                event = FileEvent(path, name, EVENT_BITS[name], is_dir, src_path,
+                                  caught_up=True)
+                self.up.sink.submit(event, self.scope)
+        return True
+
+    def _wait_for_room(self) -> None:
+        jobs = self.up.jobs
+        while len(jobs) > jobs.maxsize * QUEUE_ROOM and not self.up.stopping.wait(0.05):
+            pass
+
+
+def _walk(top: bytes, recursive: bool,
+          table: WatchTable) -> Iterator[tuple[bytes, list[os.DirEntry[bytes]]]]:
+    """Each directory of the tree (never through a symlink) with its entries."""
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        with table.lock:
+            table.reading(directory)
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError:
+            with table.lock:
+                table.read_back(directory)  # not opened: none of its events will come
+            continue  # gone, or not a directory: its records tell what it held
+        yield directory, entries
+        if recursive:
+            stack.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
