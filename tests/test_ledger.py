@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, env_of, recorder, records, wait_for
 
+from watchd.ledger import store
+
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 LEDGER_FILES = {"ledger.db", "ledger.db-wal", "ledger.db-shm"}
 DEGRADED = "DEGRADED: "
@@ -74,11 +76,11 @@ def runs_by_name(out: Path) -> dict[str, list[dict[str, bytes]]]:
 # -- the ledger, the daemon, the command line --------------------------------------------------
 
 def ledger_jobs(state: Path) -> list[dict]:
-    """The ledger's job rows, read as another process would (WAL: never in the daemon's way)."""
+    """The ledger's jobs (queued, running, retrying, dead), read as another process would (WAL:
+    never in the daemon's way)."""
     with contextlib.closing(sqlite3.connect(f"file:{state / 'ledger.db'}?mode=ro",
                                             uri=True, timeout=5)) as connection:
-        connection.row_factory = sqlite3.Row
-        return [dict(row) for row in connection.execute("SELECT * FROM jobs ORDER BY id")]
+        return [row._asdict() for row in store.jobs(connection)]
 
 
 def jobs_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

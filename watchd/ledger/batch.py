@@ -16,15 +16,16 @@ import time
 from typing import cast
 
 from watchd.ledger import store
+from watchd.ledger.chunks import Chunks, Delta
 from watchd.ledger.store import JobRow
 from watchd.source.snapshot import DIRECTORY, OTHER, FileState, file_state
 
 # Events after which a rule has nothing at the path: its record goes.
 _GONE_AFTER = frozenset({"delete", "moved_from", "delete_self", "move_self"})
 
-# An operation: (kind, ...). "job": a row to keep, and whether its rule's record of its path
-# is to be written with it (the rule acted on the event there); "end": a job whose actions
-# ended; "dir": a directory's records as a catch-up found
+# An operation: (kind, ...). "add": a job queued, and whether its rule's record of its path
+# is to be written with it (the rule acted on the event there); "job": a job's row as it is
+# now; "end": a job whose actions ended; "dir": a directory's records as a catch-up found
 # it (upserts, deletions); "forget": a directory gone; "caught_up": a rule's first catch-up
 # done; "delivery": a webhook delivery to keep; "delivered": one acknowledged.
 Operation = tuple[object, ...]
@@ -37,12 +38,14 @@ PUT_RECORD = ("INSERT INTO seen VALUES(?, ?, ?, ?, ?) ON CONFLICT(dir, name) DO 
 
 
 class Batch:
-    def __init__(self, connection: sqlite3.Connection, on_disk_upto: int,
-                 dir_ids: dict[tuple[str, bytes], int]) -> None:
+    def __init__(self, connection: sqlite3.Connection, dir_ids: dict[tuple[str, bytes], int],
+                 chunks: Chunks, delta: Delta) -> None:
         self.connection = connection
-        self.on_disk_upto = on_disk_upto  # jobs with a greater id were never written
         self.dir_ids = dir_ids  # a cache of the dirs table, kept across batches
-        self.jobs: dict[int, JobRow | None] = {}  # each job's last state; None: ended
+        self.chunks = chunks  # where the packed jobs are; changed through ``delta`` only
+        self.delta = delta
+        self.added: dict[int, JobRow] = {}  # jobs queued in this batch
+        self.jobs: dict[int, JobRow | None] = {}  # each job's last row kept; None: ended
         self.deliveries: dict[str, tuple[object, ...] | None] = {}
         self.new_deliveries: set[str] = set()  # first kept in this batch: never written yet
         self.records: dict[RecordKey, FileState | None] = {}  # None: nothing there now
@@ -52,11 +55,14 @@ class Batch:
         new ones came; how many old ones were dropped."""
         for operation in operations:
             kind = operation[0]
-            if kind == "job":
+            if kind == "add":
                 row = cast(JobRow, operation[1])
-                self.jobs[row.id] = row
+                self.added[row.id] = row
                 if operation[2]:
                     self._seen(row.rule, row.event, row.path, row.src_path)
+            elif kind == "job":
+                row = cast(JobRow, operation[1])
+                self.jobs[row.id] = row
             elif kind == "end":
                 self.jobs[cast(int, operation[1])] = None
             elif kind == "dir":
@@ -116,16 +122,50 @@ class Batch:
         del self.dir_ids[rule, directory]
 
     def _write_jobs(self) -> int:
-        """Write the jobs' last states (one never written by a plain insert); how many are
-        dead letters."""
-        kept = [row for row in self.jobs.values() if row is not None]
-        ended = [(job_id,) for job_id, row in self.jobs.items()
-                 if row is None and job_id <= self.on_disk_upto]
-        upto = self.on_disk_upto
-        self.connection.executemany(store.NEW_JOB, [row for row in kept if row.id > upto])
-        self.connection.executemany(store.PUT_JOB, [row for row in kept if row.id <= upto])
-        self.connection.executemany("DELETE FROM jobs WHERE id=?", ended)
-        return sum(row.state == store.DEAD for row in kept)
+        """Pack the jobs queued here that nothing else happened to; write the rows of the
+        others as they are now (a job ended before it was ever written: nothing); note the
+        packed jobs that ended or moved to a row, and remove packed rows left empty. How many
+        rows are dead letters."""
+        packed, new = [], []
+        for job_id, row in self.added.items():
+            later = self.jobs.pop(job_id, row)
+            if later is row:
+                packed.append(row)
+            elif later is not None:
+                new.append(later)
+        kept, gone, moved = [], [], []
+        for job_id, later in self.jobs.items():
+            if self.chunks.holds(job_id):
+                moved.append(job_id)
+            elif later is None:
+                gone.append((job_id,))
+            if later is not None:
+                kept.append(later)
+        self.connection.executemany(store.NEW_JOB, new)
+        self.connection.executemany(store.PUT_JOB, kept)
+        self.connection.executemany("DELETE FROM jobs WHERE id=?", gone)
+        self._pack(packed)
+        self._note_ended(moved)
+        return sum(row.state == store.DEAD for row in new + kept)
+
+    def _pack(self, rows: list[JobRow]) -> None:
+        if rows:
+            ids = [row.id for row in rows]
+            first, last = min(ids), max(ids)
+            self.connection.execute("INSERT INTO queued VALUES(?, ?, ?)",
+                                    (first, last, store.pack(rows)))
+            self.delta.new = (first, ids)
+
+    def _note_ended(self, job_ids: list[int]) -> None:
+        if not job_ids:
+            return
+        self.chunks.ending(self.delta, job_ids)
+        self.connection.executemany("INSERT OR IGNORE INTO ended VALUES(?)",
+                                    [(job_id,) for job_id in job_ids])
+        for first in self.delta.emptied:
+            self.connection.execute("DELETE FROM ended WHERE id BETWEEN ? AND (SELECT last "
+                                    "FROM queued WHERE first=?)", (first, first))
+            self.connection.execute("DELETE FROM queued WHERE first=?", (first,))
 
     def _write_deliveries(self) -> int:
         """Write the deliveries' last states; how many are dead letters."""

@@ -5,7 +5,10 @@ change it while the daemon writes. Only the daemon's writer thread (``watchd.led
 writes jobs and records while it runs; ``watchd jobs retry|drop`` change only dead letters
 (and mark them ``requested``, which the daemon picks up).
 
-    jobs   one row a job, from queued until its actions end (or it is dropped as a dead letter)
+    queued the jobs each commit queued, packed in one row (``watchd.ledger.chunks``)
+    ended  the packed jobs that ended, or whose row moved to ``jobs``
+    jobs   one row a job once it is more than queued: retrying, a dead letter, on to its next
+           action, asked for again
     rules  each rule the ledger has caught up with once: its first start is behind it
     dirs   each directory a rule last saw, by rule
     seen   what a rule last saw in each directory: name, inode, size, mtime
@@ -15,6 +18,7 @@ writes jobs and records while it runs; ``watchd jobs retry|drop`` change only de
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
 import secrets
 import sqlite3
@@ -40,6 +44,9 @@ CREATE TABLE IF NOT EXISTS jobs(
     caught_up INTEGER NOT NULL, step INTEGER NOT NULL, tries INTEGER NOT NULL,
     created REAL NOT NULL, updated REAL NOT NULL, next_at REAL,
     action TEXT, status INTEGER, error TEXT, stderr BLOB);
+CREATE TABLE IF NOT EXISTS queued(first INTEGER PRIMARY KEY, last INTEGER NOT NULL,
+    data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS ended(id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS rules(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL,
     since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS dirs(id INTEGER PRIMARY KEY, rule TEXT NOT NULL,
@@ -177,27 +184,56 @@ def next_id(connection: sqlite3.Connection) -> int:
     """The first job id not used yet: ids are never given twice, even after a drop."""
     row = connection.execute(
         "SELECT max(coalesce((SELECT value FROM meta WHERE key='next_id'), 1), "
-        "coalesce((SELECT max(id) FROM jobs), 0) + 1)").fetchone()
+        "coalesce((SELECT max(id) FROM jobs), 0) + 1, "
+        "coalesce((SELECT max(last) FROM queued), 0) + 1)").fetchone()
     return int(row[0])
 
 
 def jobs(connection: sqlite3.Connection, states: Iterable[str] = (*UNFINISHED, DEAD),
          ids: Iterable[int] | None = None) -> list[JobRow]:
+    """The jobs in these states (of these ids): rows of ``jobs``, and the packed jobs not
+    ended (queued), in the order of their ids."""
     wanted = tuple(states)
+    chosen = None if ids is None else tuple(ids)
     query = (f"SELECT {','.join(JOB_COLUMNS)} FROM jobs "
              f"WHERE state IN ({','.join('?' * len(wanted))})")
     parameters: list[object] = list(wanted)
-    if ids is not None:
-        chosen = tuple(ids)
+    if chosen is not None:
         query += f" AND id IN ({','.join('?' * len(chosen))})"
         parameters.extend(chosen)
-    rows = connection.execute(query + " ORDER BY id", parameters).fetchall()
-    return [_row(row) for row in rows]
+    rows = [_row(row) for row in connection.execute(query, parameters)]
+    if QUEUED in wanted:
+        have = {job_id for (job_id,) in connection.execute("SELECT id FROM jobs")}
+        rows.extend(row for _, row in packed_jobs(connection) if row.id not in have
+                    and (chosen is None or row.id in chosen))
+    return sorted(rows)
 
 
 def _row(values: tuple[object, ...]) -> JobRow:
     row = JobRow._make(values)
     return row._replace(is_dir=bool(row.is_dir), caught_up=bool(row.caught_up))
+
+
+# A packed job: the columns of its row as it was queued (the rest are NULL then).
+_PACKED = slice(0, 13)
+
+
+def pack(rows: list[JobRow]) -> bytes:
+    return marshal.dumps([tuple(row)[_PACKED] for row in rows])
+
+
+def unpack(data: bytes) -> list[JobRow]:
+    return [JobRow(*values) for values in marshal.loads(data)]
+
+
+def packed_jobs(connection: sqlite3.Connection) -> Iterator[tuple[int, JobRow]]:
+    """Every packed job not ended: (the first id of its row, the job as queued)."""
+    ended = {job_id for (job_id,) in connection.execute("SELECT id FROM ended")}
+    for first, data in connection.execute("SELECT first, data FROM queued ORDER BY first"):
+        for row in unpack(data):
+            if row.id not in ended:
+                yield first, row._replace(state=QUEUED, is_dir=bool(row.is_dir),
+                                          caught_up=bool(row.caught_up))
 
 
 def request_retry(connection: sqlite3.Connection, ids: list[int] | None) -> list[int]:

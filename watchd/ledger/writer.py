@@ -31,6 +31,7 @@ from watchd.core.rules import RuleSet
 from watchd.core.stats import Count, Counters
 from watchd.ledger import store
 from watchd.ledger.batch import Batch, Operation
+from watchd.ledger.chunks import Chunks, Delta
 from watchd.ledger.rows import queued_row
 from watchd.ledger.store import JobRow
 from watchd.source.snapshot import FileState
@@ -65,6 +66,7 @@ class Ledger:
         self._data_version: int | None = None
         self._next_look = 0.0  # when to look for dead letters asked for again
         self._dir_ids: dict[tuple[str, bytes], int] = {}
+        self._chunks = Chunks()
         self._instance = f"{secrets.randbits(48):012x}"  # the database's, once it is open
         self._thread = threading.Thread(target=self._run, name="watchd-ledger", daemon=True)
 
@@ -105,13 +107,14 @@ class Ledger:
         with self._changed:
             self._last_id += 1
             job_id = self._last_id
-            self._pending.append(("job", queued_row(job, job_id), job.rule.catch_up))
-            self._changed.notify()
+            self._pending.append(("add", queued_row(job, job_id), job.rule.catch_up))
+            if len(self._pending) == 1:  # else the writer was woken already
+                self._changed.notify()
         return job_id
 
     def keep(self, row: JobRow) -> None:
         """Keep a job's row as it is now (retrying, dead, queued again)."""
-        self._append(("job", row, False))
+        self._append(("job", row))
 
     def end(self, job_id: int) -> None:
         self._append(("end", job_id))
@@ -172,12 +175,14 @@ class Ledger:
     def _append(self, operation: Operation) -> None:
         with self._changed:
             self._pending.append(operation)
-            self._changed.notify()
+            if len(self._pending) == 1:  # else the writer was woken already
+                self._changed.notify()
 
     def _try_open(self) -> list[JobRow]:
         try:
             connection = self._connect()
             rows = store.jobs(connection, store.UNFINISHED)
+            self._chunks.load(connection)
             first = store.next_id(connection)
             self._instance = store.instance(connection)
         except (OSError, sqlite3.Error) as error:
@@ -234,11 +239,12 @@ class Ledger:
 
     def _write(self, batch: list[Operation], upto: int) -> bool:
         assert self._connection is not None
+        delta, dropped = Delta(), 0
         try:
             if batch:
                 with store.transaction(self._connection):
-                    dropped = Batch(self._connection, self._committed, self._dir_ids).apply(
-                        batch, self.dead_letters)
+                    dropped = Batch(self._connection, self._dir_ids, self._chunks,
+                                    delta).apply(batch, self.dead_letters)
                     self._connection.execute(
                         "INSERT OR REPLACE INTO meta(key, value) VALUES('next_id', ?)",
                         (upto + 1,))
@@ -246,10 +252,11 @@ class Ledger:
             self._dir_ids.clear()  # rolled back: ids made in it are not there
             self._failed(f"cannot write {self.file}: {_reason(error)}")
             return False
-        if batch and dropped:
+        if dropped:
             self.counters.add(Count.DEAD_LETTERS_DROPPED, amount=dropped)
             log(logging.WARNING, f"{dropped} oldest dead letter(s) dropped: settings."
                 f"dead_letters keeps {self.dead_letters}", path=str(self.file))
+        self._chunks.apply(delta)
         with self._changed:
             self._committed = max(self._committed, upto)
             recovered, self._problem = self._problem, ""
@@ -266,7 +273,7 @@ class Ledger:
         with self._changed:
             held = batch + self._pending
             if len(held) > MAX_PENDING:
-                kept = [(*op[:2], False) if op[0] == "job" else op for op in held
+                kept = [(*op[:2], False) if op[0] == "add" else op for op in held
                         if op[0] not in ("dir", "forget")]
                 self.counters.add(Count.LEDGER_DROPPED, amount=len(held) - len(kept))
                 held = kept[-MAX_PENDING:]
@@ -304,7 +311,7 @@ def _highest_job(batch: list[Operation], committed: int) -> int:
     """The highest id of a job kept new in ``batch``: what is on disk once it is written, when
     more waits after it (ids are given in the order of the list)."""
     for operation in reversed(batch):
-        if operation[0] == "job":
+        if operation[0] == "add":
             row = operation[1]
             assert isinstance(row, JobRow)
             if row.id > committed:
