@@ -68,8 +68,9 @@ def test_a_burst_of_100000_files_while_actions_are_slow(fast_dir, tmp_path, writ
     seen = counters(process)
     assert seen["matched"] == 100000 and seen["dropped"] == 0
     assert seen["queued"] == 100000 - 1  # one is running: actions are slow, intake is not
-    # Memory is the queue's: bounded by queue_size, about a few hundred bytes a job.
-    assert rss_kib(process.pid) < 200 * 1024
+    # Memory is the queue's and the ledger's writer's: bounded by queue_size, about 1.5 KiB a
+    # job at the peak of the burst (docs/performance.md).
+    assert rss_kib(process.pid) < 256 * 1024
     print(f"burst: {seen['overflows']} overflow(s), RSS {rss_kib(process.pid) // 1024} MiB")
 
 

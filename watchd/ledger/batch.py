@@ -15,19 +15,21 @@ import stat
 import time
 from typing import cast
 
+from watchd.core.job import Job
 from watchd.ledger import store
 from watchd.ledger.chunks import Chunks, Delta
+from watchd.ledger.rows import queued_row
 from watchd.ledger.store import JobRow
 from watchd.source.snapshot import DIRECTORY, OTHER, FileState, file_state
 
 # Events after which a rule has nothing at the path: its record goes.
 _GONE_AFTER = frozenset({"delete", "moved_from", "delete_self", "move_self"})
 
-# An operation: (kind, ...). "add": a job queued, and whether its rule's record of its path
-# is to be written with it (the rule acted on the event there); "job": a job's row as it is
-# now; "end": a job whose actions ended; "dir": a directory's records as a catch-up found
-# it (upserts, deletions); "forget": a directory gone; "caught_up": a rule's first catch-up
-# done; "delivery": a webhook delivery to keep; "delivered": one acknowledged.
+# An operation: (kind, ...). "add": a job queued, with its id (its rule's record of its path
+# is written with it if the rule catches up: the rule acted on the event there); "job": a
+# job's row as it is now; "end": a job whose actions ended; "dir": a directory's records as
+# a catch-up found it (upserts, deletions); "forget": a directory gone; "caught_up": a rule's
+# first catch-up done; "delivery": a webhook delivery to keep; "delivered": one acknowledged.
 Operation = tuple[object, ...]
 RecordKey = tuple[str, bytes]  # a rule, and a path
 # A record to make from what is at the path when the batch is written (looked at once however
@@ -56,9 +58,10 @@ class Batch:
         for operation in operations:
             kind = operation[0]
             if kind == "add":
-                row = cast(JobRow, operation[1])
+                job = cast(Job, operation[2])
+                row = queued_row(job, cast(int, operation[1]))
                 self.added[row.id] = row
-                if operation[2]:
+                if job.rule.catch_up:
                     self._seen(row.rule, row.event, row.path, row.src_path)
             elif kind == "job":
                 row = cast(JobRow, operation[1])

@@ -32,7 +32,6 @@ from watchd.core.stats import Count, Counters
 from watchd.ledger import store
 from watchd.ledger.batch import Batch, Operation
 from watchd.ledger.chunks import Chunks, Delta
-from watchd.ledger.rows import queued_row
 from watchd.ledger.store import JobRow
 from watchd.source.snapshot import FileState
 
@@ -43,6 +42,9 @@ MAX_PENDING = 1_000_000  # operations held in memory while the ledger cannot be 
 # The most operations one commit takes: a burst's first jobs are on disk (and may run) soon,
 # rather than after the whole burst has been written.
 BATCH_LIMIT = 2000
+# How long what nobody waits for (a job's end, a delivery acknowledged) may wait to be written
+# with what comes after it: a job queued is written at once, and takes these with it.
+LAZY_WINDOW = 0.05
 
 
 
@@ -57,12 +59,17 @@ class Ledger:
         self.dead_letters = 10_000  # kept at most, of jobs and of deliveries each
         self._connection: sqlite3.Connection | None = None
         self._pending: list[Operation] = []
-        self._changed = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._changed = threading.Condition(lock)  # for the writer: operations to write
+        self._written = threading.Condition(lock)  # for who waits on it: a commit, or not
         self._last_id = 0
         self._committed = 0
         self._closing = False
         self._problem = ""  # why the ledger cannot be written now; "" when it can
         self._closed = threading.Event()  # wakes the writer from a wait between retries
+        self._urgent = False  # a job waits to be on disk: commit now
+        self._taken = 0  # batches taken by the writer
+        self._written_batches = 0  # the number of the last batch taken that is on disk
         self._data_version: int | None = None
         self._next_look = 0.0  # when to look for dead letters asked for again
         self._dir_ids: dict[tuple[str, bytes], int] = {}
@@ -107,14 +114,17 @@ class Ledger:
         with self._changed:
             self._last_id += 1
             job_id = self._last_id
-            self._pending.append(("add", queued_row(job, job_id), job.rule.catch_up))
-            if len(self._pending) == 1:  # else the writer was woken already
+            # The job itself, not its row: the queue holds it anyway, and the row is made by
+            # the writer (a burst's pending operations cost a few words each).
+            self._pending.append(("add", job_id, job))
+            if not self._urgent:  # else the writer was woken for one already
+                self._urgent = True
                 self._changed.notify()
         return job_id
 
     def keep(self, row: JobRow) -> None:
         """Keep a job's row as it is now (retrying, dead, queued again)."""
-        self._append(("job", row))
+        self._append(("job", row), urgent=row.state == store.DEAD)
 
     def end(self, job_id: int) -> None:
         self._append(("end", job_id))
@@ -131,7 +141,7 @@ class Ledger:
 
     def put_delivery(self, values: tuple[object, ...]) -> None:
         """A webhook delivery, as ``store.DELIVERY_COLUMNS``: new, or as it is now."""
-        self._append(("delivery", values))
+        self._append(("delivery", values), urgent=bool(values[-1]))
 
     def end_delivery(self, delivery_id: str) -> None:
         self._append(("delivered", delivery_id))
@@ -147,20 +157,34 @@ class Ledger:
         with self._changed:
             while (self._committed < job_id and not self._problem and not self._closing
                    and (remaining := deadline - time.monotonic()) > 0):
-                self._changed.wait(remaining)
+                self._written.wait(remaining)
+
+    def flush(self) -> None:
+        """Return once what was handed to the writer before is on disk (for a reader of the
+        ledger, such as the catch-up: it sees only what is), or at once while it cannot be
+        written, or after ``DURABLE_WAIT`` at the most."""
+        deadline = time.monotonic() + DURABLE_WAIT
+        with self._changed:
+            wanted = self._taken + 1
+            self._urgent = True
+            self._changed.notify()
+            while (self._written_batches < wanted and not self._problem and not self._closing
+                   and (remaining := deadline - time.monotonic()) > 0):
+                self._written.wait(remaining)
 
     def backlog(self, limit: int) -> None:
         """Wait while more than ``limit`` operations are held (a catch-up's bulk), unless the
         ledger cannot be written (they are held in memory then, and must not grow)."""
         with self._changed:
             while len(self._pending) > limit and not self._problem and not self._closing:
-                self._changed.wait(0.5)
+                self._written.wait(0.5)
 
     def close(self, timeout: float) -> int:
         """Write what is held, stop; how many operations could not be written."""
         with self._changed:
             self._closing = True
-            self._changed.notify()
+            self._changed.notify_all()
+            self._written.notify_all()
         self._closed.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -172,10 +196,15 @@ class Ledger:
 
     # -- the writer thread ---------------------------------------------------------------------
 
-    def _append(self, operation: Operation) -> None:
+    def _append(self, operation: Operation, urgent: bool = False) -> None:
+        """Hand an operation to the writer; ``urgent``: write it now, with what waits (what
+        the log tells an admin to look at: a dead letter), else within ``LAZY_WINDOW``."""
         with self._changed:
             self._pending.append(operation)
-            if len(self._pending) == 1:  # else the writer was woken already
+            if urgent and not self._urgent:
+                self._urgent = True
+                self._changed.notify()
+            elif len(self._pending) == 1:  # else the writer was woken already
                 self._changed.notify()
 
     def _try_open(self) -> list[JobRow]:
@@ -214,8 +243,14 @@ class Ledger:
             with self._changed:
                 if not self._pending and not self._closing:
                     self._changed.wait(RETRY_INTERVAL if self._problem else IDLE_LOOK)
+                if self._pending and not self._urgent and not self._closing:
+                    # Nobody waits for these (ends, retries, deliveries): many to a commit.
+                    self._changed.wait(LAZY_WINDOW)
                 batch = self._pending[:BATCH_LIMIT]
                 del self._pending[:BATCH_LIMIT]
+                self._taken += 1
+                taken = self._taken
+                self._urgent = bool(self._pending) and _has_urgent(self._pending)
                 upto = self._last_id if not self._pending else _highest_job(batch, self._committed)
                 closing = self._closing
             if self._connection is None:
@@ -223,6 +258,10 @@ class Ledger:
                 if found:
                     self.on_found(found)
             written = self._write(batch, upto) if self._connection is not None else False
+            if written:
+                with self._changed:
+                    self._written_batches = taken
+                    self._written.notify_all()
             if not written:
                 self._hold(batch)
                 if closing:
@@ -260,7 +299,7 @@ class Ledger:
         with self._changed:
             self._committed = max(self._committed, upto)
             recovered, self._problem = self._problem, ""
-            self._changed.notify_all()
+            self._written.notify_all()
         if recovered:
             log(logging.WARNING, f"the ledger can be written again ({recovered} before); what "
                 "was held in memory is written", message_id=MessageId.LEDGER_DEGRADED,
@@ -273,8 +312,7 @@ class Ledger:
         with self._changed:
             held = batch + self._pending
             if len(held) > MAX_PENDING:
-                kept = [(*op[:2], False) if op[0] == "add" else op for op in held
-                        if op[0] not in ("dir", "forget")]
+                kept = [op for op in held if op[0] not in ("dir", "forget")]
                 self.counters.add(Count.LEDGER_DROPPED, amount=len(held) - len(kept))
                 held = kept[-MAX_PENDING:]
             self._pending = held
@@ -284,7 +322,7 @@ class Ledger:
         with self._changed:
             news = not self._problem
             self._problem = problem
-            self._changed.notify_all()
+            self._written.notify_all()
         if news:
             log(logging.ERROR, f"DEGRADED: {problem}; jobs are kept in memory (and lost to a "
                 f"crash) until it can be written, tried every {RETRY_INTERVAL:g}s",
@@ -307,15 +345,28 @@ class Ledger:
             self.on_found(rows)
 
 
+def _has_urgent(operations: list[Operation]) -> bool:
+    """Whether someone waits for one of these: a job queued (its worker), a dead letter (an
+    admin)."""
+    for operation in operations:
+        kind, value = operation[0], operation[1]
+        if kind == "add" or (kind == "job" and isinstance(value, JobRow)
+                             and value.state == store.DEAD):
+            return True
+        if kind == "delivery" and isinstance(value, tuple) and value[-1]:
+            return True
+    return False
+
+
 def _highest_job(batch: list[Operation], committed: int) -> int:
     """The highest id of a job kept new in ``batch``: what is on disk once it is written, when
     more waits after it (ids are given in the order of the list)."""
     for operation in reversed(batch):
         if operation[0] == "add":
-            row = operation[1]
-            assert isinstance(row, JobRow)
-            if row.id > committed:
-                return row.id
+            job_id = operation[1]
+            assert isinstance(job_id, int)
+            if job_id > committed:
+                return job_id
     return committed
 
 

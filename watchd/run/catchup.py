@@ -129,6 +129,7 @@ class CatchUp:
             self._end_overlap()
 
     def _walk_all(self, pairs: list[Pair]) -> None:
+        self.ledger.flush()  # what the rules saw is read from the disk: all of it there first
         try:
             reader = store.connect(self.ledger.file, create=False)
         except (OSError, sqlite3.Error) as error:
