@@ -36,7 +36,6 @@ from watchd.ledger.store import JobRow
 from watchd.source.snapshot import FileState
 
 RETRY_INTERVAL = 5.0  # seconds between attempts to write while the ledger cannot be written
-IDLE_LOOK = 1.0  # seconds between looks for dead letters `watchd jobs retry` asked for
 DURABLE_WAIT = 5.0  # the longest a worker waits for its job to be on disk before it runs anyway
 MAX_PENDING = 1_000_000  # operations held in memory while the ledger cannot be written
 # The most operations one commit takes: a burst's first jobs are on disk (and may run) soon,
@@ -71,7 +70,7 @@ class Ledger:
         self._taken = 0  # batches taken by the writer
         self._written_batches = 0  # the number of the last batch taken that is on disk
         self._data_version: int | None = None
-        self._next_look = 0.0  # when to look for dead letters asked for again
+        self._look = False  # another process changed the ledger: look for what it asked
         self._dir_ids: dict[tuple[str, bytes], int] = {}
         self._chunks = Chunks()
         self._instance = f"{secrets.randbits(48):012x}"  # the database's, once it is open
@@ -159,6 +158,13 @@ class Ledger:
                    and (remaining := deadline - time.monotonic()) > 0):
                 self._written.wait(remaining)
 
+    def look(self) -> None:
+        """Another process closed the ledger after writing it (``watchd jobs retry``, or only
+        ``list``): look for dead letters it asked to run again."""
+        with self._changed:
+            self._look = True
+            self._changed.notify()
+
     def flush(self) -> None:
         """Return once what was handed to the writer before is on disk (for a reader of the
         ledger, such as the catch-up: it sees only what is), or at once while it cannot be
@@ -241,8 +247,8 @@ class Ledger:
     def _run(self) -> None:
         while True:
             with self._changed:
-                if not self._pending and not self._closing:
-                    self._changed.wait(RETRY_INTERVAL if self._problem else IDLE_LOOK)
+                if not self._pending and not self._closing and not self._look:
+                    self._changed.wait(RETRY_INTERVAL if self._problem else None)
                 if self._pending and not self._urgent and not self._closing:
                     # Nobody waits for these (ends, retries, deliveries): many to a commit.
                     self._changed.wait(LAZY_WINDOW)
@@ -272,8 +278,8 @@ class Ledger:
                 with self._changed:
                     if not self._pending:
                         return
-            elif time.monotonic() >= self._next_look:
-                self._next_look = time.monotonic() + IDLE_LOOK
+            elif self._look:
+                self._look = False
                 self._look_for_requests()
 
     def _write(self, batch: list[Operation], upto: int) -> bool:

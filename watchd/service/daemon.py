@@ -27,6 +27,7 @@ from watchd.core.logs import escape, log
 from watchd.core.problems import ConfigError
 from watchd.core.rules import Root, RuleSet
 from watchd.core.stats import DROP_REPORT_INTERVAL, Counters
+from watchd.ledger.others import OthersWrites
 from watchd.ledger.rows import job_of, row_of
 from watchd.ledger.store import DEAD, QUEUED, REQUESTED, RETRYING, JobRow
 from watchd.ledger.writer import Ledger
@@ -126,6 +127,7 @@ class Daemon:
         self.ledger = Ledger(state_dir, self.counters, status_changed)
         self.ledger.prepare(ruleset)()
         unfinished = self.ledger.open()
+        self.others = OthersWrites(state_dir)
         self.deliveries = Deliveries(state_dir, self.counters, self.ledger)
         self.deliveries.prepare(ruleset)()
         own_writes = OwnWrites()
@@ -175,10 +177,15 @@ class Daemon:
 
     def _loop(self) -> int:
         while not self._stopping:
-            _, _, mounts_changed = select.select([self._wake_read], [], [self.mounts.fd],
-                                                 self._timeout(time.monotonic()))
+            watched = [self._wake_read] if self.others.fd is None else [self._wake_read,
+                                                                       self.others.fd]
+            readable, _, mounts_changed = select.select(watched, [], [self.mounts.fd],
+                                                        self._timeout(time.monotonic()))
             if mounts_changed:
                 self._mounts_changed()
+            if self.others.fd in readable:
+                self.others.drain()
+                self.ledger.look()
             # Cleared before the read: a byte a thread did not write, seeing its reason still
             # set, is one this read takes.
             self._wakes_sent.clear()
@@ -359,6 +366,7 @@ class Daemon:
         waiting = len(held) + self.workers.stop(grace, self._asked_to_hurry) + self.workers.left
         self.deliveries.stop(DELIVERY_STOP_WAIT)
         unwritten = self.ledger.close(LEDGER_STOP_WAIT)
+        self.others.close()
         self._report_drops()
         said = f"; {waiting} job(s) wait in the ledger for the next start" if waiting else ""
         if unwritten:
