@@ -10,12 +10,15 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -318,3 +321,65 @@ def as_user(user: pwd.struct_passwd, script: str) -> None:
     """Run a shell script as ``user``, with its groups: what a local user could do."""
     subprocess.run(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
                     "--init-groups", "sh", "-euc", script], check=True)
+
+
+class Receiver:
+    """An HTTP server that records each request and answers from a script of statuses."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.requests: list[dict] = []
+        self.script: dict[str, list[int]] = {}  # path -> statuses to answer, then 200
+        self.extra_headers: dict[str, str] = {}
+        self.hold = threading.Event()  # requests to /held wait for this
+        self.hold.set()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each answer waits out the client's delayed ACK
+
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                receiver.requests.append({
+                    "path": self.path, "headers": dict(self.headers),
+                    "body": self.rfile.read(length), "at": time.monotonic()})
+                if self.path == "/silent":
+                    time.sleep(5)  # longer than the client's timeout
+                if self.path == "/held":
+                    receiver.hold.wait(30)
+                statuses = receiver.script.get(self.path, [])
+                status = statuses.pop(0) if statuses else 200
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/moved-here")
+                for name, value in receiver.extra_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def to(self, path: str) -> list[dict]:
+        return [request for request in self.requests if request["path"] == path]
+
+    def close(self) -> None:
+        self.hold.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.close()

@@ -13,12 +13,11 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import Daemon, env_of, recorder, records, wait_for
+from conftest import Daemon, Receiver, env_of, recorder, records, wait_for
 
 from watchd.ledger import store
 
@@ -366,47 +365,20 @@ class Writer(threading.Thread):
             self.done.wait(WRITE_EVERY)
 
 
-class Hooks:
-    """An HTTP server on 127.0.0.1 keeping each delivery's name and webhook-id."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, str]] = []
-        hooks = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hooks.received.append((f"in/{body['name']}", self.headers["webhook-id"]))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def by_path(self) -> dict[str, list[str]]:
-        ids: dict[str, list[str]] = defaultdict(list)
-        for path, delivery_id in list(self.received):
-            ids[path].append(delivery_id)
-        return ids
+def delivered_by_path(receiver: Receiver) -> dict[str, list[str]]:
+    """Each file's deliveries: their ids (what a signed one sends as webhook-id), in the order
+    they came."""
+    ids: dict[str, list[str]] = defaultdict(list)
+    for request in list(receiver.requests):
+        try:
+            document = json.loads(request["body"])
+        except ValueError:
+            continue  # cut short by a kill -9: it never arrived whole, and is sent again
+        ids[f"in/{document['name']}"].append(document["id"])
+    return ids
 
 
-@pytest.fixture
-def hooks():
-    server = Hooks()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
-def test_kill_9_at_random_moments_acts_on_every_file_once_or_reruns_its_job(watched, hooks):
+def test_kill_9_at_random_moments_acts_on_every_file_once_or_reruns_its_job(watched, receiver):
     """A command rule and a webhook rule on the same files, 20 kill -9 at seeded moments while
     files keep coming: every file is acted on by each rule, a second time only as the same job
     run again (the same WATCHD_JOB, the same webhook-id)."""
@@ -414,7 +386,7 @@ def test_kill_9_at_random_moments_acts_on_every_file_once_or_reruns_its_job(watc
     watched.configure(workers=2, more=f"""\
   - name: hook
     paths: [{watched.dir}]
-    actions: [{{webhook: {{url: '{hooks.url}', backoff: 50ms}}}}]
+    actions: [{{webhook: {{url: '{receiver.url}/hook', backoff: 50ms}}}}]
 """)
     watched.start()
     watched.process.wait_log("first start: what is there is recorded")
@@ -438,8 +410,8 @@ def test_kill_9_at_random_moments_acts_on_every_file_once_or_reruns_its_job(watc
             by_path[run.path].append(run)
         return by_path
 
-    wait_for(lambda: written <= runs_by_path().keys() and written <= hooks.by_path().keys()
-             and watched.jobs() == 0,
+    wait_for(lambda: written <= runs_by_path().keys()
+             and written <= delivered_by_path(receiver).keys() and watched.jobs() == 0,
              timeout=DRAIN, what="a run and a delivery for every file written, and no job left")
     by_path = runs_by_path()
     assert by_path.keys() == written
@@ -452,8 +424,8 @@ def test_kill_9_at_random_moments_acts_on_every_file_once_or_reruns_its_job(watc
              if len(runs) > 2 or len({run.job for run in runs}) > 1}
     assert not wrong, (f"{len(wrong)} of {len(written)} files acted on by two jobs or three "
                        f"times, as [(WATCHD_JOB, WATCHD_CAUGHT_UP)]: {wrong}")
-    delivered = hooks.by_path()
+    delivered = delivered_by_path(receiver)
     assert delivered.keys() == written
     resent = {path: ids for path, ids in delivered.items() if len(set(ids)) > 1}
-    assert not resent, f"files delivered under two webhook-ids: {resent}"
+    assert not resent, f"files delivered under two delivery ids: {resent}"
     print(f"{sum(len(ids) > 1 for ids in delivered.values())} delivered more than once")
