@@ -12,17 +12,22 @@ import contextlib
 import os
 from pathlib import Path
 
-from watchd.core._pyinotify import pyinotify
 from watchd.core.events import IN_CLOSE_WRITE
+from watchd.source.table import WatchManager
 
 
 class OthersWrites:
     def __init__(self, state_dir: Path) -> None:
-        self._manager = pyinotify.WatchManager()
-        added = self._manager.add_watch(os.fsdecode(state_dir), IN_CLOSE_WRITE)
-        # A state directory that cannot be watched (missing: the ledger is degraded) tells
-        # nothing; a retry asked for then runs at the next start, as when the daemon is down.
-        self.fd: int | None = self._manager.get_fd() if min(added.values()) >= 0 else None
+        # The source's manager: no inotify instance left is the same clear fatal error.
+        self._manager = WatchManager()
+        self.fd: int | None = self._manager.get_fd()
+        try:
+            self._manager.add(os.fsencode(os.path.realpath(state_dir)), IN_CLOSE_WRITE)
+        except OSError:
+            # A state directory that cannot be watched (missing: the ledger is degraded; the
+            # watch limit) tells nothing; a retry asked for then runs at the next start, as
+            # when the daemon is down.
+            self.fd = None
         if self.fd is not None:
             os.set_blocking(self.fd, False)
 
