@@ -2,7 +2,8 @@
 
 Usage: recorder.py OUTFILE [ARG …]. Extra environment: RECORD_SLEEP (seconds to sleep),
 RECORD_EXIT (exit status), RECORD_STDERR (written to stderr), RECORD_END (after the sleep,
-append a second line: {"ended": <CLOCK_MONOTONIC>, "pid": …}).
+append a second line: {"ended": <CLOCK_MONOTONIC>, "pid": …}), RECORD_STDIN (read stdin to
+its end and record it, as hex, under "stdin").
 """
 
 import json
@@ -20,12 +21,15 @@ record = {
         if key.startswith((b"WATCHD_", b"NOTIFY_", b"WATCHDOG_", b"MODE", b"HOME", b"USER"))
     },
     "pid": os.getpid(),
+    "ppid": os.getppid(),  # the daemon that ran it; 1 (or a subreaper) once that one is gone
     "uid": os.getuid(),
     "gid": os.getgid(),
     "groups": os.getgroups(),
     "cwd": os.getcwd(),
     "started": started,
 }
+if os.environ.get("RECORD_STDIN"):
+    record["stdin"] = sys.stdin.buffer.read().hex()
 
 
 def append(line: dict) -> None:

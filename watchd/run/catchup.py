@@ -32,7 +32,7 @@ from watchd.core.stats import Count, Counters
 from watchd.ledger import store
 from watchd.ledger.writer import Ledger
 from watchd.run.dispatch import Dispatcher
-from watchd.run.overlap import GONE, Overlap
+from watchd.run.overlap import GONE, Overlap, state_now
 from watchd.run.queue import JobQueue
 from watchd.source.notifier import Notifier
 from watchd.source.snapshot import (
@@ -306,8 +306,11 @@ class Walk:
             self._wait_for_room()
         table = self.up.table
         with table.lock:
-            if name == "close_write" and self.acting and table.open_for_writing(path):
-                return False  # not written yet: its writer's own close_write comes live
+            if name == "close_write" and self.acting and (
+                    table.open_for_writing(path) or state_now(path) != state):
+                # Not written yet, or written since the walk looked: its writer's own
+                # close_write comes live, and acts on the file as it is then.
+                return False
             if not self.up.overlap.claim((self.rule.name, path), state, self.acting):
                 return False
             if self.acting:

@@ -27,7 +27,7 @@ class Overlap:
         """For a live job: whether the catch-up already acted on this very change."""
         key = job.key
         state = self.told.get(key)
-        if state is not None and _state(job.event.path) == state:
+        if state is not None and state_now(job.event.path) == state:
             return True
         self.live.add(key)
         return False
@@ -43,7 +43,8 @@ class Overlap:
         return True
 
 
-def _state(path: bytes) -> FileState:
+def state_now(path: bytes) -> FileState:
+    """What the ledger would record of ``path`` now."""
     try:
         return record_of(os.lstat(path))
     except OSError:
