@@ -107,6 +107,26 @@ BAD_FILES = [
                  "duplicate rule name 'good' (first at", id="duplicate-name"),
     pytest.param(GOOD_RULE + "    paths: [/var]\n", 6, 5, "duplicate key 'paths'",
                  id="duplicate-key"),
+    pytest.param(GOOD_RULE.replace("[/bin/true]", "[/bin/echo, '{path}']") + "    batch: {}\n",
+                 5, 30, "{path} names one event's path, and a batch rule runs once for many: "
+                 "use {paths}", id="batch-one-path-placeholder"),
+    pytest.param(GOOD_RULE.replace("[/bin/true]", "[/bin/echo, '--in={dir}']")
+                 + "    batch: {window: 2s}\n", 5, 30, "{dir} names one event's path",
+                 id="batch-dir-placeholder"),
+    pytest.param(GOOD_RULE.replace("[/bin/true]", "[/bin/echo, '--files={paths}']"), 5, 30,
+                 "{paths} must be an argument of its own", id="paths-inside-an-argument"),
+    pytest.param(GOOD_RULE + "        user: '@owner'\n    batch: {}\n", 6, 15,
+                 "a batch has many: name a user", id="batch-as-owner"),
+    pytest.param(GOOD_RULE + "    batch: {max: 0}\n", 6, 18, "greater than or equal to 1",
+                 id="batch-zero-max"),
+    pytest.param(GOOD_RULE + "    batch: {window: soon}\n", 6, 21, "invalid duration 'soon'",
+                 id="batch-bad-window"),
+    pytest.param(GOOD_RULE + "    batch: {size: 3}\n", 6, 13, "unknown key 'size'",
+                 id="batch-unknown-key"),
+    pytest.param(GOOD_RULE + "    batch: {}\n    on_busy: skip\n", 2, 5,
+                 "does not apply to a batch rule", id="batch-on-busy"),
+    pytest.param(GOOD_RULE + "        stdin: names\n", 6, 16, "'none', 'paths' or 'json'",
+                 id="bad-stdin"),
     pytest.param("rules:\n  - name: x\n    paths: [\"/tmp/\\0\"]\n    actions: [{command: "
                  "[/bin/true]}]\n", 3, 13, "NUL", id="nul-in-path"),
 ]

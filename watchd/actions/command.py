@@ -2,14 +2,16 @@
 
 The process group is the unit: past the timeout it gets SIGTERM, then SIGKILL;
 when the command exits, whatever it left running in its group is killed too, so
-an action never outlives its log line. stdin and stdout are /dev/null; the tail of
-stderr is kept for the log of a failure.
+an action never outlives its log line. stdout is /dev/null, and stdin too unless the
+action asks for the paths (``stdin: paths|json``), which are written to a pipe as the
+command reads them, never waited on; the tail of stderr is kept for the log of a failure.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import pwd
@@ -22,16 +24,26 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from watchd.actions.kind import ActionKind, Finding, Severity
 from watchd.core.actions import ActionContext, Outcome, ProcessResult
+from watchd.core.document import event_document
 from watchd.core.job import Job
 from watchd.core.journal import MessageId
 from watchd.core.logs import escape, log
-from watchd.core.placeholders import PLACEHOLDERS, Template, parse_template, render
+from watchd.core.placeholders import (
+    COUNT,
+    ONE_EVENT,
+    PATHS,
+    PATHS_ALONE,
+    PLACEHOLDERS,
+    Template,
+    parse_template,
+    render_argv,
+)
 from watchd.core.rules import RunAs
 from watchd.run.guard import Refused, owner
 from watchd.schema.fields import (
@@ -75,6 +87,11 @@ class CommandAction(Strict):
                          "last, the job is kept as a dead letter (`watchd jobs list --dead`)")
     backoff: Duration = Field(default=1.0, description="the wait before the first retry, "
                               "doubled for each next one (at most 10 minutes), with jitter")
+    stdin: Literal["none", "paths", "json"] = Field(
+        default="none", description="what the command reads on stdin: `none` (/dev/null), "
+        "`paths` (each path of the job, a batch's every path, followed by a NUL: `xargs -0`, "
+        "`rsync --files-from=- --from0`), or `json` (each event as the JSON a webhook gets, "
+        "one a line)")
 
     @field_validator("command")
     @classmethod
@@ -123,6 +140,7 @@ class Command:
     allow_root_owner: bool = False
     retries: int = 0
     backoff: float = 1.0
+    stdin: str = "none"
 
     kind: ClassVar[str] = "command"
     keeps_order: ClassVar[bool] = False
@@ -142,14 +160,22 @@ class Command:
             allow_root_owner=model.allow_root_owner,
             retries=model.retries,
             backoff=model.backoff,
+            stdin=model.stdin,
         )
 
     def describe(self, values: Mapping[str, bytes]) -> str:
         return f"{self.kind}: {shlex.join(self.argv_for(values))}"
 
     def argv_for(self, values: Mapping[str, bytes]) -> list[str]:
-        """The argv as it would run, escaped for showing."""
-        return [escape(render(template, values)) for template in self.argv]
+        """The argv as it would run, escaped for showing; a batch's paths past the first
+        few counted, not shown."""
+        argv = render_argv(self.argv, values)
+        shown_paths = int(values.get("count", b"1"))
+        if shown_paths > SHOWN_PATHS:
+            at = next(i for i, template in enumerate(self.argv) if template == PATHS_ALONE)
+            argv[at + SHOWN_PATHS : at + shown_paths] = [
+                f"...{shown_paths - SHOWN_PATHS} more".encode()]
+        return [escape(arg) for arg in argv]
 
     def perform(self, context: ActionContext, job: Job, step: int,
                 info: os.stat_result | None) -> Outcome:
@@ -162,6 +188,7 @@ class Command:
 
 
 
+SHOWN_PATHS = 3  # of a batch's, in what a log line or a dead letter shows of its argv
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a command past its timeout
 STDERR_TAIL = 2048  # bytes of stderr kept for the log
 # CPython before 3.11.6 holds the interpreter lock while vfork waits for the command's exec
@@ -178,8 +205,11 @@ PRIVATE_ENV_PREFIXES = (b"NOTIFY_SOCKET", b"WATCHDOG_", b"LISTEN_", b"WATCHD_", 
                         b"CACHE_DIRECTORY", b"LOGS_DIRECTORY", b"CONFIGURATION_DIRECTORY")
 
 
-# Each placeholder's variable (WATCHD_PATH for {path} …), and whether the path is a directory.
-EVENT_VARIABLES = {name: b"WATCHD_" + name.upper().encode() for name in PLACEHOLDERS}
+# Each placeholder's variable (WATCHD_PATH for {path} …), and whether the path is a directory;
+# a batch's paths are in argv or on stdin, never in a variable, and its size in WATCHD_COUNT.
+EVENT_VARIABLES = {name: b"WATCHD_" + name.upper().encode() for name in PLACEHOLDERS
+                   if name not in (PATHS, COUNT)}
+COUNT_VARIABLE = b"WATCHD_COUNT"
 IS_DIR_VARIABLE = b"WATCHD_IS_DIR"
 # The job's: its id in the ledger, the try (1, 2, …), whether a catch-up found its event.
 JOB_VARIABLES = (b"WATCHD_JOB", b"WATCHD_TRY", b"WATCHD_CAUGHT_UP")
@@ -206,12 +236,16 @@ def environment(job: Job, command: Command, user: RunAs | None,
 def variables(job: Job, command: Command, user: RunAs | None,
               values: Mapping[str, bytes]) -> dict[bytes, bytes]:
     """The event's WATCHD_* variables, the user's HOME, USER and LOGNAME, and the rule's env."""
-    env = {variable: values[name] for name, variable in EVENT_VARIABLES.items()}
-    env[IS_DIR_VARIABLE] = b"1" if job.event.is_dir else b"0"
+    env = {variable: values[name] for name, variable in EVENT_VARIABLES.items()
+           if name in values}
+    if job.batch:
+        env[COUNT_VARIABLE] = values[COUNT]
+    else:
+        env[IS_DIR_VARIABLE] = b"1" if job.event.is_dir else b"0"
     job_id, attempt, caught_up = JOB_VARIABLES
     env[job_id] = str(job.id).encode()
     env[attempt] = str(job.tries).encode()
-    env[caught_up] = b"1" if job.event.caught_up else b"0"
+    env[caught_up] = b"1" if all(event.caught_up for event in job.events) else b"0"
     if user is not None:
         env[b"HOME"] = os.fsencode(user.home)
         env[b"USER"] = env[b"LOGNAME"] = user.name.encode()
@@ -238,31 +272,37 @@ class RunningCommand:
         # The daemon keeps the write end too, until the command has exited: the pipe then
         # never reports its end, and the exit is the one wake-up of a quiet command.
         stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
+        feed = Feed(self.job, self.command.stdin)
         try:
             try:
                 with _spawn_turn(self.forks), self._lock:
-                    self.process = self.spawn(values, stderr_write)
+                    self.process = self.spawn(values, stderr_write, feed.stdin)
             except (OSError, subprocess.SubprocessError) as error:
                 return ProcessResult(None, time.monotonic() - started, False, b"",
                                      _start_failure(error))
-            stderr, timed_out = self._collect(stderr_read, started + self.command.timeout)
+            finally:
+                feed.spawned()
+            stderr, timed_out = self._collect(stderr_read, started + self.command.timeout, feed)
         finally:
             os.close(stderr_read)
             os.close(stderr_write)
+            feed.close()
         with self._lock:
             # The exited leader still holds the group id, so this cannot hit a recycled group.
             self._signal_group(signal.SIGKILL)
             status = self.process.wait()
         return ProcessResult(status, time.monotonic() - started, timed_out, stderr)
 
-    def spawn(self, values: Mapping[str, bytes], stderr: int) -> subprocess.Popen[bytes]:
-        """Start the command in a session of its own, its stderr into ``stderr``."""
+    def spawn(self, values: Mapping[str, bytes], stderr: int,
+              stdin: int | None) -> subprocess.Popen[bytes]:
+        """Start the command in a session of its own, its stderr into ``stderr``, its stdin
+        from ``stdin`` (None: /dev/null)."""
         user = self.user
         return subprocess.Popen(
-            [render(template, values) for template in self.command.argv],
+            render_argv(self.command.argv, values),
             env=environment(self.job, self.command, user, values),
             cwd=self.command.cwd,
-            stdin=_devnull(),
+            stdin=_devnull() if stdin is None else stdin,
             stdout=_devnull(),
             stderr=stderr,
             start_new_session=True,
@@ -281,8 +321,9 @@ class RunningCommand:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, sig)
 
-    def _collect(self, stderr: int, deadline: float) -> tuple[bytes, bool]:
-        """Keep stderr's tail until the command exits; past the deadline TERM, then KILL.
+    def _collect(self, stderr: int, deadline: float, feed: Feed) -> tuple[bytes, bool]:
+        """Keep stderr's tail and feed stdin until the command exits; past the deadline
+        TERM, then KILL.
 
         The exit is seen through a pidfd, which does not reap: the leader stays a
         zombie, holding its process group id, until ``run`` has killed the group.
@@ -297,6 +338,8 @@ class RunningCommand:
             waiting = select.poll()
             waiting.register(pidfd, select.POLLIN)
             waiting.register(stderr, select.POLLIN)
+            if feed.fd is not None:
+                waiting.register(feed.fd, select.POLLOUT)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -306,10 +349,59 @@ class RunningCommand:
                 ready = dict(waiting.poll(remaining * 1000))
                 if stderr in ready:  # this poll also shows what it wrote as it exited
                     tail = _read_tail(stderr, tail)
+                if feed.fd is not None and feed.fd in ready and not feed.write():
+                    waiting.unregister(feed.fd)
+                    feed.close()
                 if pidfd in ready:
                     return tail, timed_out
         finally:
             os.close(pidfd)
+
+
+class Feed:
+    """What a command reads on stdin, written to a pipe as it reads: a command that never
+    reads holds nothing but itself (its timeout ends it)."""
+
+    def __init__(self, job: Job, what: str) -> None:
+        self.data = memoryview(stdin_data(job, what))
+        self.stdin: int | None = None  # the command's end, until it is spawned
+        self.fd: int | None = None  # the daemon's end
+        if what != "none":
+            self.stdin, self.fd = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(self.fd, False)
+
+    def spawned(self) -> None:
+        if self.stdin is not None:
+            os.close(self.stdin)
+            self.stdin = None
+
+    def write(self) -> bool:
+        """Write what the pipe takes; False once all is written (or the command closed it)."""
+        assert self.fd is not None
+        try:
+            while self.data:
+                self.data = self.data[os.write(self.fd, self.data[:65536]):]
+        except BlockingIOError:
+            return True
+        except OSError:  # EPIPE: the command read what it wanted, or exited
+            return False
+        return False
+
+    def close(self) -> None:
+        self.spawned()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def stdin_data(job: Job, what: str) -> bytes:
+    """``stdin: paths``: each path then a NUL; ``json``: each event's JSON on a line."""
+    if what == "paths":
+        return b"".join(event.path + b"\0" for event in job.events)
+    if what == "json":
+        return b"".join(json.dumps(event_document(event), ensure_ascii=False).encode() + b"\n"
+                        for event in job.events)
+    return b""
 
 
 def _start_failure(error: OSError | subprocess.SubprocessError) -> str:
@@ -369,6 +461,7 @@ def log_result(job: Job, step: int, spec: ProcessAction, result: ProcessResult,
         "caught_up": True if job.event.caught_up else None,
         "job": job.id or None,
         "try": job.tries,
+        "count": job.count if job.batch else None,
         **extra,
     }
     if result.ok:
@@ -390,10 +483,22 @@ def failure(result: ProcessResult, spec: ProcessAction) -> str:
     return result.describe()
 
 
-def checks(model: CommandAction) -> Iterator[Finding]:
-    """What is risky in a command's argv: where a placeholder is open to injection."""
+def checks(model: CommandAction, batch: bool) -> Iterator[Finding]:
+    """What is risky in a command's argv: where a placeholder is open to injection; in a
+    batch rule, what names one event."""
     for arg, message in argv_warnings(model.command):
         yield Finding(("command", arg), message, Severity.WARNING)
+    if not batch:
+        return
+    for place, written in enumerate(model.command):
+        named = [part for part in parse_template(written) if part in ONE_EVENT]
+        if named:
+            yield Finding(("command", place), f"{{{named[0]}}} names one event's path, and a "
+                          "batch rule runs once for many: use {paths} (an argument of its own: "
+                          "one argument per path) or stdin: paths", Severity.ERROR)
+    if model.user == OWNER:
+        yield Finding(("user",), "user: '@owner' runs as the owner of the one file an event "
+                      "is about, and a batch has many: name a user", Severity.ERROR)
 
 
 KIND = ActionKind("command", CommandAction, Command.compile, "a 'command' (an argv list)",

@@ -26,7 +26,7 @@ class Finding:
     severity: Severity
 
 
-def nothing_found(model: Any) -> Iterator[Finding]:
+def nothing_found(model: Any, batch: bool) -> Iterator[Finding]:
     return iter(())
 
 
@@ -36,5 +36,6 @@ class ActionKind:
     model: type[BaseModel]  # its schema: an action mapping with ``key`` among its keys
     compile: Callable[[Any], ActionSpec]  # from a validated ``model`` to what the workers run
     summary: str  # what it is, for the error an action of no known kind gets
-    # Looked at once the whole file is valid, each finding located by the loader.
-    checks: Callable[[Any], Iterator[Finding]] = nothing_found
+    # Looked at once the whole file is valid, each finding located by the loader; ``batch``:
+    # whether the action's rule runs for batches.
+    checks: Callable[[Any, bool], Iterator[Finding]] = nothing_found

@@ -43,7 +43,7 @@ from watchd.actions.command import checks as command_checks
 from watchd.actions.kind import ActionKind, Finding, Severity
 from watchd.core.actions import ActionContext, Outcome, ProcessResult
 from watchd.core.job import Job
-from watchd.core.placeholders import is_utf8, render
+from watchd.core.placeholders import is_utf8, render_argv
 from watchd.core.rules import RunAs
 from watchd.run.guard import Refused, owner
 from watchd.schema.fields import OWNER, Strict
@@ -175,7 +175,9 @@ class SystemdRun:
                     user: RunAs | str | None) -> list[bytes]:
         """``systemd-run`` and its options, up to and with the ``--`` before the command.
         Each variable is named only: its value comes from the client's environment, so that
-        what ``env`` holds is never in a command line others may read."""
+        what ``env`` holds is never in a command line others may read. With ``stdin``, the
+        unit reads the client's (``--pipe``: its output then comes to the daemon too, not
+        to the journal)."""
         runtime = self.command.timeout + 2 * KILL_GRACE + RUNTIME_MARGIN
         argv: list[str | bytes] = [
             SYSTEMD_RUN, "--wait", "--collect", "--service-type=exec", "--expand-environment=no",
@@ -185,6 +187,8 @@ class SystemdRun:
             argv.append(f"--uid={user if isinstance(user, str) else user.name}")
         if self.command.cwd is not None:
             argv.append(b"--working-directory=" + self.command.cwd)
+        if self.command.stdin != "none":
+            argv.append("--pipe")
         argv.extend(b"--setenv=" + name for name in env_names)
         argv.extend(f"--property={name}={value}" for name, value in self.properties)
         return [os.fsencode(arg) for arg in argv] + [b"--"]
@@ -203,11 +207,13 @@ class RunningUnit(RunningCommand):
         self.name = unit_name(job.rule.name, uuid.uuid4().hex[:12])
         self.forks = False  # the client runs as the daemon; systemd switches to the user
 
-    def spawn(self, values: Mapping[str, bytes], stderr: int) -> subprocess.Popen[bytes]:
+    def spawn(self, values: Mapping[str, bytes], stderr: int,
+              stdin: int | None) -> subprocess.Popen[bytes]:
         env = variables(self.job, self.command, self.user, values)
         argv = self.action.client_argv(self.name, env, self.user)
-        argv.extend(render(template, values) for template in self.command.argv)
-        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+        argv.extend(render_argv(self.command.argv, values))
+        return subprocess.Popen(argv, env=env,
+                                stdin=subprocess.DEVNULL if stdin is None else stdin,
                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
 
     def run(self) -> ProcessResult:
@@ -241,10 +247,10 @@ class RunningUnit(RunningCommand):
                            capture_output=True, timeout=SYSTEMCTL_WAIT, check=False)
 
 
-def _checks(model: SystemdRunAction) -> Iterator[Finding]:
+def _checks(model: SystemdRunAction, batch: bool) -> Iterator[Finding]:
     """What a command's check finds in its argv; properties systemd does not take, located
     each; and the kind refused where systemd does not run."""
-    for finding in command_checks(model.systemd_run):
+    for finding in command_checks(model.systemd_run, batch):
         yield Finding(("systemd_run", *finding.where), finding.message, finding.severity)
     properties = tuple(model.systemd_run.properties.items())
     for name, problem in _unknown_properties(properties):

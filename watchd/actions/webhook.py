@@ -36,8 +36,8 @@ from pydantic import (
 from watchd import __version__
 from watchd.actions.kind import ActionKind
 from watchd.core.actions import ActionContext, Outcome, retry_delay
+from watchd.core.document import event_document, text
 from watchd.core.job import Job
-from watchd.core.placeholders import is_utf8
 from watchd.schema.fields import Duration, Strict, absolute
 from watchd.security.secrets import SigningKey, read_signing_key
 
@@ -149,37 +149,23 @@ class Webhook:
         return Outcome.OK if context.deliver(job, step) else Outcome.FAILED
 
 
-def _text(name: bytes) -> str:
-    """A name for JSON: UTF-8 as it is; any other byte as a backslash escape."""
-    return name.decode("utf-8", "backslashreplace")
-
-
 def new_delivery_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
 def body(job: Job, delivery_id: str) -> bytes:
-    """The event as the JSON that is POSTed: the same bytes on every attempt."""
-    values = job.values()
-    event = job.event
-    document: dict[str, object] = {
-        "id": delivery_id,
-        "rule": job.rule.name,
-        "event": event.event,
-        "events": [event.event],
-        "path": _text(values["path"]),
-        "name": _text(values["name"]),
-        "dir": _text(values["dir"]),
-        "root": _text(values["root"]),
-        "is_dir": event.is_dir,
-        "src_path": _text(values["src_path"]),
-        "caught_up": event.caught_up,
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "host": socket.gethostname(),
-    }
-    for key in ("path", "src_path"):
-        if not is_utf8(values[key]):
-            document[f"{key}_b64"] = base64.b64encode(values[key]).decode()
+    """The event (a batch's events, under ``batch``) as the JSON that is POSTed: the same
+    bytes on every attempt."""
+    document: dict[str, object] = {"id": delivery_id, "rule": job.rule.name}
+    if job.batch:
+        document.update(count=job.count, caught_up=all(e.caught_up for e in job.batch),
+                        batch=[event_document(event) for event in job.batch])
+    else:
+        document.update(event_document(job.event))
+    document.update(
+        root=text(job.root.path),
+        time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        host=socket.gethostname())
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -279,7 +265,7 @@ def _reason(error: Exception) -> str:
 def _response_detail(status: int, location: str | None, kept: bytes) -> str:
     if 300 <= status < 400:
         return f"redirect to {location!r} not followed" if location else "redirect not followed"
-    return _text(kept[:RESPONSE_KEPT]).strip()[:200]
+    return text(kept[:RESPONSE_KEPT]).strip()[:200]
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -19,7 +19,7 @@ from watchd.config.schema import ANY_KIND, state_dir_of
 from watchd.core.actions import ActionSpec
 from watchd.core.events import DIR, KINDS, event_mask
 from watchd.core.problems import ConfigError, Problem
-from watchd.core.rules import Root, Rule, RuleSet, Settings
+from watchd.core.rules import BatchSpec, Root, Rule, RuleSet, Settings
 from watchd.match.matcher import INDEX_FROM, SuffixIndex
 from watchd.security.trust import Resolution, resolve_watched
 
@@ -139,6 +139,7 @@ def _rule(sourced: SourcedRule) -> Rule:
         ignore_case=model.ignore_case,
         catch_up=model.catch_up,
         existing=model.existing,
+        batch=BatchSpec(model.batch.window, model.batch.max) if model.batch else None,
         kind_by_is_dir=frozenset(kind == DIR for kind in kinds),
     )
 

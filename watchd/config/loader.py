@@ -298,7 +298,7 @@ def _findings(document: _Document, rules: list[RuleModel]) -> Iterator[Problem]:
     what is risky (commands open to injection), what this machine cannot run."""
     for index, rule in enumerate(rules):
         for step, action in enumerate(rule.actions):
-            for finding in kind_of(action).checks(action):
+            for finding in kind_of(action).checks(action, rule.batch is not None):
                 loc = ("rules", index, "actions", step, *finding.where)
                 yield Problem(document.file, *document.locate(loc), f"{_dotted(loc)}: "
                               f"{finding.message}", warning=finding.severity != Severity.ERROR,

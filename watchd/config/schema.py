@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Discriminator, Field, Tag
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from watchd.actions.registry import KINDS
 from watchd.schema.fields import (
@@ -60,6 +60,15 @@ else:
                       custom_error_message="an action needs "
                       + " or ".join(kind.summary for kind in KINDS)),
     ]
+
+
+class Batch(Strict):
+    """``batch:``: one run of the rule's actions for many events."""
+
+    window: Duration = Field(default=1.0, description="collect events for this long after "
+                             "the first one, then run once for all the paths collected")
+    max: int = Field(default=10000, ge=1, le=1_000_000, description="at most this many paths "
+                     "in one run: a full batch runs at once, and the next one begins")
 
 
 class Rule(Strict):
@@ -122,11 +131,23 @@ class Rule(Strict):
         default="ignore", description="at a rule's first start (nothing in the ledger for it "
         "yet), what to do with the files already there: `ignore` them (they are recorded, so "
         "that later changes are caught up with) or `process` them as new")
+    batch: Batch | None = Field(default=None, description="one run of the actions for all the "
+                                "paths of a window (each path once, with its last event): "
+                                "`{paths}` in argv, or `stdin: paths`; one batch of a rule "
+                                "runs at a time, the next waits. With `debounce`, a path joins "
+                                "a batch once it has been quiet; unset: one run per event")
     enabled: bool = Field(default=True, description="`false`: the rule is checked, but watches "
                           "nothing and never acts")
     actions: list[ActionModel] = Field(min_length=1, description="what to do for each matched "
                                        "event: actions of the kinds below, run in order; when "
                                        "one fails, the later ones are skipped")
+
+    @model_validator(mode="after")
+    def _batch_queues(self) -> Rule:
+        if self.batch is not None and self.on_busy != "queue":
+            raise ValueError(f"on_busy: {self.on_busy} does not apply to a batch rule: its "
+                             "batches run one after another, none is skipped or cut short")
+        return self
 
 
 class Settings(Strict):

@@ -11,7 +11,13 @@ import os
 import re
 from collections.abc import Mapping
 
-PLACEHOLDERS: tuple[str, ...] = ("path", "name", "dir", "root", "event", "rule", "src_path")
+PLACEHOLDERS: tuple[str, ...] = ("path", "name", "dir", "root", "event", "rule", "src_path",
+                                 "paths", "count")
+# What names one event's path: meaningless in a batch rule, which runs for many.
+ONE_EVENT: frozenset[str] = frozenset({"path", "name", "dir", "src_path", "event"})
+COUNT = "count"  # how many paths a job has: a batch's size, else 1
+PATHS = "paths"  # a batch's paths: an argument of its own, one argument per path
+PATHS_ALONE: tuple[str, ...] = (PATHS,)
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
@@ -51,9 +57,25 @@ def parse_template(text: str) -> Template:
             literal = []
             parts.append(token.group(1))
     parts.append(os.fsencode("".join(literal) + text[position:]))
-    return tuple(part for part in parts if part != b"")
+    template = tuple(part for part in parts if part != b"")
+    if PATHS in template and template != PATHS_ALONE:
+        raise ValueError(f"{{paths}} must be an argument of its own, not part of {text!r}: it "
+                         "becomes one argument per path")
+    return template
 
 
 def render(template: Template, values: Mapping[str, bytes]) -> bytes:
     """The template with each placeholder replaced, byte for byte, by its value."""
     return b"".join(values[part] if isinstance(part, str) else part for part in template)
+
+
+def render_argv(templates: tuple[Template, ...], values: Mapping[str, bytes]) -> list[bytes]:
+    """An argv from its templates: ``{paths}`` becomes one argument per path (``values``
+    holds them NUL-separated: no name holds a NUL)."""
+    argv: list[bytes] = []
+    for template in templates:
+        if template == PATHS_ALONE:
+            argv.extend(values[PATHS].split(b"\0"))
+        else:
+            argv.append(render(template, values))
+    return argv

@@ -52,6 +52,15 @@ class RunAs:
         return cls(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """``batch:`` of a rule: collect for ``window`` seconds after the first event, at most
+    ``max`` paths in one run."""
+
+    window: float
+    max: int
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Rule:
     name: str
@@ -74,6 +83,7 @@ class Rule:
     ignore_case: bool = False
     catch_up: bool = True
     existing: str = "ignore"  # or "process": at the rule's first start
+    batch: BatchSpec | None = None
     # The values ``is_dir`` may have for the rule to fire, from ``kinds``: the hot path's test.
     kind_by_is_dir: frozenset[bool] = frozenset((False, True))
 

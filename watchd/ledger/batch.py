@@ -62,7 +62,8 @@ class Batch:
                 row = queued_row(job, cast(int, operation[1]))
                 self.added[row.id] = row
                 if job.rule.catch_up:
-                    self._seen(row.rule, row.event, row.path, row.src_path)
+                    for event in job.events:
+                        self._seen(row.rule, event.event, event.path, event.src_path)
             elif kind == "job":
                 row = cast(JobRow, operation[1])
                 self.jobs[row.id] = row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import time
 from dataclasses import dataclass
 
@@ -23,13 +24,11 @@ class Failure:
 
 def row_of(job: Job, state: str, failure: Failure | None = None,
            next_at: float | None = None) -> JobRow:
-    event = job.event
-    now = time.time()
-    return JobRow(job.id, state, job.rule.name, job.root.path, event.path, event.event,
-                  event.is_dir, event.src_path, event.caught_up, job.step, job.tries, now, now,
-                  next_at, failure.action if failure else None,
-                  failure.status if failure else None, failure.error if failure else None,
-                  failure.stderr if failure else None)
+    row = queued_row(job, job.id)
+    if failure is None:
+        return row._replace(state=state, next_at=next_at)
+    return row._replace(state=state, next_at=next_at, action=failure.action,
+                        status=failure.status, error=failure.error, stderr=failure.stderr)
 
 
 def queued_row(job: Job, job_id: int) -> JobRow:
@@ -37,7 +36,19 @@ def queued_row(job: Job, job_id: int) -> JobRow:
     event = job.event
     now = time.time()
     return JobRow(job_id, QUEUED, job.rule.name, job.root.path, event.path, event.event,
-                  event.is_dir, event.src_path, event.caught_up, job.step, job.tries, now, now)
+                  event.is_dir, event.src_path, event.caught_up, job.step, job.tries, now, now,
+                  batch=_batch_of(job.batch) if job.batch else None)
+
+
+def _batch_of(events: tuple[FileEvent, ...]) -> bytes:
+    return marshal.dumps([(event.path, event.event, event.is_dir, event.src_path,
+                           event.caught_up) for event in events])
+
+
+def _events_of(batch: bytes) -> tuple[FileEvent, ...]:
+    return tuple(FileEvent(path, name, EVENT_BITS.get(name, 0), bool(is_dir), src_path,
+                           caught_up=bool(caught_up))
+                 for path, name, is_dir, src_path, caught_up in marshal.loads(batch))
 
 
 def job_of(row: JobRow, ruleset: RuleSet) -> Job | str:
@@ -53,4 +64,5 @@ def job_of(row: JobRow, ruleset: RuleSet) -> Job | str:
         return f"rule {row.rule!r} has no action {row.step} now"
     event = FileEvent(row.path, row.event, EVENT_BITS.get(row.event, 0), row.is_dir,
                       row.src_path, caught_up=row.caught_up)
-    return Job(rule, root, event, row.id, row.step, row.tries)
+    batch = _events_of(row.batch) if row.batch else ()
+    return Job(rule, root, event, row.id, row.step, row.tries, batch)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 FILE_NAME = "ledger.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.batch
 BUSY_TIMEOUT_MS = 2000  # how long a write waits for another process's lock before it fails
 
 # The states of a job row. A job that is running when the daemon dies is queued again at the
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS jobs(
     path BLOB NOT NULL, event TEXT NOT NULL, is_dir INTEGER NOT NULL, src_path BLOB NOT NULL,
     caught_up INTEGER NOT NULL, step INTEGER NOT NULL, tries INTEGER NOT NULL,
     created REAL NOT NULL, updated REAL NOT NULL, next_at REAL,
-    action TEXT, status INTEGER, error TEXT, stderr BLOB);
+    action TEXT, status INTEGER, error TEXT, stderr BLOB, batch BLOB);
 CREATE TABLE IF NOT EXISTS queued(first INTEGER PRIMARY KEY, last INTEGER NOT NULL,
     data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS ended(id INTEGER PRIMARY KEY);
@@ -95,11 +95,18 @@ class JobRow(NamedTuple):
     status: int | None = None  # … its exit status (minus a signal's number)
     error: str | None = None  # … how it failed, in words
     stderr: bytes | None = None  # … the tail of its stderr
+    batch: bytes | None = None  # a batch's events (``watchd.ledger.rows``); None: one event
 
     def as_json(self) -> dict[str, object]:
-        """For ``watchd jobs list --json``: names as text (bytes escaped as in logs)."""
-        return {column: value.decode("utf-8", "backslashreplace") if isinstance(value, bytes)
-                else value for column, value in self._asdict().items()}
+        """For ``watchd jobs list --json``: names as text (bytes escaped as in logs); a
+        batch's paths as a list."""
+        document: dict[str, object] = {
+            column: value.decode("utf-8", "backslashreplace") if isinstance(value, bytes)
+            else value for column, value in self._asdict().items() if column != "batch"}
+        if self.batch is not None:
+            document["batch"] = [path.decode("utf-8", "backslashreplace")
+                                 for path, *_ in marshal.loads(self.batch)]
+        return document
 
 
 JOB_COLUMNS = JobRow._fields
@@ -133,6 +140,7 @@ def connect(file: Path, *, create: bool) -> sqlite3.Connection:
         if create:
             with transaction(connection):
                 _create(connection)
+        _upgrade(connection)
         # Reading a table proves the file is a database, and a ledger.
         connection.execute("SELECT count(*) FROM jobs WHERE id < 0").fetchone()
     except BaseException:
@@ -150,6 +158,15 @@ def _create(connection: sqlite3.Connection) -> None:
                        (SCHEMA_VERSION,))
     connection.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('instance', ?)",
                        (secrets.randbits(48),))
+
+
+def _upgrade(connection: sqlite3.Connection) -> None:
+    """A ledger of an earlier version, made current: each step adds what it lacks."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+    if columns and "batch" not in columns:
+        with transaction(connection):
+            connection.execute("ALTER TABLE jobs ADD COLUMN batch BLOB")
+            connection.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
 
 
 def instance(connection: sqlite3.Connection) -> str:
@@ -214,16 +231,20 @@ def _row(values: tuple[object, ...]) -> JobRow:
     return row._replace(is_dir=bool(row.is_dir), caught_up=bool(row.caught_up))
 
 
-# A packed job: the columns of its row as it was queued (the rest are NULL then).
-_PACKED = slice(0, 13)
+# A packed job: the columns of its row as it was queued (the rest are NULL then), and a
+# batch's events after them.
+_PACKED = 13
 
 
 def pack(rows: list[JobRow]) -> bytes:
-    return marshal.dumps([tuple(row)[_PACKED] for row in rows])
+    return marshal.dumps([tuple(row)[:_PACKED] + ((row.batch,) if row.batch else ())
+                          for row in rows])
 
 
 def unpack(data: bytes) -> list[JobRow]:
-    return [JobRow(*values) for values in marshal.loads(data)]
+    return [JobRow(*values) if len(values) == _PACKED
+            else JobRow(*values[:_PACKED])._replace(batch=values[_PACKED])
+            for values in marshal.loads(data)]
 
 
 def packed_jobs(connection: sqlite3.Connection) -> Iterator[tuple[int, JobRow]]:

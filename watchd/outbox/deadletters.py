@@ -9,6 +9,7 @@ saw it can tell.
 from __future__ import annotations
 
 import json
+import marshal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,8 +38,11 @@ def ledger_listing(rows: list[JobRow], as_json: bool) -> Iterator[str]:
     yield "jobs: " + (", ".join(f"{count} {state}" for state, count in sorted(states.items()))
                       or "none")
     for row in rows:
+        what = f"event={row.event}  {escape(row.path)}"
+        if row.batch is not None:
+            what = f"batch of {len(marshal.loads(row.batch))}, the last {escape(row.path)}"
         yield (f"  {row.id}  {row.state}  {_when(row.created)}  rule={row.rule} step={row.step} "
-               f"tries={row.tries} event={row.event}  {escape(row.path)}")
+               f"tries={row.tries} {what}")
         if row.error:
             yield f"      {row.action}: {row.error}"
         if row.stderr:

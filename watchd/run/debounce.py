@@ -10,24 +10,18 @@ as dropped by the dispatcher).
 from __future__ import annotations
 
 import heapq
-import itertools
-import threading
 import time
 from collections.abc import Callable
 
 from watchd.core.job import Job, JobKey
+from watchd.run.deadlines import Deadlines
 
 
-class Debouncer:
+class Debouncer(Deadlines[JobKey]):
     def __init__(self, release: Callable[[Job], None], limit: int) -> None:
-        self.release = release
+        super().__init__(release, "watchd-debounce")
         self.limit = limit
         self._pending: dict[JobKey, tuple[Job, float]] = {}
-        self._deadlines: list[tuple[float, int, JobKey]] = []
-        self._order = itertools.count()
-        self._changed = threading.Condition(threading.Lock())
-        self._stopping = False
-        self._thread: threading.Thread | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -43,35 +37,16 @@ class Debouncer:
             if len(self._pending) >= self.limit:
                 return False
             self._pending[key] = (job, due)
-            heapq.heappush(self._deadlines, (due, next(self._order), key))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="watchd-debounce",
-                                                daemon=True)
-                self._thread.start()
-            self._changed.notify()
+            self._schedule(due, key)
         return True
 
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                released = self._due()
-                while not released and not self._stopping:
-                    wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
-                    self._changed.wait(wait)
-                    released = self._due()
-                if self._stopping:
-                    return
-            for job in released:
-                self.release(job)
-
-    def _due(self) -> list[Job]:
-        now = time.monotonic()
+    def _due(self, now: float) -> list[Job]:
         released = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, key = heapq.heappop(self._deadlines)
             job, due = self._pending[key]
             if due > now:  # events came since: wait for the quiet again
-                heapq.heappush(self._deadlines, (due, next(self._order), key))
+                self._schedule(due, key)
             else:
                 del self._pending[key]
                 released.append(job)
@@ -80,9 +55,7 @@ class Debouncer:
     def stop(self) -> list[Job]:
         """Stop; the jobs of the events held and not released (for the ledger)."""
         with self._changed:
-            self._stopping = True
+            self._stop()
             held = [job for job, _ in self._pending.values()]
             self._pending.clear()
-            self._deadlines.clear()
-            self._changed.notify()
         return held

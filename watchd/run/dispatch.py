@@ -2,8 +2,9 @@
 
 This runs on the notifier thread, so it never blocks: a full queue drops the
 job, counts it, and asks the main loop to say so. A rule with ``debounce`` goes
-through the debouncer first; one with ``ignore_own_writes`` skips events on a
-path its own action is running for (see ``watchd.run.ownwrites``).
+through the debouncer first, one with ``batch`` then into its batch (a path joins a
+batch once it is quiet); one with ``ignore_own_writes`` skips events on a path its own
+action is running for (see ``watchd.run.ownwrites``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from watchd.core.job import Job
 from watchd.core.rules import RuleSet, Scope
 from watchd.core.stats import Count, Counters
 from watchd.match.matcher import match
+from watchd.run.batches import Batcher, as_batch
 from watchd.run.debounce import Debouncer
 from watchd.run.overlap import Overlap
 from watchd.run.ownwrites import OwnWrites
@@ -28,7 +30,8 @@ class Dispatcher:
         self.counters = counters
         self.on_drop = on_drop
         self.own_writes = own_writes or OwnWrites()
-        self.debouncer = Debouncer(self.queue, jobs.maxsize)
+        self.batcher = Batcher(self.queue, jobs.maxsize)
+        self.debouncer = Debouncer(self.collect, jobs.maxsize)
         # While a catch-up runs: what it and the live events told (watchd.run.overlap).
         self.overlap: Overlap | None = None
 
@@ -45,7 +48,14 @@ class Dispatcher:
                 if not self.debouncer.offer(job):
                     self._dropped(job)
             else:
-                self.queue(job)
+                self.collect(job)
+
+    def collect(self, job: Job) -> None:
+        """Queue the job, or add it to its rule's batch."""
+        if job.rule.batch is None:
+            self.queue(job)
+        elif not self.batcher.offer(job):
+            self._dropped(job)
 
     def queue(self, job: Job) -> None:
         if not self.jobs.put(job):
@@ -53,15 +63,18 @@ class Dispatcher:
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
         def commit() -> None:
-            self.jobs.maxsize = self.debouncer.limit = ruleset.settings.queue_size
+            size = ruleset.settings.queue_size
+            self.jobs.maxsize = self.debouncer.limit = self.batcher.limit = size
         return commit
 
     def stop(self) -> list[Job]:
-        """Release nothing more; the jobs of the events the debouncer still held."""
-        return self.debouncer.stop()
+        """Release nothing more; the jobs of the events the debouncer and the batcher still
+        held (a batch rule's event held by its debounce is a batch of one)."""
+        return [as_batch(job) for job in self.debouncer.stop()] + self.batcher.stop()
 
     def stats(self) -> dict[str, int]:
-        return {**self.jobs.stats(), "debouncing": len(self.debouncer)}
+        return {**self.jobs.stats(), "debouncing": len(self.debouncer),
+                "batching": len(self.batcher)}
 
     def _dropped(self, job: Job) -> None:
         self.counters.add(Count.DROPPED, job.rule.name)

@@ -16,7 +16,7 @@ import math
 import threading
 import time
 
-from watchd.core.job import JobKey
+from watchd.core.job import Job, JobKey
 
 SETTLE = 1.0
 _PRUNE_EVERY = 1024
@@ -28,14 +28,16 @@ class OwnWrites:
         self._lock = threading.Lock()
         self._finished = 0
 
-    def started(self, key: JobKey) -> None:
+    def started(self, job: Job) -> None:
         with self._lock:
-            self._until[key] = math.inf
+            for key in _keys(job):
+                self._until[key] = math.inf
 
-    def finished(self, key: JobKey) -> None:
+    def finished(self, job: Job) -> None:
         now = time.monotonic()
         with self._lock:
-            self._until[key] = now + SETTLE
+            for key in _keys(job):
+                self._until[key] = now + SETTLE
             self._finished += 1
             if self._finished % _PRUNE_EVERY == 0:
                 self._until = {k: until for k, until in self._until.items() if until > now}
@@ -44,3 +46,8 @@ class OwnWrites:
         """Whether an event on this path is the rule's own doing (called by the notifier)."""
         until = self._until.get(key)
         return until is not None and time.monotonic() < until
+
+
+def _keys(job: Job) -> list[JobKey]:
+    """The rule and each path the job acts on (a batch's every path)."""
+    return [(job.rule.name, event.path) for event in job.events]

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 from watchd.core.job import Job, JobKey
 from watchd.ledger.writer import Ledger
@@ -35,7 +36,8 @@ class JobQueue:
     run now: its rule is under ``max_parallel`` and no action of its rule runs for its path.
     An event for a path whose action runs follows the rule's ``on_busy``: ``queue`` keeps one
     more run after it (later events replace that run's event), ``skip`` drops it, ``restart``
-    keeps one more run and asks ``on_restart`` to stop the running one. ``later`` holds a job
+    keeps one more run and asks ``on_restart`` to stop the running one. A batch is never
+    replaced: a rule's batches wait, each whole, for the one running. ``later`` holds a job
     to retry until its time. ``retire`` sends idle workers away; ``close`` ends them all and
     returns how many jobs were not run (they stay in the ledger, for the next start).
     """
@@ -68,7 +70,7 @@ class JobQueue:
             if self._closed:
                 return False
             key = job.key
-            if key in self._busy:
+            if key in self._busy and not job.batch:
                 return self._put_behind_busy(key, job)
             if self._count >= self.maxsize and not job.id:
                 return False  # one the ledger holds was accepted once: it is never refused
@@ -96,8 +98,7 @@ class JobQueue:
     def _kept(self, job: Job) -> Job:
         if job.id or self.ledger is None:
             return job
-        job_id = self.ledger.add(job)
-        return Job(job.rule, job.root, job.event, job_id)
+        return replace(job, id=self.ledger.add(job))
 
     def later(self, job: Job, delay: float) -> None:
         """Queue ``job`` again in ``delay`` seconds (a retry), whatever the queue holds."""

@@ -7,10 +7,12 @@ a stop or a restart can reach it, and hands deliveries to the outboxes.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import assert_never
 
 from watchd.core.actions import Outcome, Process, ProcessResult, retry_delay
@@ -128,7 +130,7 @@ class WorkerPool:
             job = self._started(taken)
             guarded = job.rule.ignore_own_writes
             if guarded:
-                self.own_writes.started(job.key)
+                self.own_writes.started(job)
             try:
                 end = self._run_actions(job)
             except Exception:
@@ -139,7 +141,7 @@ class WorkerPool:
                 end = Failure(job.rule.actions[job.step - 1].kind, "internal error")
             finally:
                 if guarded:
-                    self.own_writes.finished(job.key)
+                    self.own_writes.finished(job)
                 self.jobs.done(taken)
             self._ended(job, end)
 
@@ -147,26 +149,22 @@ class WorkerPool:
     def _started(job: Job) -> Job:
         """The job as it runs now, its try counted. The try is kept in the ledger only if it
         fails: a job cut short by a crash is run again as it was queued (at least once)."""
-        return Job(job.rule, job.root, job.event, job.id, job.step, job.tries + 1)
+        return replace(job, tries=job.tries + 1)
 
     def _run_actions(self, job: Job) -> Job | Failure | _Left | None:
         """Perform the job's actions from its step on. None: it ended (ok, skipped, refused,
         restarted); a ``Failure``: the action at the job's step failed; the job at its next
         step: it was stopped between two actions (``LEFT`` before the first)."""
-        try:
-            # Once, before the first action: later ones may move the file on purpose.
-            info = recheck(job)
-        except WrongKind as refusal:
-            self._refused_kind(job, refusal)
+        # Once, before the first action: later ones may move the file on purpose.
+        checked = self._rechecked(job)
+        if checked is None:
             return None
-        except Refused as refusal:
-            self.skip(job, job.step, str(refusal))
-            return None
+        job, info = checked
         for step in range(job.step, len(job.rule.actions) + 1):
             if self.stopping.is_set():
                 return LEFT if step == job.step else job
             if step != job.step:
-                job = Job(job.rule, job.root, job.event, job.id, step, 1)
+                job = replace(job, step=step, tries=1)
                 if self.ledger is not None and job.id:
                     self.ledger.keep(row_of(job, RUNNING))
             self._last_result.result = None  # a failure is told by its own action's run
@@ -181,6 +179,33 @@ class WorkerPool:
             else:
                 assert_never(outcome)
         return None
+
+    def _rechecked(self, job: Job) -> tuple[Job, os.stat_result | None] | None:
+        """The job with what the re-check lets through, and its path's lstat (a batch's paths
+        are each looked at; those refused leave it); None if nothing is left to act on."""
+        if not job.batch:
+            try:
+                return job, recheck(job)
+            except Refused as refusal:
+                self._refused(job, refusal)
+                return None
+        kept = []
+        for event in job.batch:
+            single = replace(job, event=event, batch=())
+            try:
+                recheck(single)
+                kept.append(event)
+            except Refused as refusal:
+                self._refused(single, refusal)
+        if not kept:
+            return None
+        return replace(job, event=kept[-1], batch=tuple(kept)), None
+
+    def _refused(self, job: Job, refusal: Refused) -> None:
+        if isinstance(refusal, WrongKind):
+            self._refused_kind(job, refusal)
+        else:
+            self.skip(job, job.step, str(refusal))
 
     def _failure(self, job: Job) -> Failure:
         action = job.rule.actions[job.step - 1]
@@ -202,8 +227,7 @@ class WorkerPool:
         elif isinstance(end, Job):
             self._left()
             if self.ledger is not None and end.id:
-                self.ledger.keep(row_of(Job(end.rule, end.root, end.event, end.id, end.step),
-                                        RUNNING))
+                self.ledger.keep(row_of(replace(end, tries=0), RUNNING))
         elif end is None and self.ledger is not None and job.id:
             self.ledger.end(job.id)
 

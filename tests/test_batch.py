@@ -1,0 +1,234 @@
+"""Batch rules: one run of the actions for all the paths of a window, each path once, split by
+``max`` and by what one argv can carry; a batch is one job in the ledger."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import tarfile
+from pathlib import Path
+
+from conftest import PYTHON, argv_of, env_of, recorder, records, wait_for
+
+from watchd.run.batches import PATH_BYTES
+
+
+def batch_rule(write_rules, watched: Path, command: list[str], batch: dict | None = None,
+               **keys: object) -> Path:
+    action = {"command": command, **keys.pop("action", {})}
+    rule = {"name": "sync", "paths": [str(watched)], "recursive": True,
+            "batch": batch or {}, "actions": [action], **keys}
+    return write_rules(json.dumps({"rules": [rule]}))
+
+
+def runs(out: Path) -> list[dict]:
+    """Each run's record (the lines RECORD_END adds left out)."""
+    return [record for record in records(out) if "argv" in record]
+
+
+def paths_of(out: Path) -> list[bytes]:
+    return [path for record in runs(out) for path in argv_of(record)]
+
+
+def test_a_tar_of_210_files_is_one_run_with_each_path_once(tmp_path, write_rules, daemon):
+    source, watched, out = tmp_path / "src", tmp_path / "in", tmp_path / "out.jsonl"
+    for directory in range(7):
+        (source / f"d{directory}").mkdir(parents=True)
+        for index in range(30):
+            (source / f"d{directory}" / f"f{index:02}").write_bytes(b"data")
+    archive = tmp_path / "tree.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(source, arcname=".")
+    watched.mkdir()
+    daemon(batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "3s"}))
+    subprocess.run(["tar", "xf", str(archive), "-C", str(watched)], check=True)
+    expected = {os.fsencode(path) for path in watched.rglob("f*")}
+    assert len(expected) == 210
+    wait_for(lambda: expected <= set(paths_of(out)), what="every extracted file in a run")
+    paths = paths_of(out)
+    assert len(paths) == len(set(paths)), "a path came in two runs"
+    # The window is the time a tar of 210 files takes, many times over: one run, maybe two.
+    assert len(runs(out)) <= 2, [len(argv_of(record)) for record in runs(out)]
+    for record in runs(out):
+        env = env_of(record)
+        assert env["WATCHD_COUNT"] == str(len(argv_of(record))).encode()
+        assert "WATCHD_PATH" not in env and env["WATCHD_RULE"] == b"sync"
+
+
+def test_two_files_changed_together_are_one_reload(tmp_path, write_rules, daemon):
+    """The reload of a service whose two config files change at once: one run, not two."""
+    watched, out = tmp_path / "service", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = write_rules(json.dumps({"rules": [{
+        "name": "reload", "paths": [str(watched)], "batch": {"window": "1s"},
+        "actions": [{"command": recorder(out, "reload", "{count}")}]}]}))
+    daemon(config)
+    (watched / "a.conf").write_bytes(b"a")
+    (watched / "b.conf").write_bytes(b"b")
+    wait_for(lambda: runs(out))
+    (run,) = runs(out)
+    assert argv_of(run) == [b"reload", b"2"]
+
+
+def test_max_splits_a_batch_and_a_rule_runs_one_batch_at_a_time(tmp_path, write_rules,
+                                                                 daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = batch_rule(write_rules, watched, recorder(out, "{paths}"), {"max": 10},
+                        action={"env": {"RECORD_SLEEP": "0.3", "RECORD_END": "1"}})
+    daemon(config)
+    names = [f"f{index:02}" for index in range(25)]
+    for name in names:
+        (watched / name).write_bytes(b"x")
+    expected = {os.fsencode(watched / name) for name in names}
+    wait_for(lambda: set(paths_of(out)) == expected and len(records(out)) == 6,
+             what="25 paths in three runs, each ended")
+    assert sorted(len(argv_of(record)) for record in runs(out)) == [5, 10, 10]
+    ended = {record["pid"]: record["ended"] for record in records(out) if "ended" in record}
+    spans = sorted((record["started"], ended[record["pid"]]) for record in runs(out))
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, f"two batches of one rule ran at once: {spans}"
+
+
+def test_a_batch_past_the_argv_limit_is_split_and_every_path_runs(tmp_path, write_rules,
+                                                                  daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    daemon(batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "2s"}))
+    stem = "n" * 200
+    names = [f"{stem}{index:05}" for index in range(PATH_BYTES // 200 + 500)]
+    for name in names:
+        (watched / name).write_bytes(b"")
+    expected = {os.fsencode(watched / name) for name in names}
+    wait_for(lambda: set(paths_of(out)) == expected, timeout=60,
+             what="every path run, in more than one argv")
+    assert len(runs(out)) >= 2
+    assert len(paths_of(out)) == len(expected)
+
+
+def test_stdin_paths_and_json(tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = write_rules(json.dumps({"rules": [
+        {"name": "nul", "paths": [str(watched)], "batch": {"window": "500ms"},
+         "actions": [{"command": recorder(out, "nul"), "stdin": "paths",
+                      "env": {"RECORD_STDIN": "1"}}]},
+        {"name": "json", "paths": [str(watched)],
+         "actions": [{"command": recorder(out, "json"), "stdin": "json",
+                      "env": {"RECORD_STDIN": "1"}}]}]}))
+    daemon(config)
+    names = [b"a", b"b\xff", b"c d"]
+    for name in names:
+        (watched / os.fsdecode(name)).write_bytes(b"x")
+    wait_for(lambda: len(runs(out)) == 4)
+    by_rule: dict[bytes, list[bytes]] = {}
+    for record in runs(out):
+        by_rule.setdefault(argv_of(record)[0], []).append(bytes.fromhex(record["stdin"]))
+    (nul,) = by_rule[b"nul"]
+    assert sorted(nul.split(b"\0")[:-1]) == [os.fsencode(watched) + b"/" + n for n in names]
+    assert nul.endswith(b"\0")
+    documents = [json.loads(line) for data in by_rule[b"json"] for line in data.splitlines()]
+    assert len(documents) == 3 and all(doc["event"] == "close_write" for doc in documents)
+    weird = next(doc for doc in documents if "path_b64" in doc)
+    assert weird["name"] == "b\\xff"
+
+
+def test_a_webhook_gets_one_post_with_the_batch(tmp_path, write_rules, daemon, receiver):
+    watched = tmp_path / "in"
+    watched.mkdir()
+    config = write_rules(json.dumps({"rules": [{
+        "name": "hook", "paths": [str(watched)], "batch": {"window": "1s"},
+        "actions": [{"webhook": {"url": f"{receiver.url}/batch"}}]}]}))
+    daemon(config)
+    for name in ("x", "y", "z"):
+        (watched / name).write_bytes(b"1")
+    wait_for(lambda: receiver.to("/batch"))
+    (request,) = receiver.to("/batch")
+    document = json.loads(request["body"])
+    assert document["rule"] == "hook" and document["count"] == 3
+    assert sorted(event["name"] for event in document["batch"]) == ["x", "y", "z"]
+    assert document["root"] == str(watched) and "path" not in document
+
+
+def test_with_debounce_a_path_joins_the_batch_once_quiet(tmp_path, write_rules, daemon):
+    """debounce holds each path until it has been quiet; the batch collects the quiet paths:
+    a file written again and again is in the batch once, with its last event."""
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    daemon(batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "2s"},
+                      debounce="300ms"))
+    for index in range(5):
+        (watched / "busy").write_bytes(str(index).encode())
+    (watched / "once").write_bytes(b"1")
+    wait_for(lambda: len(set(paths_of(out))) == 2)
+    (run,) = runs(out)
+    assert sorted(argv_of(run)) == [os.fsencode(watched / "busy"), os.fsencode(watched / "once")]
+
+
+def test_a_batch_held_at_a_stop_runs_whole_at_the_next_start(tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "1h"})
+    process = daemon(config)
+    for name in ("a", "b", "c"):
+        (watched / name).write_bytes(b"x")
+    wait_for(lambda: "batching=3" in usr1(process), what="three paths in the batch")
+    assert process.stop() == 0
+    assert "1 job(s) wait in the ledger" in process.log()
+    assert not runs(out)
+    daemon(config)
+    wait_for(lambda: runs(out))
+    (run,) = runs(out)
+    assert sorted(argv_of(run)) == [os.fsencode(watched / name) for name in ("a", "b", "c")]
+
+
+def test_a_batch_cut_short_by_kill_9_runs_again_whole_as_the_same_job(tmp_path, write_rules,
+                                                                      daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "200ms"},
+                        action={"env": {"RECORD_SLEEP": "30"}})
+    process = daemon(config)
+    for name in ("a", "b"):
+        (watched / name).write_bytes(b"x")
+    wait_for(lambda: runs(out))
+    process.kill()
+    config = batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "200ms"})
+    daemon(config)
+    wait_for(lambda: len(runs(out)) == 2)
+    first, again = runs(out)
+    assert sorted(argv_of(first)) == sorted(argv_of(again)) == [
+        os.fsencode(watched / "a"), os.fsencode(watched / "b")]
+    assert env_of(first)["WATCHD_JOB"] == env_of(again)["WATCHD_JOB"]
+
+
+def test_a_failed_batch_is_retried_whole_then_kept_as_one_dead_letter(tmp_path, write_rules,
+                                                                      daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "300ms"},
+                        action={"retries": 1, "backoff": "50ms", "env": {"RECORD_EXIT": "3"}})
+    process = daemon(config)
+    for name in ("a", "b", "c"):
+        (watched / name).write_bytes(b"x")
+    process.wait_log("job kept as a dead letter")
+    assert [len(argv_of(run)) for run in runs(out)] == [3, 3]
+    listed = subprocess.run([*WATCHD, "jobs", "list", "--dead", "--json", "--config",
+                             str(config)], capture_output=True, text=True, check=True)
+    (dead,) = json.loads(listed.stdout)["jobs"]
+    assert sorted(dead["batch"]) == [str(watched / name) for name in ("a", "b", "c")]
+    assert dead["status"] == 3
+
+
+def usr1(process) -> str:
+    """The counters line SIGUSR1 logs."""
+    count = process.log().count("INFO counters")
+    process.signal(signal.SIGUSR1)
+    process.wait_log("INFO counters", count + 1)
+    return [line for line in process.log().splitlines() if "INFO counters" in line][-1]
+
+
+WATCHD = [PYTHON, "-m", "watchd"]

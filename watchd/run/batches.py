@@ -1,0 +1,118 @@
+"""Batches: a batch rule's events collected for its window, then one job for all their paths.
+
+A batch begins with its first event and is released ``window`` seconds later, or at once
+when it holds ``max`` paths or as many bytes of paths as one argv can safely carry (the
+kernel refuses an exec whose arguments pass ``ARG_MAX``: the next paths begin a new batch).
+A path comes once in a batch, with its last event. Each rule's root has a batch of its own
+(``{root}`` is one value). At most ``limit`` paths are held at once; past that an event is
+refused (and counted as dropped by the dispatcher), as the debouncer does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from watchd.core.events import FileEvent
+from watchd.core.job import Job
+from watchd.core.rules import Root, Rule
+from watchd.run.deadlines import Deadlines
+
+# A batch's paths may fill half of ARG_MAX: the rest is for the environment, the program
+# and its other arguments. Each path costs its bytes, its NUL and its pointer.
+PATH_BYTES = os.sysconf("SC_ARG_MAX") // 2
+POINTER = 8
+BatchKey = tuple[str, bytes]  # a rule's name, and its root's path
+
+
+class _Collecting:
+    __slots__ = ("bytes", "due", "events", "root", "rule")
+
+    def __init__(self, rule: Rule, root: Root, due: float) -> None:
+        self.rule = rule
+        self.root = root
+        self.events: dict[bytes, FileEvent] = {}
+        self.bytes = 0
+        self.due = due
+
+    def job(self) -> Job:
+        events = tuple(self.events.values())
+        return Job(self.rule, self.root, events[-1], batch=events)
+
+
+class Batcher(Deadlines[BatchKey]):
+    def __init__(self, release: Callable[[Job], None], limit: int) -> None:
+        super().__init__(release, "watchd-batch")
+        self.limit = limit
+        self._batches: dict[BatchKey, _Collecting] = {}
+        self._held = 0  # paths in all batches
+
+    def __len__(self) -> int:
+        return self._held
+
+    def offer(self, job: Job) -> bool:
+        """Add ``job``'s event to its rule's batch; False if too many paths are held."""
+        assert job.rule.batch is not None
+        key = (job.rule.name, job.root.path)
+        path = job.event.path
+        full: list[Job] = []
+        with self._changed:
+            batch = self._batches.get(key)
+            if batch is not None and path in batch.events:
+                batch.events[path] = job.event
+                return True
+            if self._held >= self.limit or self._stopping:
+                return False
+            cost = len(path) + 1 + POINTER
+            if batch is not None and batch.bytes + cost > PATH_BYTES:
+                full.append(self._take(key))
+                batch = None
+            if batch is None:
+                batch = self._begin(key, job)
+            batch.events[path] = job.event
+            batch.bytes += cost
+            self._held += 1
+            if len(batch.events) >= job.rule.batch.max:
+                full.append(self._take(key))
+        for released in full:  # outside the lock: the queue's put never waits, but may log
+            self.release(released)
+        return True
+
+    def _begin(self, key: BatchKey, job: Job) -> _Collecting:
+        assert job.rule.batch is not None
+        due = time.monotonic() + job.rule.batch.window
+        batch = self._batches[key] = _Collecting(job.rule, job.root, due)
+        self._schedule(due, key)
+        return batch
+
+    def _take(self, key: BatchKey) -> Job:
+        batch = self._batches.pop(key)
+        self._held -= len(batch.events)
+        return batch.job()
+
+    def _due(self, now: float) -> list[Job]:
+        released = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            due, _, key = heapq.heappop(self._deadlines)
+            batch = self._batches.get(key)
+            # A batch released full leaves its deadline behind; a new one has its own.
+            if batch is not None and batch.due == due:
+                released.append(self._take(key))
+        return released
+
+    def stop(self) -> list[Job]:
+        """Stop; the batches held and not released, as jobs (for the ledger)."""
+        with self._changed:
+            self._stop()
+            held = [batch.job() for batch in self._batches.values()]
+            self._batches.clear()
+            self._held = 0
+        return held
+
+
+def as_batch(job: Job) -> Job:
+    """A batch rule's one event as a batch of one (a debounced event held at the stop)."""
+    return job if job.batch or job.rule.batch is None else replace(job, batch=(job.event,))

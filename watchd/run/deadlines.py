@@ -1,0 +1,62 @@
+"""What holds jobs until a time: the thread that releases them when it comes.
+
+The debouncer and the batcher each keep a heap of ``(due, order, key)`` and say what is due;
+this keeps the thread, started at the first deadline, that waits for the next one and hands
+what is due to ``release`` outside the lock (the queue's ``put``, which never waits).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+from watchd.core.job import Job
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+class Deadlines(ABC, Generic[Key]):
+    def __init__(self, release: Callable[[Job], None], name: str) -> None:
+        self.release = release
+        self._name = name
+        self._deadlines: list[tuple[float, int, Key]] = []
+        self._order = itertools.count()
+        self._changed = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @abstractmethod
+    def _due(self, now: float) -> list[Job]:
+        """Pop what is due by ``now`` (called with the lock held)."""
+
+    def _schedule(self, due: float, key: Key) -> None:
+        """Add a deadline (called with the lock held)."""
+        heapq.heappush(self._deadlines, (due, next(self._order), key))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                released = self._due(time.monotonic())
+                while not released and not self._stopping:
+                    wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
+                    self._changed.wait(wait)
+                    released = self._due(time.monotonic())
+                if self._stopping:
+                    return
+            for job in released:
+                self.release(job)
+
+    def _stop(self) -> None:
+        """Release nothing more (called with the lock held)."""
+        self._stopping = True
+        self._deadlines.clear()
+        self._changed.notify()
