@@ -125,6 +125,8 @@ BAD_FILES = [
                  id="batch-unknown-key"),
     pytest.param(GOOD_RULE + "    batch: {}\n    on_busy: skip\n", 2, 5,
                  "does not apply to a batch rule", id="batch-on-busy"),
+    pytest.param(GOOD_RULE + "    settle: a while\n", 6, 13, "invalid duration 'a while'",
+                 id="bad-settle"),
     pytest.param(GOOD_RULE + "        stdin: names\n", 6, 16, "'none', 'paths' or 'json'",
                  id="bad-stdin"),
     pytest.param("rules:\n  - name: x\n    paths: [\"/tmp/\\0\"]\n    actions: [{command: "

@@ -139,6 +139,7 @@ def _rule(sourced: SourcedRule) -> Rule:
         ignore_case=model.ignore_case,
         catch_up=model.catch_up,
         existing=model.existing,
+        settle=model.settle or None,
         batch=BatchSpec(model.batch.window, model.batch.max) if model.batch else None,
         kind_by_is_dir=frozenset(kind == DIR for kind in kinds),
     )

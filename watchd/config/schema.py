@@ -131,6 +131,11 @@ class Rule(Strict):
         default="ignore", description="at a rule's first start (nothing in the ledger for it "
         "yet), what to do with the files already there: `ignore` them (they are recorded, so "
         "that later changes are caught up with) or `process` them as new")
+    settle: Duration | None = Field(default=None, description="act on a path only once its "
+                                    "size and mtime, looked at with `lstat`, have stayed the "
+                                    "same this long: a writer that pauses (a slow upload) is "
+                                    "not cut short; with `debounce`, settling begins once the "
+                                    "path is quiet. Unset: act as the event comes")
     batch: Batch | None = Field(default=None, description="one run of the actions for all the "
                                 "paths of a window (each path once, with its last event): "
                                 "`{paths}` in argv, or `stdin: paths`; one batch of a rule "

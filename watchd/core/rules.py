@@ -84,6 +84,7 @@ class Rule:
     catch_up: bool = True
     existing: str = "ignore"  # or "process": at the rule's first start
     batch: BatchSpec | None = None
+    settle: float | None = None
     # The values ``is_dir`` may have for the rule to fire, from ``kinds``: the hot path's test.
     kind_by_is_dir: frozenset[bool] = frozenset((False, True))
 

@@ -1,10 +1,11 @@
 """match → job → queue: each event is matched in its directory's scope, each match queued as a job.
 
 This runs on the notifier thread, so it never blocks: a full queue drops the
-job, counts it, and asks the main loop to say so. A rule with ``debounce`` goes
-through the debouncer first, one with ``batch`` then into its batch (a path joins a
-batch once it is quiet); one with ``ignore_own_writes`` skips events on a path its own
-action is running for (see ``watchd.run.ownwrites``).
+job, counts it, and asks the main loop to say so. A job goes through the stages its
+rule asks for, in this order: ``debounce`` (the path is quiet), ``settle`` (its size and
+mtime stay the same), ``batch`` (collected with others), then the queue. A rule with
+``ignore_own_writes`` skips events on a path its own action is running for (see
+``watchd.run.ownwrites``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from watchd.run.debounce import Debouncer
 from watchd.run.overlap import Overlap
 from watchd.run.ownwrites import OwnWrites
 from watchd.run.queue import JobQueue
+from watchd.run.settle import Settler
 
 
 class Dispatcher:
@@ -31,7 +33,8 @@ class Dispatcher:
         self.on_drop = on_drop
         self.own_writes = own_writes or OwnWrites()
         self.batcher = Batcher(self.queue, jobs.maxsize)
-        self.debouncer = Debouncer(self.collect, jobs.maxsize)
+        self.settler = Settler(self.collect, jobs.maxsize)
+        self.debouncer = Debouncer(self.settle, jobs.maxsize)
         # While a catch-up runs: what it and the live events told (watchd.run.overlap).
         self.overlap: Overlap | None = None
 
@@ -48,7 +51,14 @@ class Dispatcher:
                 if not self.debouncer.offer(job):
                     self._dropped(job)
             else:
-                self.collect(job)
+                self.settle(job)
+
+    def settle(self, job: Job) -> None:
+        """Hold the job until its path has settled, if its rule asks; then collect it."""
+        if job.rule.settle is None:
+            self.collect(job)
+        elif not self.settler.offer(job):
+            self._dropped(job)
 
     def collect(self, job: Job) -> None:
         """Queue the job, or add it to its rule's batch."""
@@ -65,16 +75,18 @@ class Dispatcher:
         def commit() -> None:
             size = ruleset.settings.queue_size
             self.jobs.maxsize = self.debouncer.limit = self.batcher.limit = size
+            self.settler.limit = size
         return commit
 
     def stop(self) -> list[Job]:
-        """Release nothing more; the jobs of the events the debouncer and the batcher still
-        held (a batch rule's event held by its debounce is a batch of one)."""
-        return [as_batch(job) for job in self.debouncer.stop()] + self.batcher.stop()
+        """Release nothing more; the jobs of the events the stages still held (a batch rule's
+        event held before its batch is a batch of one)."""
+        held = self.debouncer.stop() + self.settler.stop()
+        return [as_batch(job) for job in held] + self.batcher.stop()
 
     def stats(self) -> dict[str, int]:
         return {**self.jobs.stats(), "debouncing": len(self.debouncer),
-                "batching": len(self.batcher)}
+                "settling": len(self.settler), "batching": len(self.batcher)}
 
     def _dropped(self, job: Job) -> None:
         self.counters.add(Count.DROPPED, job.rule.name)

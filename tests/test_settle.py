@@ -1,0 +1,67 @@
+"""settle: a path is acted on only once its size and mtime have stayed the same for a while,
+looked at with lstat: a writer that pauses is not cut short."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from conftest import wait_for
+
+
+def size_rule(write_rules, watched: Path, out: Path, **keys: object) -> Path:
+    """A rule that appends the size the file has when its action runs."""
+    rule = {"name": "upload", "paths": [str(watched)], "events": ["create", "modify"],
+            "actions": [{"command": ["/bin/sh", "-c", f'wc -c < "$0" >> {out}', "{path}"]}],
+            **keys}
+    return write_rules(json.dumps({"rules": [rule]}))
+
+
+def sizes(out: Path) -> list[int]:
+    return [int(line) for line in out.read_text().split()] if out.exists() else []
+
+
+def slow_upload(path: Path, pause: float) -> None:
+    with open(path, "wb") as upload:
+        upload.write(b"a" * 1000)
+        upload.flush()
+        # The pause is the scenario: a slow client between two writes, not a wait for a result.
+        signal.sigtimedwait([], pause)
+        upload.write(b"b" * 1000)
+
+
+def test_a_paused_upload_is_acted_on_once_complete(tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "in", tmp_path / "out"
+    watched.mkdir()
+    process = daemon(size_rule(write_rules, watched, out, settle="1500ms"))
+    slow_upload(watched / "upload.bin", 0.8)
+    wait_for(lambda: sizes(out))
+    # Whatever came later, nothing acts on the path before it settles again.
+    assert sizes(out) == [2000]
+    count = process.log().count("INFO counters")
+    process.signal(signal.SIGUSR1)
+    process.wait_log("INFO counters", count + 1)
+    assert "settling=0" in process.log().splitlines()[-1]
+
+
+def test_debounce_alone_acts_on_the_half_written_upload(tmp_path, write_rules, daemon):
+    """What settle is for: debounce sees only the absence of events."""
+    watched, out = tmp_path / "in", tmp_path / "out"
+    watched.mkdir()
+    daemon(size_rule(write_rules, watched, out, debounce="300ms"))
+    slow_upload(watched / "upload.bin", 0.8)
+    wait_for(lambda: len(sizes(out)) == 2)
+    assert sizes(out) == [1000, 2000]
+
+
+def test_a_path_that_is_gone_is_released_at_once(tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.txt"
+    watched.mkdir()
+    rule = {"name": "gone", "paths": [str(watched)], "events": ["delete"], "settle": "1h",
+            "actions": [{"command": ["/bin/sh", "-c", f'echo "$0" >> {out}', "{path}"]}]}
+    daemon(write_rules(json.dumps({"rules": [rule]})))
+    (watched / "x").write_bytes(b"x")
+    os.unlink(watched / "x")
+    wait_for(lambda: out.exists() and out.read_text().strip() == str(watched / "x"))

@@ -1,0 +1,88 @@
+"""Settle: act on a path only once its size and mtime have stayed the same for a while.
+
+inotify says when a file was written, not when its writer is done: an upload that pauses
+(a slow link, an SFTP client waiting on the network) looks finished between two writes. A
+rule with ``settle`` holds each path's latest event and looks at the path with ``lstat``
+when its time comes: if its size or mtime moved since the last look, it waits again; once
+they have stayed the same for ``settle`` seconds, the job is released. A path that is gone
+is released at once (there is nothing to wait for). At most ``limit`` paths settle at once;
+past that an event is refused (and counted as dropped by the dispatcher).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections.abc import Callable
+
+from watchd.core.job import Job, JobKey
+from watchd.run.deadlines import Deadlines
+
+Look = tuple[int, int, int] | None  # inode, size and mtime as lstat saw them; None: nothing
+# Paths looked at per turn of the thread, with the lock held: the notifier, which offers
+# events under that lock, waits for at most this many lstat calls.
+LOOKS_PER_TURN = 256
+
+
+class Settler(Deadlines[JobKey]):
+    def __init__(self, release: Callable[[Job], None], limit: int) -> None:
+        super().__init__(release, "watchd-settle")
+        self.limit = limit
+        # (its latest job, what the last look saw, when to look again)
+        self._pending: dict[JobKey, tuple[Job, Look, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def offer(self, job: Job) -> bool:
+        """Hold ``job`` until its path has settled; False if too many paths are settling."""
+        key = job.key
+        looked = _look(job.event.path)  # before the lock: the thread's turns never wait on it
+        with self._changed:
+            held = self._pending.get(key)
+            if held is not None:
+                self._pending[key] = (job, held[1], held[2])  # the latest event, same look
+                return True
+            if len(self._pending) >= self.limit or self._stopping:
+                return False
+            if looked is not None:
+                due = time.monotonic() + (job.rule.settle or 0.0)
+                self._pending[key] = (job, looked, due)
+                self._schedule(due, key)
+                return True
+        self.release(job)  # nothing there: nothing to wait for
+        return True
+
+    def _due(self, now: float) -> list[Job]:
+        released = []
+        looks = 0
+        while self._deadlines and self._deadlines[0][0] <= now and looks < LOOKS_PER_TURN:
+            looks += 1
+            _, _, key = heapq.heappop(self._deadlines)
+            job, seen, _ = self._pending[key]
+            looked = _look(job.event.path)
+            if looked is not None and looked != seen:  # still being written: wait again
+                due = now + (job.rule.settle or 0.0)
+                self._pending[key] = (job, looked, due)
+                self._schedule(due, key)
+            else:
+                del self._pending[key]
+                released.append(job)
+        return released
+
+    def stop(self) -> list[Job]:
+        """Stop; the jobs of the paths still settling (for the ledger)."""
+        with self._changed:
+            self._stop()
+            held = [job for job, _, _ in self._pending.values()]
+            self._pending.clear()
+        return held
+
+
+def _look(path: bytes) -> Look:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
