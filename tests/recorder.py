@@ -18,7 +18,8 @@ record = {
     "env": {
         os.fsdecode(key): value.hex()
         for key, value in os.environb.items()
-        if key.startswith((b"WATCHD_", b"NOTIFY_", b"WATCHDOG_", b"MODE", b"HOME", b"USER"))
+        if key.startswith((b"WATCHD_", b"NOTIFY_", b"WATCHDOG_", b"MODE", b"HOME", b"USER",
+                           b"RECORD_"))
     },
     "pid": os.getpid(),
     "ppid": os.getppid(),  # the daemon that ran it; 1 (or a subreaper) once that one is gone

@@ -18,7 +18,10 @@ What pyinotify 0.9.6 gets wrong, and what this subclass does instead:
 - symlinks are followed: watches are added with IN_DONT_FOLLOW | IN_ONLYDIR
   and directory listings never follow links;
 - ``Event.isSet()`` warns on every turn of its loop: that one warning is
-  filtered, by module.
+  filtered, by module;
+- a rename made by ``link()`` and ``unlink()`` (sftp-server's) is a create and a
+  delete to inotify: the create of a link to a complete file is told as ``moved_to``
+  (``watchd.source.arrivals``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import EMPTY_SCOPE, EventSink, RuleSet
 from watchd.core.stats import Counters
+from watchd.source.arrivals import Arrivals
 from watchd.source.snapshot import (
     DIRECTORY,
     UNSEEN,
@@ -128,6 +132,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         self._read_at = self._previous_read_at = time.time_ns()
         self._unmounted: set[int] = set()
         self._opened: dict[bytes, int] = {}  # watchd's own opens whose open event was read
+        self.arrivals = Arrivals(self.table.open_for_writing, self._read_more)
 
     @classmethod
     def watching(cls, ruleset: RuleSet, dispatcher: EventSink, counters: Counters,
@@ -210,6 +215,11 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
                 self._translate_queued()
                 self._settle(settled)
 
+    def _read_more(self) -> None:
+        """Wait a moment for what the kernel queues next, and read it (under the lock)."""
+        select.select([self._fd], [], [], _MOVE_SETTLE_MS / 1000)
+        self.read_events()
+
     def _translate_queued(self) -> None:
         queued = self._eventq
         while queued:
@@ -248,8 +258,16 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         is_dir = bool(mask & IN_ISDIR) or (not name and bool(mask & _SELF_EVENTS))
         if name and mask & _SNAPSHOT_EVENTS and entry.files is not None:
             self.table.remember(entry, name, _state_after(mask, path, is_dir))
+        if mask & (IN_DELETE | IN_MOVED_FROM) and not is_dir:
+            self.arrivals.gone(path)
+        elif mask & IN_CLOSE_WRITE and name:
+            self.arrivals.closed(path)
         move = self._pair(mask, cookie, path, is_dir) if mask & _MOVES else None
         src_path = move.path if move is not None else b""
+        if mask & IN_CREATE and name and not is_dir and entry.scope.mask & IN_MOVED_TO:
+            old = self.arrivals.created(path, wd, name, self._eventq)
+            if old is not None:  # a rename by link() and unlink(): an arrival
+                mask, src_path = mask & ~IN_CREATE | IN_MOVED_TO, old
         if self._news(mask, name, path) and mask & entry.scope.mask:
             event = FileEvent(path, event_name(mask), mask & ALL_EVENTS, is_dir, src_path)
             self._emit(entry, event)
@@ -411,6 +429,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         self.table.retired.clear()  # their IN_IGNORED may be among what was lost
         self.table.own_reads.clear()  # and the closes of watchd's own reads
         self._opened.clear()
+        self.arrivals.clear()
         log(logging.WARNING, "inotify queue overflowed: events were lost; rescanning every "
             "watched directory", message_id=MessageId.QUEUE_OVERFLOW,
             overflows=self.counters.overflows)
