@@ -140,6 +140,7 @@ def _rule(sourced: SourcedRule) -> Rule:
         catch_up=model.catch_up,
         existing=model.existing,
         settle=model.settle or None,
+        poll=model.poll,
         batch=BatchSpec(model.batch.window, model.batch.max) if model.batch else None,
         kind_by_is_dir=frozenset(kind == DIR for kind in kinds),
     )

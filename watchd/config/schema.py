@@ -136,6 +136,11 @@ class Rule(Strict):
                                     "same this long: a writer that pauses (a slow upload) is "
                                     "not cut short; with `debounce`, settling begins once the "
                                     "path is quiet. Unset: act as the event comes")
+    poll: Duration | None = Field(default=None, description="also walk the rule's trees this "
+                                  "often and act once on what changed, as the catch-up at "
+                                  "start does: for NFS, CIFS and FUSE mounts (sshfs), where "
+                                  "inotify sees only the changes made through this machine; "
+                                  "at least 1s")
     batch: Batch | None = Field(default=None, description="one run of the actions for all the "
                                 "paths of a window (each path once, with its last event): "
                                 "`{paths}` in argv, or `stdin: paths`; one batch of a rule "
@@ -146,6 +151,13 @@ class Rule(Strict):
     actions: list[ActionModel] = Field(min_length=1, description="what to do for each matched "
                                        "event: actions of the kinds below, run in order; when "
                                        "one fails, the later ones are skipped")
+
+    @model_validator(mode="after")
+    def _poll_not_too_often(self) -> Rule:
+        if self.poll is not None and self.poll < 1.0:
+            raise ValueError(f"poll: {self.poll:g}s is too often: at least 1s (a poll walks "
+                             "the whole tree)")
+        return self
 
     @model_validator(mode="after")
     def _batch_queues(self) -> Rule:
@@ -175,6 +187,10 @@ class Settings(Strict):
     dead_letters: int = Field(default=10000, ge=1, le=10_000_000, description="dead letters "
                               "kept in the ledger, of jobs and of webhook deliveries each; past "
                               "it the oldest are dropped, counted and logged")
+    degraded_poll: Duration = Field(default=60.0, description="how often directories the "
+                                    "inotify watch limit left unwatched are walked for changes "
+                                    "(acted on as inotify would have told them), and watching "
+                                    "them is tried again: degraded, never deaf")
     webhook_backlog: int = Field(default=10000, ge=1, le=1_000_000, description="deliveries "
                                  "waiting per webhook action; beyond it new ones are dropped, "
                                  "counted and logged")

@@ -33,6 +33,7 @@ class Settings:
     snapshot_limit: int
     webhook_backlog: int
     dead_letters: int = 10000
+    degraded_poll: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class Rule:
     existing: str = "ignore"  # or "process": at the rule's first start
     batch: BatchSpec | None = None
     settle: float | None = None
+    poll: float | None = None
     # The values ``is_dir`` may have for the rule to fire, from ``kinds``: the hot path's test.
     kind_by_is_dir: frozenset[bool] = frozenset((False, True))
 

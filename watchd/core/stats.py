@@ -30,6 +30,7 @@ class Count(enum.Enum):
     DEAD_LETTERS = "dead_letters"
     DEAD_LETTERS_DROPPED = "dead_letters_dropped"
     CAUGHT_UP = "caught_up"
+    POLLED = "polled"
     LEDGER_FAILURES = "ledger_failures"
     LEDGER_DROPPED = "ledger_dropped"
     LEDGER_CORRUPT = "ledger_corrupt"
@@ -59,6 +60,7 @@ class Counters:
     dead_letters: int = 0  # jobs given up on, kept in the ledger
     dead_letters_dropped: int = 0  # the oldest, past settings.dead_letters
     caught_up: int = 0  # events found by a catch-up: changes made while the daemon was down
+    polled: int = 0  # events found by a poll: changes inotify did not tell
     ledger_failures: int = 0  # attempts to write the ledger that failed
     ledger_dropped: int = 0  # records of what rules saw not kept: ledger unwritable too long
     ledger_corrupt: int = 0  # ledgers put aside as unreadable

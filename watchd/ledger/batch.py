@@ -61,7 +61,7 @@ class Batch:
                 job = cast(Job, operation[2])
                 row = queued_row(job, cast(int, operation[1]))
                 self.added[row.id] = row
-                if job.rule.catch_up:
+                if job.rule.catch_up or job.rule.poll:
                     for event in job.events:
                         self._seen(row.rule, event.event, event.path, event.src_path)
             elif kind == "job":

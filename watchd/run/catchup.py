@@ -10,7 +10,8 @@ rule's matching like any event, marked ``caught_up``, and the ledger then holds 
 found. A rule's first start only records what is there, unless it says ``existing: process``.
 
 It runs on a thread of its own: the main loop and the event path never wait for a walk. It
-waits for room in the queue rather than have events dropped.
+waits for room in the queue rather than have events dropped. A rule's ``poll`` walks its
+trees the same way, again and again (``watchd.run.poll``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from watchd.ledger import store
 from watchd.ledger.writer import Ledger
 from watchd.run.dispatch import Dispatcher
 from watchd.run.overlap import GONE, Overlap, state_now
+from watchd.run.poll import Poller
 from watchd.run.queue import JobQueue
 from watchd.source.notifier import Notifier
 from watchd.source.snapshot import (
@@ -70,6 +72,8 @@ class CatchUp:
         self._done: set[tuple[str, bytes]] = set()  # (rule, root) caught up with since start
         self._due: list[Pair] = []
         self._walking = 0
+        self._overlapping = 0  # walks (catch-ups and polls) whose live events are noted
+        self.poller = Poller(self._poll, self.stopping)
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
         """The commit makes ready to catch up with each rule's roots not caught up with yet
@@ -79,13 +83,23 @@ class CatchUp:
                  for rule in root.rules if rule.enabled and rule.catch_up
                  and (rule.name, root.path) not in self._done]
 
+        polls = self.poller.prepare(ruleset)
+
         def commit() -> None:
             self._done.update((rule.name, root.path) for rule, root in pairs)
             if pairs:
+                if not self._due:  # the one walk ``begin`` starts for them all ends it
+                    self._note_live_events()
                 self._due.extend(pairs)
-                if self.sink.overlap is None:
-                    self.overlap = self.sink.overlap = Overlap()
+            polls()
         return commit
+
+    def _note_live_events(self) -> None:
+        """From now on, until the walk that calls this ends, live events are noted."""
+        with self.table.lock:
+            self._overlapping += 1
+            if self.sink.overlap is None:
+                self.overlap = self.sink.overlap = Overlap()
 
     def begin(self) -> None:
         """Start the catch-up made ready by the last commit, in the background."""
@@ -93,7 +107,7 @@ class CatchUp:
         self.start(pairs)
 
     def stats(self) -> dict[str, int]:
-        return {"catching_up": self.walking()}
+        return {"catching_up": self.walking(), "polls": self.poller.polls}
 
     def start(self, pairs: list[Pair]) -> None:
         """Catch up with these pairs, in the background (once live events are noted)."""
@@ -119,16 +133,24 @@ class CatchUp:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.poller.stop(max(0.0, deadline - time.monotonic()))
 
-    def _run(self, pairs: list[Pair]) -> None:
+    def _run(self, pairs: list[Pair], polling: bool = False) -> None:
         try:
-            self._walk_all(pairs)
+            self._walk_all(pairs, polling)
         finally:
             with self.table.lock:
                 self._walking -= 1
             self._end_overlap()
 
-    def _walk_all(self, pairs: list[Pair]) -> None:
+    def _poll(self, pair: Pair) -> None:
+        """One poll of one tree, on the poller's thread."""
+        self._note_live_events()
+        with self.table.lock:
+            self._walking += 1
+        self._run([pair], polling=True)
+
+    def _walk_all(self, pairs: list[Pair], polling: bool) -> None:
         self.ledger.flush()  # what the rules saw is read from the disk: all of it there first
         try:
             reader = store.connect(self.ledger.file, create=False)
@@ -142,7 +164,7 @@ class CatchUp:
                 if self.stopping.is_set():
                     return
                 try:
-                    Walk(self, reader, rule, root).run()
+                    Walk(self, reader, rule, root, polling).run()
                 except (OSError, sqlite3.Error) as error:
                     log(logging.ERROR, f"catch-up failed: {error}", rule=rule.name,
                         path=root.path)
@@ -159,7 +181,8 @@ class CatchUp:
             if self.stopping.wait(0.01):
                 break
         with self.table.lock:
-            if self.running() <= 1:
+            self._overlapping -= 1
+            if not self._overlapping:
                 self.sink.overlap = None
 
 
@@ -167,8 +190,9 @@ class Walk:
     """One catch-up of one rule's tree."""
 
     def __init__(self, catch_up: CatchUp, reader: sqlite3.Connection, rule: Rule,
-                 root: Root) -> None:
+                 root: Root, polling: bool = False) -> None:
         self.up = catch_up
+        self.polling = polling
         self.reader = reader
         self.rule = rule
         self.root = root
@@ -201,7 +225,9 @@ class Walk:
         if self.first:
             self.up.ledger.caught_up(self.rule.name)
         duration_ms = round((time.monotonic() - started) * 1000)
-        if self.acting:
+        if self.polling:
+            self._polled(duration_ms)
+        elif self.acting:
             self.up.counters.add(Count.CAUGHT_UP, self.rule.name, sum(self.told.values()))
             log(logging.INFO, "caught up" + ("" if self.told else ": nothing changed"),
                 message_id=MessageId.CAUGHT_UP, rule=self.rule.name, path=self.root.path,
@@ -210,6 +236,18 @@ class Walk:
         else:
             log(logging.INFO, "first start: what is there is recorded, not acted on "
                 "(existing: ignore)", message_id=MessageId.CAUGHT_UP, rule=self.rule.name,
+                path=self.root.path, duration_ms=duration_ms)
+
+    def _polled(self, duration_ms: int) -> None:
+        """A poll says what it found, only when it found something (it comes again)."""
+        self.up.counters.add(Count.POLLED, self.rule.name, sum(self.told.values()))
+        if self.told:
+            log(logging.INFO, "polled: changes inotify did not tell", message_id=MessageId.POLLED,
+                rule=self.rule.name, path=self.root.path, duration_ms=duration_ms,
+                fields={name: self.told[name] for name in sorted(self.told)})
+        elif self.first:
+            log(logging.INFO, "first poll: what is there is recorded, not acted on "
+                "(existing: ignore)", message_id=MessageId.POLLED, rule=self.rule.name,
                 path=self.root.path, duration_ms=duration_ms)
 
     def _known_dirs(self) -> dict[bytes, int]:

@@ -1,0 +1,74 @@
+"""poll: a rule's tree walked at an interval, for the changes inotify cannot see; tested on a
+bindfs (FUSE) mount changed through the directory under it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import env_of, recorder, records, wait_for
+
+pytestmark = pytest.mark.skipif(not shutil.which("bindfs") or not os.path.exists("/dev/fuse"),
+                                reason="needs bindfs and /dev/fuse")
+
+
+@pytest.fixture
+def fuse_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(the directory under the mount, the bindfs mount of it)."""
+    under, mount = tmp_path / "under", tmp_path / "mount"
+    under.mkdir()
+    mount.mkdir()
+    subprocess.run(["bindfs", str(under), str(mount)], check=True, timeout=30)
+    try:
+        yield under, mount
+    finally:
+        subprocess.run(["fusermount", "-u", "-z", str(mount)], check=False, timeout=30)
+
+
+def told(out: Path) -> list[tuple[str, str, str, str]]:
+    return [(env["WATCHD_EVENT"].decode(), os.path.basename(env["WATCHD_PATH"]).decode(),
+             os.path.basename(env["WATCHD_SRC_PATH"]).decode(), env["WATCHD_CAUGHT_UP"].decode())
+            for env in map(env_of, records(out))]
+
+
+def test_changes_inotify_cannot_see_are_polled_and_acted_on_once(
+        tmp_path, write_rules, daemon, fuse_mount):
+    under, mount = fuse_mount
+    out = tmp_path / "out.jsonl"
+    (under / "already").write_bytes(b"there before")
+    rule = {"name": "share", "paths": [str(mount)], "poll": "1s",
+            "events": ["close_write", "moved_to", "delete"],
+            "actions": [{"command": recorder(out)}]}
+    process = daemon(write_rules(json.dumps({"rules": [rule]})))
+    process.wait_log("first start: what is there is recorded")
+    (under / "new").write_bytes(b"written past inotify")
+    wait_for(lambda: told(out), what="the poll's run for the new file")
+    assert told(out) == [("close_write", "new", "", "1")]
+    (under / "new").rename(under / "renamed")
+    os.unlink(under / "already")
+    wait_for(lambda: len(told(out)) == 3, what="the rename and the delete polled")
+    assert sorted(told(out)[1:]) == [("delete", "already", "", "1"),
+                                     ("moved_to", "renamed", "new", "1")]
+    process.wait_log("polled: changes inotify did not tell", count=2)
+    # A change inotify told is acted on once: the polls after it find it recorded.
+    (mount / "live").write_bytes(b"through the mount: inotify tells it")
+    wait_for(lambda: len(told(out)) == 4)
+    assert told(out)[3] == ("close_write", "live", "", "0")
+    after = polls(process)
+    wait_for(lambda: polls(process) >= after + 2, what="two polls after the live event")
+    assert len(told(out)) == 4, told(out)[4:]
+
+
+def polls(process) -> int:
+    """The polls made so far, as SIGUSR1's counters say."""
+    count = process.log().count("INFO counters")
+    process.signal(signal.SIGUSR1)
+    process.wait_log("INFO counters", count + 1)
+    line = [line for line in process.log().splitlines() if "INFO counters" in line][-1]
+    return int(line.split(" polls=")[1].split()[0])
