@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import inotify_limit, kernel_watches, recorder, records, wait_for
+from conftest import env_of, inotify_limit, kernel_watches, recorder, records, wait_for
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -143,6 +143,41 @@ def test_the_watch_limit_is_reported_and_the_rest_is_served(tmp_path, write_rule
     process.wait_log("reloaded")
     assert len(kernel_watches(process.pid)) == 31
     assert "DEGRADED" not in notify_socket.messages()[-1]["STATUS"]
+
+
+@ROOT_ONLY
+def test_directories_refused_by_the_watch_limit_are_polled_and_watched_when_it_rises(
+        tmp_path, write_rules, daemon, notify_socket):
+    """Degraded, never deaf: a file written in a directory left unwatched is acted on by the
+    degraded poll; once the limit is raised the directories are watched, with no reload."""
+    tree, out = tmp_path / "tree", tmp_path / "out.jsonl"
+    for index in range(30):
+        (tree / f"d{index:02}").mkdir(parents=True)
+    config = write_rules("settings: {degraded_poll: 1s}\n" + tree_rule(tree, out))
+    with inotify_limit("max_user_watches", root_inotify_usage()[1] + 12):
+        process = daemon(config, env=notify_socket.env())
+        process.wait_log("inotify watch limit reached")
+        unwatched = {os.stat(tree / name).st_ino for name in os.listdir(tree)} - set(
+            kernel_watches(process.pid).values())
+        assert len(unwatched) == 20
+        deaf = next(tree / name for name in sorted(os.listdir(tree))
+                    if os.stat(tree / name).st_ino in unwatched)
+        # Listed soon after the refusal: what is written after that is a change.
+        wait_for(lambda: counters(process)["degraded_polled"] == 20, what="the trees listed")
+        (deaf / "while-deaf").write_bytes(b"x")
+        wait_for(lambda: any(env_of(r)["WATCHD_PATH"].endswith(b"while-deaf")
+                             for r in records(out)), what="the degraded poll's run")
+        assert "degraded poll: changes in directories" in process.log()
+        assert [env_of(r)["WATCHD_EVENT"] for r in records(out)] == [b"close_write"]
+    # The limit restored (raised): watched again at the next poll, with no reload.
+    process.wait_log("watched again: 20 director")
+    assert "reloaded" not in process.log()
+    wait_for(lambda: len(kernel_watches(process.pid)) == 31, what="every directory watched")
+    wait_for(lambda: "DEGRADED" not in notify_socket.messages()[-1]["STATUS"])
+    runs = len(records(out))
+    (deaf / "watched-now").write_bytes(b"y")
+    wait_for(lambda: len(records(out)) == runs + 1)
+    assert env_of(records(out)[-1])["WATCHD_EVENT"] == b"close_write"
 
 
 @ROOT_ONLY

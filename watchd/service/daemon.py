@@ -38,6 +38,7 @@ from watchd.run.ownwrites import OwnWrites
 from watchd.run.queue import JobQueue
 from watchd.run.workers import WorkerPool
 from watchd.service.systemd import ServiceManager
+from watchd.source.degraded import DegradedPoll
 from watchd.source.mounts import MountTable, touches
 from watchd.source.notifier import Notifier
 
@@ -147,13 +148,17 @@ class Daemon:
         self.mounts = MountTable()
         self.catch_up = CatchUp(self.ledger, self.dispatcher, self.jobs, self.counters,
                                 self.notifier)
+        self.degraded = DegradedPoll(self.table, self.dispatcher, self.counters, status_changed)
         # In the order a reload commits them: the outboxes before the events that reach them;
         # the catch-up before the watches of new paths (it notes their events from then on,
         # and begins once they are watched).
         self.components: tuple[Component, ...] = (self.ledger, self.deliveries, self.catch_up,
-                                                  self.notifier, self.dispatcher, self.workers)
+                                                  self.notifier, self.degraded, self.dispatcher,
+                                                  self.workers)
         self.catch_up.prepare(ruleset)()
+        self.degraded.prepare(ruleset)()
         self.notifier.start()
+        self.degraded.start()
 
     def _resume(self, rows: list[JobRow]) -> None:
         """Queue the jobs the ledger holds unfinished (at start), or that ``watchd jobs retry``
@@ -359,6 +364,7 @@ class Daemon:
         grace = self.ruleset.settings.stop_grace
         self.service.stopping(grace)
         self.notifier.stop()
+        self.degraded.stop(CATCH_UP_STOP_WAIT)
         self.catch_up.stop(CATCH_UP_STOP_WAIT)
         held = self.dispatcher.stop()
         for job in held:  # debounced, not yet queued: they wait in the ledger too

@@ -128,7 +128,9 @@ class WatchTable:
         self.own_reads: dict[bytes, int] = {}
         self.attached: dict[bytes, tuple[Root, ...]] = {}  # parent dir -> roots that are files
         self._warned: set[bytes] = set()
-        self.refused_for_limit = 0  # directories not watched for want of inotify watches
+        # Directories not watched for want of inotify watches, with the scope each would have
+        # had: polled meanwhile, and watched once watches are to be had (watchd.source.degraded).
+        self.refused: dict[bytes, Scope] = {}
         self.snapshot_size = 0  # names held by every directory's snapshot
         self.snapshot_full = False
         # Called for each entry found in a directory that appeared while running.
@@ -181,7 +183,7 @@ class WatchTable:
         try:
             wd = self.manager.add(path, mask)
         except OSError as error:
-            self._refused(path, error)
+            self._refused(path, scope, error)
             return None
         if entry is None:
             entry = WatchedDir(path, wd, scope)
@@ -405,7 +407,8 @@ class WatchTable:
         limit may have been raised since. What is in the roots at ``arrived`` came while
         the daemon ran, and is reported.
         """
-        degraded, self.refused_for_limit = self.refused_for_limit, 0
+        degraded = bool(self.refused)
+        self.refused.clear()
         in_place = set() if degraded else {
             root.path
             for root in self.ruleset.roots
@@ -528,7 +531,7 @@ class WatchTable:
                 return list(entries)
         except OSError as error:
             self.read_back(path)  # not opened: none of its events will come
-            self._refused(path, error)
+            self._refused(path, None, error)
             return None
 
     # -- the snapshot, for recovering from an overflow ---------------------------------------
@@ -570,12 +573,16 @@ class WatchTable:
                 "deleted meanwhile in directories past the limit are not reported (raise "
                 "settings.snapshot_limit)", path=path, limit=self.ruleset.settings.snapshot_limit)
 
-    def _refused(self, path: bytes, error: OSError) -> None:
+    @property
+    def refused_for_limit(self) -> int:
+        return len(self.refused)
+
+    def _refused(self, path: bytes, scope: Scope | None, error: OSError) -> None:
         if error.errno in (errno.ENOENT, errno.ENOTDIR):
             return  # gone already: its parent's events tell the rest
-        if error.errno == errno.ENOSPC:
-            self.refused_for_limit += 1
-            if self.refused_for_limit == 1:
+        if error.errno == errno.ENOSPC and scope is not None:
+            self.refused[path] = scope
+            if len(self.refused) == 1:
                 log(logging.ERROR, "inotify watch limit reached: raise fs.inotify.max_user_watches "
                     "(sysctl -w fs.inotify.max_user_watches=N); some directories are not watched",
                     message_id=MessageId.WATCH_LIMIT, path=path,
