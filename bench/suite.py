@@ -777,8 +777,10 @@ def main() -> None:
     bench_webhooks(report, 300 if quick else 2_000, 2 if quick else 5)
     sys.modules.setdefault("suite", sys.modules[__name__])  # catchup imports it by that name
     import catchup
+    import shapes
 
     catchup.run(report, quick)
+    shapes.run(report, quick)
     elapsed = time.monotonic() - started
     print(f"({elapsed:.0f} s)")
     if not args.no_write:

@@ -467,3 +467,22 @@ def test_dead_letters_past_the_bound_drop_the_oldest_and_say_so(tmp_path, write_
              == names[2:], what="the three newest dead letters, alone")
     assert "oldest dead letter(s) dropped: settings.dead_letters keeps 3" in process.log()
     assert counters(process)["dead_letters_dropped"] == 2
+
+
+def test_a_ledger_of_schema_1_is_upgraded_and_its_jobs_kept(tmp_path):
+    """0.2's first ledgers had no batch column: opened, they get one, and their rows read."""
+    file = tmp_path / "ledger.db"
+    old = sqlite3.connect(file)
+    old.executescript(store._SCHEMA.replace(", stderr BLOB, batch BLOB)", ", stderr BLOB)"))
+    old.execute("INSERT INTO meta VALUES('schema', 1)")
+    old.execute("INSERT INTO jobs(id, state, rule, root, path, event, is_dir, src_path, "
+                "caught_up, step, tries, created, updated) VALUES(7, 'dead', 'r', x'2f', "
+                "x'2f61', 'close_write', 0, x'', 0, 1, 1, 0, 0)")
+    old.execute("INSERT INTO queued VALUES(8, 8, ?)", (store.pack([store.JobRow(
+        8, "queued", "r", b"/", b"/b", "close_write", False, b"", False, 1, 0, 0.0, 0.0)]),))
+    old.commit()
+    old.close()
+    connection = store.connect(file, create=True)
+    rows = store.jobs(connection)
+    assert [(row.id, row.path, row.batch) for row in rows] == [(7, b"/a", None), (8, b"/b", None)]
+    assert connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 2
