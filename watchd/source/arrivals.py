@@ -50,6 +50,11 @@ class Arrivals:
         """For the create of a file's ``name`` in watch ``wd``: None if it is a file made
         here (remembered); else, a link to a complete file, the old name's path (``b""`` when
         it is not known)."""
+        # The records read after it first: in a burst a file's write is right behind its
+        # create, and such a file needs no look at all (this runs for every file made).
+        old = _old_name(path, wd, name, queued)
+        if old is None:
+            return None
         try:
             info = os.lstat(path)
         except OSError:
@@ -58,11 +63,9 @@ class Arrivals:
             return None
         inode = (info.st_dev, info.st_ino)
         made_as = self._made.get(inode)
-        old = _old_name(path, wd, name, queued)
-        relinked = old is not None and (
-            info.st_nlink > 1 or (made_as is not None and made_as != path)
-            or (info.st_ctime_ns > info.st_mtime_ns and info.st_size > 0)
-            or old in self._closed)
+        relinked = (info.st_nlink > 1 or (made_as is not None and made_as != path)
+                    or (info.st_ctime_ns > info.st_mtime_ns and info.st_size > 0)
+                    or old in self._closed)
         if relinked and old == b"" and made_as is None and len(queued) < LOOK_AHEAD:
             self.read_more()
             old = _old_name(path, wd, name, queued)

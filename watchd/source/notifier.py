@@ -260,7 +260,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             self.table.remember(entry, name, _state_after(mask, path, is_dir))
         if mask & (IN_DELETE | IN_MOVED_FROM) and not is_dir:
             self.arrivals.gone(path)
-        elif mask & IN_CLOSE_WRITE and name:
+        elif mask & IN_CLOSE_WRITE and name and entry.scope.mask & IN_MOVED_TO:
             self.arrivals.closed(path)
         move = self._pair(mask, cookie, path, is_dir) if mask & _MOVES else None
         src_path = move.path if move is not None else b""
