@@ -103,13 +103,10 @@ class Batcher(Deadlines[BatchKey]):
                 released.append(self._take(key))
         return released
 
-    def stop(self) -> list[Job]:
-        """Stop; the batches held and not released, as jobs (for the ledger)."""
-        with self._changed:
-            self._stop()
-            held = [batch.job() for batch in self._batches.values()]
-            self._batches.clear()
-            self._held = 0
+    def _take_held(self) -> list[Job]:
+        held = [batch.job() for batch in self._batches.values()]
+        self._batches.clear()
+        self._held = 0
         return held
 
 

@@ -34,6 +34,18 @@ class Deadlines(ABC, Generic[Key]):
     def _due(self, now: float) -> list[Job]:
         """Pop what is due by ``now`` (called with the lock held)."""
 
+    @abstractmethod
+    def _take_held(self) -> list[Job]:
+        """Take every job held (called with the lock held, at the stop)."""
+
+    def stop(self) -> list[Job]:
+        """Release nothing more; the jobs held and not released (for the ledger)."""
+        with self._changed:
+            self._stopping = True
+            self._deadlines.clear()
+            self._changed.notify()
+            return self._take_held()
+
     def _schedule(self, due: float, key: Key) -> None:
         """Add a deadline (called with the lock held)."""
         heapq.heappush(self._deadlines, (due, next(self._order), key))
@@ -54,9 +66,3 @@ class Deadlines(ABC, Generic[Key]):
                     return
             for job in released:
                 self.release(job)
-
-    def _stop(self) -> None:
-        """Release nothing more (called with the lock held)."""
-        self._stopping = True
-        self._deadlines.clear()
-        self._changed.notify()

@@ -71,12 +71,9 @@ class Settler(Deadlines[JobKey]):
                 released.append(job)
         return released
 
-    def stop(self) -> list[Job]:
-        """Stop; the jobs of the paths still settling (for the ledger)."""
-        with self._changed:
-            self._stop()
-            held = [job for job, _, _ in self._pending.values()]
-            self._pending.clear()
+    def _take_held(self) -> list[Job]:
+        held = [job for job, _, _ in self._pending.values()]
+        self._pending.clear()
         return held
 
 
