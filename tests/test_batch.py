@@ -232,3 +232,20 @@ def usr1(process) -> str:
 
 
 WATCHD = [PYTHON, "-m", "watchd"]
+
+
+def test_a_failed_batch_read_from_stdin_is_a_dead_letter_that_says_what_ran(
+        tmp_path, write_rules, daemon):
+    """The argv a dead letter shows abbreviates a batch's paths only where {paths} stands."""
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    config = batch_rule(write_rules, watched, recorder(out, "--from-stdin"), {"window": "300ms"},
+                        action={"stdin": "paths", "env": {"RECORD_EXIT": "3"}})
+    process = daemon(config)
+    for name in ("a", "b", "c", "d", "e"):
+        (watched / name).write_bytes(b"x")
+    process.wait_log("job kept as a dead letter")
+    assert "internal error" not in process.log()
+    listed = subprocess.run([*WATCHD, "jobs", "list", "--dead", "--config", str(config)],
+                            capture_output=True, text=True, check=True)
+    assert "--from-stdin" in listed.stdout and "exited with status 3" in listed.stdout

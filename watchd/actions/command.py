@@ -170,11 +170,10 @@ class Command:
         """The argv as it would run, escaped for showing; a batch's paths past the first
         few counted, not shown."""
         argv = render_argv(self.argv, values)
-        shown_paths = int(values.get("count", b"1"))
-        if shown_paths > SHOWN_PATHS:
-            at = next(i for i, template in enumerate(self.argv) if template == PATHS_ALONE)
-            argv[at + SHOWN_PATHS : at + shown_paths] = [
-                f"...{shown_paths - SHOWN_PATHS} more".encode()]
+        paths = int(values.get(COUNT, b"1"))
+        if paths > SHOWN_PATHS and PATHS_ALONE in self.argv:  # else they go to stdin
+            at = self.argv.index(PATHS_ALONE)
+            argv[at + SHOWN_PATHS : at + paths] = [f"...{paths - SHOWN_PATHS} more".encode()]
         return [escape(arg) for arg in argv]
 
     def perform(self, context: ActionContext, job: Job, step: int,
