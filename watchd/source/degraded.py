@@ -44,6 +44,10 @@ class DegradedPoll:
         self._next_poll = 0.0
         self._told = 0  # events told by the poll under way
         self._stopping = threading.Event()
+        # Set at each refusal: with nothing refused the thread sleeps until one (an idle
+        # daemon wakes for nothing).
+        self._refusal = threading.Event()
+        table.on_refused = self._refusal.set
         self._thread = threading.Thread(target=self._run, name="watchd-degraded-poll",
                                         daemon=True)
 
@@ -59,6 +63,7 @@ class DegradedPoll:
 
     def stop(self, timeout: float) -> None:
         self._stopping.set()
+        self._refusal.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -66,7 +71,12 @@ class DegradedPoll:
         return {"degraded_polled": len(self._trees)}
 
     def _run(self) -> None:
-        while not self._stopping.wait(min(LOOK_SOON, self.interval)):
+        while True:
+            if not self.table.refused and not self._trees:
+                self._refusal.wait()
+                self._refusal.clear()
+            if self._stopping.wait(min(LOOK_SOON, self.interval)):
+                return
             try:
                 self._turn()
             except Exception:  # a bug must not end the polling: the trees would go deaf

@@ -131,6 +131,7 @@ class WatchTable:
         # Directories not watched for want of inotify watches, with the scope each would have
         # had: polled meanwhile, and watched once watches are to be had (watchd.source.degraded).
         self.refused: dict[bytes, Scope] = {}
+        self.on_refused: Callable[[], None] = lambda: None  # told of each (never waits)
         self.snapshot_size = 0  # names held by every directory's snapshot
         self.snapshot_full = False
         # Called for each entry found in a directory that appeared while running.
@@ -582,6 +583,7 @@ class WatchTable:
             return  # gone already: its parent's events tell the rest
         if error.errno == errno.ENOSPC and scope is not None:
             self.refused[path] = scope
+            self.on_refused()
             if len(self.refused) == 1:
                 log(logging.ERROR, "inotify watch limit reached: raise fs.inotify.max_user_watches "
                     "(sysctl -w fs.inotify.max_user_watches=N); some directories are not watched",
