@@ -244,7 +244,7 @@ def variables(job: Job, command: Command, user: RunAs | None,
     job_id, attempt, caught_up = JOB_VARIABLES
     env[job_id] = str(job.id).encode()
     env[attempt] = str(job.tries).encode()
-    env[caught_up] = b"1" if all(event.caught_up for event in job.events) else b"0"
+    env[caught_up] = b"1" if job.caught_up else b"0"
     if user is not None:
         env[b"HOME"] = os.fsencode(user.home)
         env[b"USER"] = env[b"LOGNAME"] = user.name.encode()
@@ -457,7 +457,7 @@ def log_result(job: Job, step: int, spec: ProcessAction, result: ProcessResult,
         "exit_status": result.status,
         "duration_ms": round(result.duration * 1000),
         "found_by_scan": True if job.event.synthetic else None,
-        "caught_up": True if job.event.caught_up else None,
+        "caught_up": True if job.caught_up else None,
         "job": job.id or None,
         "try": job.tries,
         "count": job.count if job.batch else None,

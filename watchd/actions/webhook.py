@@ -158,7 +158,7 @@ def body(job: Job, delivery_id: str) -> bytes:
     bytes on every attempt."""
     document: dict[str, object] = {"id": delivery_id, "rule": job.rule.name}
     if job.batch:
-        document.update(count=job.count, caught_up=all(e.caught_up for e in job.batch),
+        document.update(count=job.count, caught_up=job.caught_up,
                         batch=[event_document(event) for event in job.batch])
     else:
         document.update(event_document(job.event))

@@ -41,6 +41,11 @@ class Job:
     def count(self) -> int:
         return len(self.batch) or 1
 
+    @property
+    def caught_up(self) -> bool:
+        """Whether a catch-up (or a poll) found what the job acts on: all of a batch."""
+        return all(event.caught_up for event in self.events)
+
     def values(self) -> dict[str, bytes]:
         """The placeholder values, as bytes: what ``{path}``, ``{name}`` … stand for; a
         batch's only name its rule, its root, its paths (NUL-separated) and their count."""

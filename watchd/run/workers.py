@@ -182,23 +182,20 @@ class WorkerPool:
 
     def _rechecked(self, job: Job) -> tuple[Job, os.stat_result | None] | None:
         """The job with what the re-check lets through, and its path's lstat (a batch's paths
-        are each looked at; those refused leave it); None if nothing is left to act on."""
-        if not job.batch:
+        are each looked at, those refused leave it, and it has no one lstat); None if
+        nothing is left to act on."""
+        kept, info = [], None
+        for event in job.events:
+            single = replace(job, event=event, batch=()) if job.batch else job
             try:
-                return job, recheck(job)
-            except Refused as refusal:
-                self._refused(job, refusal)
-                return None
-        kept = []
-        for event in job.batch:
-            single = replace(job, event=event, batch=())
-            try:
-                recheck(single)
+                info = recheck(single)
                 kept.append(event)
             except Refused as refusal:
                 self._refused(single, refusal)
         if not kept:
             return None
+        if not job.batch:
+            return job, info
         return replace(job, event=kept[-1], batch=tuple(kept)), None
 
     def _refused(self, job: Job, refusal: Refused) -> None:
