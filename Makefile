@@ -9,7 +9,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What systemd-python needs to build, and what the tests and benchmarks use (the system test
 # boots Debian 13 with systemd-nspawn from an image debootstrap makes).
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev inotify-tools \
-                systemd-container debootstrap openssh-client openssh-sftp-server bindfs
+                systemd-container debootstrap openssh-client openssh-sftp-server bindfs \
+                prometheus
 STAMP := $(VENV)/.installed
 
 .PHONY: run test check lint types bench deps clean

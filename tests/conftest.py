@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -119,6 +120,17 @@ def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"
     monkeypatch.setenv("STATE_DIRECTORY", str(state))
     return state
+
+
+@pytest.fixture(autouse=True)
+def control_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each test's own control socket, for its daemons and its ``watchd status``: a short path
+    (a socket's path is at most 107 bytes, and tmp_path can be longer)."""
+    directory = Path(tempfile.mkdtemp(prefix="watchd-control-"))
+    path = directory / "control"
+    monkeypatch.setenv("WATCHD_SOCKET", str(path))
+    yield path
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "watchd"
 # Bottom to top, as the README's layout lists them: each may import those before it.
 LAYERS = ["core", "security", "schema", "source", "match", "ledger", "run", "actions", "outbox",
-          "config", "service"]
+          "config", "metrics", "control", "service"]
 UPWARD_ALLOWED = 3
 
 

@@ -25,7 +25,8 @@ def drop_box(write_rules, daemon, tmp_path: Path) -> tuple[Path, Path]:
     script = 'RECORD_SIZE=$(wc -c < "$WATCHD_PATH") exec "$0" "$@"'
     rule = {"name": "uploads", "paths": [str(drop)], "exclude": ["*.tmp"],
             "actions": [{"command": ["/bin/sh", "-c", script, *recorder(out)]}]}
-    daemon(write_rules(json.dumps({"rules": [rule]})))
+    # One worker: jobs run in the order of their events, so a later file is a sentinel.
+    daemon(write_rules(json.dumps({"settings": {"workers": 1}, "rules": [rule]})))
     (tmp_path / "upload.bin").write_bytes(os.urandom(SIZE))
     return drop, out
 

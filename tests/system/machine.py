@@ -24,7 +24,8 @@ PACKAGES = [
     "build-essential", "debhelper", "dh-python", "pybuild-plugin-pyproject", "python3-all",
     "python3-setuptools", "lintian",
     # run: Debian's own libraries, as the package depends on them
-    "python3-pathspec", "python3-pyasyncore", "python3-pydantic", "python3-pyinotify",
+    "python3-pathspec", "python3-prometheus-client", "python3-pyasyncore", "python3-pydantic",
+    "python3-pyinotify",
     "python3-systemd", "python3-urllib3", "python3-yaml",
     # the tests' own
     "procps",

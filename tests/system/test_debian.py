@@ -220,6 +220,23 @@ def test_journal_fields_carry_rule_path_and_message_ids(installed):
     assert explained.stdout.strip() == "1"
 
 
+def test_status_and_one_rules_journal_as_an_admin_reads_them(installed):
+    """After the runs above: ``watchd status`` over the unit's control socket, and one rule's
+    whole life in the journal."""
+    assert installed.sh("stat -c %a /run/watchd/control").stdout.strip() == "600"
+    shown = installed.sh("watchd status").stdout
+    assert shown.startswith("● watchd ") and all(len(line) <= 80 for line in shown.splitlines())
+    rows = {line.split()[0]: line.split()[1:] for line in shown.splitlines()
+            if line.startswith(("incoming ", "reject-bad "))}
+    assert int(rows["incoming"][1]) >= 1 and int(rows["reject-bad"][2]) >= 1, shown
+    assert "last failure" in shown
+    document = json.loads(installed.sh("watchd status --json").stdout)
+    assert document["config"]["path"] == "/etc/watchd/rules.yaml"
+    assert document["ledger"]["file"] == "/var/lib/watchd/ledger.db"
+    life = installed.sh(f"{JOURNAL} WATCHD_RULE=incoming -o cat --no-pager").stdout
+    assert "action ok rule=incoming" in life and "reject-bad" not in life
+
+
 def test_a_broken_rules_file_fails_the_reload_and_keeps_the_old_rules(installed):
     installed.run(["tee", "/etc/watchd/rules.yaml"], input="rules:\n  - name: [\n")
     assert installed.sh(CHECK, check=False).returncode == 1
@@ -301,6 +318,7 @@ def test_the_hardened_drop_in_still_runs_reading_and_webhook_rules(installed):
     wait_until(installed, "grep -q read.csv /run/received.jsonl", "the webhook's delivery")
     wait_until(installed, "journalctl -u watchd WATCHD_RULE=notify WATCHD_HTTP_STATUS=200 "
                "| grep -q 'webhook delivered'", "the delivery in the journal")
+    assert "notify" in installed.sh("watchd status").stdout  # the socket, in the sandbox
     score = installed.sh("systemd-analyze security watchd | tail -1").stdout
     assert float(re.search(r"level for watchd.service: ([0-9.]+)", score)[1]) <= 2.5
     installed.sh("rm -r /etc/systemd/system/watchd.service.d && systemctl daemon-reload "
@@ -336,6 +354,7 @@ rules:
             - sh
             - "{path}"
           timeout: 25s
+          log_output: true
           properties:
             ProtectSystem: strict
             ReadWritePaths: /srv/out
@@ -467,6 +486,12 @@ def test_the_journal_holds_a_units_output_under_its_name(units):
     by_unit = units.run(["journalctl", f"_SYSTEMD_UNIT={unit}", "-o", "json", "--no-pager"])
     assert output in [json.loads(line)["MESSAGE"] for line in by_unit.stdout.splitlines()]
     assert output in units.sh("journalctl -u 'watchd-sandboxed-*' -o cat --no-pager").stdout
+    # log_output: the unit's lines carry its rule and its job, beside watchd's own.
+    tagged = [json.loads(line) for line in units.run(
+        ["journalctl", "WATCHD_RULE=sandboxed", f"WATCHD_JOB={ok['WATCHD_JOB']}", "-o", "json",
+         "--no-pager"]).stdout.splitlines()]
+    assert output in [entry["MESSAGE"] for entry in tagged]
+    assert any(entry["MESSAGE"].startswith("action ok") for entry in tagged)
 
 
 def test_the_hardened_drop_in_leaves_systemd_run_units_their_own_sandbox(units):

@@ -2,9 +2,11 @@
 
 The process group is the unit: past the timeout it gets SIGTERM, then SIGKILL;
 when the command exits, whatever it left running in its group is killed too, so
-an action never outlives its log line. stdout is /dev/null, and stdin too unless the
-action asks for the paths (``stdin: paths|json``), which are written to a pipe as the
-command reads them, never waited on; the tail of stderr is kept for the log of a failure.
+an action never outlives its log line. stdout is /dev/null unless the action logs its output
+(``log_output``: both streams are read as written, line by line into the journal), and stdin
+too unless the action asks for the paths (``stdin: paths|json``), which are written to a pipe
+as the command reads them, never waited on; the tail of stderr is kept for the log of a
+failure.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import ClassVar, Literal, Protocol
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from watchd.actions.kind import ActionKind, Finding, Severity
+from watchd.actions.output import OutputLines
 from watchd.core.actions import ActionContext, Outcome, ProcessResult
 from watchd.core.document import event_document
 from watchd.core.job import Job
@@ -92,6 +95,10 @@ class CommandAction(Strict):
         "`paths` (each path of the job, a batch's every path, followed by a NUL: `xargs -0`, "
         "`rsync --files-from=- --from0`), or `json` (each event as the JSON a webhook gets, "
         "one a line)")
+    log_output: bool = Field(
+        default=False, description="send the command's stdout and stderr, line by line, to "
+        "the journal (fields `WATCHD_RULE`, `WATCHD_JOB`, `WATCHD_STREAM`), at most 1000 lines "
+        "of 4096 bytes a run; false: stdout is discarded and stderr logged only on failure")
 
     @field_validator("command")
     @classmethod
@@ -141,6 +148,7 @@ class Command:
     retries: int = 0
     backoff: float = 1.0
     stdin: str = "none"
+    log_output: bool = False
 
     kind: ClassVar[str] = "command"
     keeps_order: ClassVar[bool] = False
@@ -161,6 +169,7 @@ class Command:
             retries=model.retries,
             backoff=model.backoff,
             stdin=model.stdin,
+            log_output=model.log_output,
         )
 
     def describe(self, values: Mapping[str, bytes]) -> str:
@@ -271,38 +280,47 @@ class RunningCommand:
         # The daemon keeps the write end too, until the command has exited: the pipe then
         # never reports its end, and the exit is the one wake-up of a quiet command.
         stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
+        output = Output(self.job) if self.logs_output else None
         feed = Feed(self.job, self.command.stdin)
         try:
             try:
                 with _spawn_turn(self.forks), self._lock:
-                    self.process = self.spawn(values, stderr_write, feed.stdin)
+                    self.process = self.spawn(values, stderr_write, feed.stdin,
+                                              output.stdout_write if output else None)
             except (OSError, subprocess.SubprocessError) as error:
                 return ProcessResult(None, time.monotonic() - started, False, b"",
                                      _start_failure(error))
             finally:
                 feed.spawned()
-            stderr, timed_out = self._collect(stderr_read, started + self.command.timeout, feed)
+            stderr, timed_out = self._collect(stderr_read, started + self.command.timeout, feed,
+                                              output)
         finally:
             os.close(stderr_read)
             os.close(stderr_write)
             feed.close()
+            if output is not None:
+                output.close()
         with self._lock:
             # The exited leader still holds the group id, so this cannot hit a recycled group.
             self._signal_group(signal.SIGKILL)
             status = self.process.wait()
         return ProcessResult(status, time.monotonic() - started, timed_out, stderr)
 
-    def spawn(self, values: Mapping[str, bytes], stderr: int,
-              stdin: int | None) -> subprocess.Popen[bytes]:
+    @property
+    def logs_output(self) -> bool:
+        return self.command.log_output
+
+    def spawn(self, values: Mapping[str, bytes], stderr: int, stdin: int | None,
+              stdout: int | None) -> subprocess.Popen[bytes]:
         """Start the command in a session of its own, its stderr into ``stderr``, its stdin
-        from ``stdin`` (None: /dev/null)."""
+        from ``stdin`` and its stdout into ``stdout`` (None: /dev/null)."""
         user = self.user
         return subprocess.Popen(
             render_argv(self.command.argv, values),
             env=environment(self.job, self.command, user, values),
             cwd=self.command.cwd,
             stdin=_devnull() if stdin is None else stdin,
-            stdout=_devnull(),
+            stdout=_devnull() if stdout is None else stdout,
             stderr=stderr,
             start_new_session=True,
             user=user.uid if user else None,
@@ -320,9 +338,10 @@ class RunningCommand:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, sig)
 
-    def _collect(self, stderr: int, deadline: float, feed: Feed) -> tuple[bytes, bool]:
-        """Keep stderr's tail and feed stdin until the command exits; past the deadline
-        TERM, then KILL.
+    def _collect(self, stderr: int, deadline: float, feed: Feed,
+                 output: Output | None) -> tuple[bytes, bool]:
+        """Keep stderr's tail, feed stdin and log the output (``log_output``) until the
+        command exits; past the deadline TERM, then KILL.
 
         The exit is seen through a pidfd, which does not reap: the leader stays a
         zombie, holding its process group id, until ``run`` has killed the group.
@@ -339,6 +358,8 @@ class RunningCommand:
             waiting.register(stderr, select.POLLIN)
             if feed.fd is not None:
                 waiting.register(feed.fd, select.POLLOUT)
+            if output is not None:
+                waiting.register(output.stdout_read, select.POLLIN)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -347,14 +368,34 @@ class RunningCommand:
                     continue
                 ready = dict(waiting.poll(remaining * 1000))
                 if stderr in ready:  # this poll also shows what it wrote as it exited
-                    tail = _read_tail(stderr, tail)
+                    written = _read_all(stderr)
+                    tail = (tail + written)[-STDERR_TAIL:]
+                    if output is not None:
+                        output.lines.add("stderr", written)
+                if output is not None and output.stdout_read in ready:
+                    output.lines.add("stdout", _read_all(output.stdout_read))
                 if feed.fd is not None and feed.fd in ready and not feed.write():
                     waiting.unregister(feed.fd)
                     feed.close()
                 if pidfd in ready:
+                    if output is not None:
+                        output.lines.end()
                     return tail, timed_out
         finally:
             os.close(pidfd)
+
+
+class Output:
+    """``log_output``: the pipe the command's stdout goes to, and its lines as they come."""
+
+    def __init__(self, job: Job) -> None:
+        self.stdout_read, self.stdout_write = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.stdout_read, False)
+        self.lines = OutputLines(job)
+
+    def close(self) -> None:
+        os.close(self.stdout_read)
+        os.close(self.stdout_write)
 
 
 class Feed:
@@ -419,12 +460,13 @@ def _spawn_turn(forks: bool) -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
-def _read_tail(fd: int, tail: bytes) -> bytes:
-    """``tail`` and what the pipe holds now, cut to its last ``STDERR_TAIL`` bytes."""
+def _read_all(fd: int) -> bytes:
+    """What the pipe holds now (a pipe holds at most its capacity, 64 KiB by default)."""
+    chunks = []
     with contextlib.suppress(BlockingIOError):
         while chunk := os.read(fd, 65536):
-            tail = (tail + chunk)[-STDERR_TAIL:]
-    return tail
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ProcessAction(Protocol):

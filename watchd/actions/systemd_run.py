@@ -153,7 +153,8 @@ class SystemdRun:
         names = [*EVENT_VARIABLES.values(), IS_DIR_VARIABLE, *JOB_VARIABLES,
                  *(name for name, _ in self.command.env)]
         user = OWNER if self.command.as_owner else self.command.user
-        shown = [os.fsdecode(arg) for arg in self.client_argv(unit, names, user)]
+        shown = [os.fsdecode(arg) for arg in self.client_argv(unit, names, user,
+                                                              (values["rule"].decode(), "ID"))]
         return f"{self.kind}: {shlex.join(shown)} {shlex.join(self.command.argv_for(values))}"
 
     def perform(self, context: ActionContext, job: Job, step: int,
@@ -171,13 +172,14 @@ class SystemdRun:
         return ended(job, step, self, context.run_process(job, step, command.program, unit),
                      unit=unit.name)
 
-    def client_argv(self, unit: str, env_names: Iterable[bytes],
-                    user: RunAs | str | None) -> list[bytes]:
+    def client_argv(self, unit: str, env_names: Iterable[bytes], user: RunAs | str | None,
+                    rule_and_job: tuple[str, str]) -> list[bytes]:
         """``systemd-run`` and its options, up to and with the ``--`` before the command.
         Each variable is named only: its value comes from the client's environment, so that
         what ``env`` holds is never in a command line others may read. With ``stdin``, the
         unit reads the client's (``--pipe``: its output then comes to the daemon too, not
-        to the journal)."""
+        to the journal). With ``log_output``, the unit's journal lines carry the rule and the
+        job (``LogExtraFields=``)."""
         runtime = self.command.timeout + 2 * KILL_GRACE + RUNTIME_MARGIN
         argv: list[str | bytes] = [
             SYSTEMD_RUN, "--wait", "--collect", "--service-type=exec", "--expand-environment=no",
@@ -189,6 +191,10 @@ class SystemdRun:
             argv.append(b"--working-directory=" + self.command.cwd)
         if self.command.stdin != "none":
             argv.append("--pipe")
+        if self.command.log_output:
+            rule, job = rule_and_job
+            argv.extend([f"--property=LogExtraFields=WATCHD_RULE={rule}",
+                         f"--property=LogExtraFields=WATCHD_JOB={job}"])
         argv.extend(b"--setenv=" + name for name in env_names)
         argv.extend(f"--property={name}={value}" for name, value in self.properties)
         return [os.fsencode(arg) for arg in argv] + [b"--"]
@@ -207,10 +213,15 @@ class RunningUnit(RunningCommand):
         self.name = unit_name(job.rule.name, uuid.uuid4().hex[:12])
         self.forks = False  # the client runs as the daemon; systemd switches to the user
 
-    def spawn(self, values: Mapping[str, bytes], stderr: int,
-              stdin: int | None) -> subprocess.Popen[bytes]:
+    @property
+    def logs_output(self) -> bool:
+        return False  # the unit's output goes to the journal by systemd: see client_argv
+
+    def spawn(self, values: Mapping[str, bytes], stderr: int, stdin: int | None,
+              stdout: int | None) -> subprocess.Popen[bytes]:
         env = variables(self.job, self.command, self.user, values)
-        argv = self.action.client_argv(self.name, env, self.user)
+        argv = self.action.client_argv(self.name, env, self.user,
+                                       (self.job.rule.name, str(self.job.id)))
         argv.extend(render_argv(self.command.argv, values))
         return subprocess.Popen(argv, env=env,
                                 stdin=subprocess.DEVNULL if stdin is None else stdin,

@@ -14,12 +14,13 @@ from pathlib import Path
 import pathspec
 
 from watchd.actions.registry import compile_action
+from watchd.config import schema
 from watchd.config.loader import Config, SourcedRule, load
 from watchd.config.schema import ANY_KIND, state_dir_of
 from watchd.core.actions import ActionSpec
 from watchd.core.events import DIR, KINDS, event_mask
 from watchd.core.problems import ConfigError, Problem
-from watchd.core.rules import BatchSpec, Root, Rule, RuleSet, Settings
+from watchd.core.rules import BatchSpec, MetricsSettings, Root, Rule, RuleSet, Settings
 from watchd.match.matcher import INDEX_FROM, SuffixIndex
 from watchd.security.trust import Resolution, resolve_watched
 
@@ -51,7 +52,9 @@ def compile_rules(config: Config) -> RuleSet:
     return RuleSet(
         settings=Settings(**{name: getattr(config.settings, name)
                               for name in type(config.settings).model_fields
-                              if name != "state_dir"}, state_dir=state_dir_of(config.settings)),
+                              if name not in ("state_dir", "metrics")},
+                          state_dir=state_dir_of(config.settings),
+                          metrics=_metrics_of(config.settings.metrics)),
         rules=rules,
         roots=roots,
         roots_by_path={root.path: root for root in roots},
@@ -59,6 +62,13 @@ def compile_rules(config: Config) -> RuleSet:
         untrusted_paths=tuple(_untrusted_paths(config, resolutions)),
         warnings=config.warnings,
     )
+
+
+def _metrics_of(metrics: schema.Metrics | None) -> MetricsSettings | None:
+    if metrics is None or (metrics.listen is None and metrics.textfile is None):
+        return None
+    return MetricsSettings(schema.listen_address(metrics.listen) if metrics.listen else None,
+                           metrics.textfile, metrics.interval)
 
 
 def _resolve_paths(rules: tuple[Rule, ...]) -> dict[str, Resolution]:

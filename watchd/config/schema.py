@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
 
 from watchd.actions.registry import KINDS
 from watchd.schema.fields import (
@@ -167,6 +167,42 @@ class Rule(Strict):
         return self
 
 
+class Metrics(Strict):
+    """``settings.metrics:``: Prometheus' exposition of the daemon's figures."""
+
+    listen: str | None = Field(
+        default=None, description="`host:port` (`[::1]:9478` for IPv6) to serve `/metrics` on "
+        "over HTTP, without authentication: keep it on loopback (`127.0.0.1:9478`) and let a "
+        "local Prometheus or a proxy reach it (docs/security.md says why); read at start")
+    textfile: AbsolutePath | None = Field(
+        default=None, description="a file to write the same figures to, atomically, every "
+        "`interval`, for node_exporter's textfile collector; its name ends in `.prom`; read at "
+        "start")
+    interval: Duration = Field(default=15.0, description="how often `textfile` is written")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            listen_address(listen)
+        return listen
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom_suffix(cls, textfile: str | None) -> str | None:
+        if textfile is not None and not textfile.endswith(".prom"):
+            raise ValueError("node_exporter reads only files whose names end in .prom")
+        return textfile
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """``host:port`` as (host, port); ValueError, in words, for anything else."""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{listen!r} is not host:port (for example 127.0.0.1:9478)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 class Settings(Strict):
     workers: int = Field(default=4, ge=1, le=256, description="threads running actions")
     queue_size: int = Field(default=10000, ge=1, le=10_000_000, description="actions waiting "
@@ -194,6 +230,9 @@ class Settings(Strict):
     webhook_backlog: int = Field(default=10000, ge=1, le=1_000_000, description="deliveries "
                                  "waiting per webhook action; beyond it new ones are dropped, "
                                  "counted and logged")
+    metrics: Metrics | None = Field(default=None, description="Prometheus metrics, served over "
+                                    "HTTP and/or written for node_exporter, with the keys below; "
+                                    "unset: none")
 
 
 # A drop-in's keys mean what the main file's do: one wording for both.

@@ -22,6 +22,15 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """``settings.metrics``: where the figures are served, where written, how often."""
+
+    listen: tuple[str, int] | None
+    textfile: str | None
+    interval: float
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """``settings:`` of the main rules file, as the daemon uses them (durations in seconds)."""
 
@@ -34,6 +43,7 @@ class Settings:
     webhook_backlog: int
     dead_letters: int = 10000
     degraded_poll: float = 60.0
+    metrics: MetricsSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)

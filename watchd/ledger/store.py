@@ -275,3 +275,9 @@ def _change_dead(connection: sqlite3.Connection, ids: list[int] | None, statemen
         found = [row.id for row in jobs(connection, (DEAD,), ids)]
         connection.executemany(statement, [parameters(job_id) for job_id in found])
     return found
+
+
+def dead_by_rule(connection: sqlite3.Connection) -> dict[str, int]:
+    """How many dead letters each rule has in the ledger."""
+    return {str(rule): int(count) for rule, count in connection.execute(
+        "SELECT rule, count(*) FROM jobs WHERE state='dead' GROUP BY rule")}

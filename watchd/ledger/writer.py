@@ -55,6 +55,7 @@ class Ledger:
         self.on_status_change = on_status_change
         # Dead letters asked for again, or jobs found once the database could be opened late.
         self.on_found: Callable[[list[JobRow]], None] = lambda rows: None
+        self.on_commit: Callable[[float], None] = lambda seconds: None  # each commit's time
         self.dead_letters = 10_000  # kept at most, of jobs and of deliveries each
         self._connection: sqlite3.Connection | None = None
         self._pending: list[Operation] = []
@@ -285,6 +286,7 @@ class Ledger:
     def _write(self, batch: list[Operation], upto: int) -> bool:
         assert self._connection is not None
         delta, dropped = Delta(), 0
+        started = time.monotonic()
         try:
             if batch:
                 with store.transaction(self._connection):
@@ -297,6 +299,8 @@ class Ledger:
             self._dir_ids.clear()  # rolled back: ids made in it are not there
             self._failed(f"cannot write {self.file}: {_reason(error)}")
             return False
+        if batch:
+            self.on_commit(time.monotonic() - started)
         if dropped:
             self.counters.add(Count.DEAD_LETTERS_DROPPED, amount=dropped)
             log(logging.WARNING, f"{dropped} oldest dead letter(s) dropped: settings."

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -52,6 +53,12 @@ class Batcher(Deadlines[BatchKey]):
 
     def __len__(self) -> int:
         return self._held
+
+    def _held_by_rule(self) -> Counter[str]:
+        held: Counter[str] = Counter()
+        for (rule, _), collecting in self._batches.items():
+            held[rule] += len(collecting.events)
+        return held
 
     def offer(self, job: Job) -> bool:
         """Add ``job``'s event to its rule's batch; False if too many paths are held."""

@@ -12,6 +12,7 @@ import itertools
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -37,6 +38,15 @@ class Deadlines(ABC, Generic[Key]):
     @abstractmethod
     def _take_held(self) -> list[Job]:
         """Take every job held (called with the lock held, at the stop)."""
+
+    @abstractmethod
+    def _held_by_rule(self) -> Counter[str]:
+        """How many paths each rule has held here (called with the lock held)."""
+
+    def by_rule(self) -> Counter[str]:
+        """How many paths each rule has held here now: for ``watchd status``."""
+        with self._changed:
+            return self._held_by_rule()
 
     def stop(self) -> list[Job]:
         """Release nothing more; the jobs held and not released (for the ledger)."""

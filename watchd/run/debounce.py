@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from watchd.core.job import Job, JobKey
@@ -25,6 +26,9 @@ class Debouncer(Deadlines[JobKey]):
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def _held_by_rule(self) -> Counter[str]:
+        return Counter(rule for rule, _ in self._pending)
 
     def offer(self, job: Job) -> bool:
         """Hold ``job`` until its path is quiet; False if too many paths are pending."""

@@ -14,9 +14,22 @@ from collections.abc import Callable
 
 from watchd.core.events import FileEvent
 from watchd.core.job import Job
+from watchd.core.logs import escape
 from watchd.core.rules import RuleSet, Scope
 from watchd.core.stats import Count, Counters
+from watchd.core.trace import (
+    BATCHED,
+    DEBOUNCED,
+    DROPPED,
+    EVENT,
+    IGNORED,
+    MATCHED,
+    NOT_MATCHED,
+    SETTLING,
+    tracing,
+)
 from watchd.match.matcher import match
+from watchd.match.reasons import decisions
 from watchd.run.batches import Batcher, as_batch
 from watchd.run.debounce import Debouncer
 from watchd.run.overlap import Overlap
@@ -39,37 +52,57 @@ class Dispatcher:
         self.overlap: Overlap | None = None
 
     def submit(self, event: FileEvent, scope: Scope) -> None:
+        if tracing.on:
+            _trace_match(event, scope)
         for rule, root in match(scope, event):
             self.counters.matched_by(rule.name)
             job = Job(rule, root, event)
             overlap = self.overlap
             if overlap is not None and not event.caught_up and overlap.told_already(job):
-                continue  # the catch-up acted on this very change
+                if tracing.on:
+                    tracing.emit(IGNORED, rule.name, event, "the catch-up acted on this change")
+                continue
             if rule.ignore_own_writes and self.own_writes.ignoring(job.key):
                 self.counters.add(Count.OWN_WRITES_IGNORED, rule.name)
+                if tracing.on:
+                    tracing.emit(IGNORED, rule.name, event, "its own action is writing it "
+                                 "(ignore_own_writes)")
             elif rule.debounce:
-                if not self.debouncer.offer(job):
-                    self._dropped(job)
+                self._offered(job, self.debouncer.offer(job), DEBOUNCED,
+                              f"until quiet for {rule.debounce:g}s")
             else:
                 self.settle(job)
 
     def settle(self, job: Job) -> None:
         """Hold the job until its path has settled, if its rule asks; then collect it."""
-        if job.rule.settle is None:
+        settle = job.rule.settle
+        if settle is None:
             self.collect(job)
-        elif not self.settler.offer(job):
-            self._dropped(job)
+        else:
+            self._offered(job, self.settler.offer(job), SETTLING,
+                          f"until its size and mtime stay the same for {settle:g}s")
 
     def collect(self, job: Job) -> None:
         """Queue the job, or add it to its rule's batch."""
-        if job.rule.batch is None:
+        batch = job.rule.batch
+        if batch is None:
             self.queue(job)
-        elif not self.batcher.offer(job):
-            self._dropped(job)
+        else:
+            self._offered(job, self.batcher.offer(job), BATCHED,
+                          f"window {batch.window:g}s, at most {batch.max}")
 
     def queue(self, job: Job) -> None:
+        """Queue the job (the queue traces what it did with it), or drop it."""
         if not self.jobs.put(job):
+            self._offered(job, False, DROPPED)
+
+    def _offered(self, job: Job, taken: bool, decision: str, detail: str = "") -> None:
+        """A stage took the job, or it is dropped (that stage is full)."""
+        if not taken:
             self._dropped(job)
+        if tracing.on:
+            tracing.emit(decision if taken else DROPPED, job.rule.name, job.event,
+                         detail if taken else "the queue is full (settings.queue_size)")
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
         def commit() -> None:
@@ -88,6 +121,25 @@ class Dispatcher:
         return {**self.jobs.stats(), "debouncing": len(self.debouncer),
                 "settling": len(self.settler), "batching": len(self.batcher)}
 
+    def by_rule(self) -> dict[str, dict[str, int]]:
+        """Each rule's jobs in the queue and paths held by each stage, by state."""
+        figures = self.jobs.by_rule()
+        for state, stage in (("debouncing", self.debouncer), ("settling", self.settler),
+                             ("batching", self.batcher)):
+            for rule, held in stage.by_rule().items():
+                figures.setdefault(rule, {})[state] = held
+        return figures
+
     def _dropped(self, job: Job) -> None:
         self.counters.add(Count.DROPPED, job.rule.name)
         self.on_drop()
+
+
+def _trace_match(event: FileEvent, scope: Scope) -> None:
+    detail = "found by a rescan" if event.synthetic else ""
+    if event.caught_up:
+        detail = "found by a catch-up or a poll"
+    tracing.emit(EVENT, None, event, detail,
+                 src_path=escape(event.src_path) if event.src_path else None)
+    for rule, refused in decisions(scope, event):
+        tracing.emit(NOT_MATCHED if refused else MATCHED, rule.name, event, refused or "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from watchd.core.job import Job, JobKey
+from watchd.core.logs import LOGGER, log
+from watchd.core.trace import QUEUED, SKIPPED, tracing
 from watchd.ledger.writer import Ledger
 
 
@@ -74,12 +77,21 @@ class JobQueue:
                 return self._put_behind_busy(key, job)
             if self._count >= self.maxsize and not job.id:
                 return False  # one the ledger holds was accepted once: it is never refused
-            self._append(job)
+            waiting = self._append(job)
+            if tracing.on:
+                tracing.emit(QUEUED, job.rule.name, job.event, f"{self._count} waiting")
+            if LOGGER.isEnabledFor(logging.DEBUG):
+                log(logging.DEBUG, "job queued", rule=job.rule.name, event=job.event.event,
+                    path=job.event.path, job=waiting.job.id or None,
+                    count=job.count if job.batch else None)
             return True
 
     def _put_behind_busy(self, key: JobKey, job: Job) -> bool:
         if job.rule.on_busy == "skip":
             self.skipped += 1
+            if tracing.on:
+                tracing.emit(SKIPPED, job.rule.name, job.event,
+                             "its action runs for this path (on_busy: skip)")
             return True
         follow_up = self._follow_ups.get(key)
         if follow_up is not None:
@@ -91,6 +103,10 @@ class JobQueue:
             return False
         else:
             self._follow_ups[key] = self._append(job)
+        if tracing.on:
+            tracing.emit(QUEUED, job.rule.name, job.event, "to run once the running action "
+                         f"ends (on_busy: {job.rule.on_busy}); an earlier event waiting is "
+                         "replaced")
         if job.rule.on_busy == "restart":
             self.on_restart(key)
         return True
@@ -184,6 +200,19 @@ class JobQueue:
 
     def stats(self) -> dict[str, int]:
         return {"queued": self._count, "skipped": self.skipped, "retrying": len(self._retries)}
+
+    def by_rule(self) -> dict[str, dict[str, int]]:
+        """Each rule's jobs queued, running and waiting to be retried: for ``watchd status``."""
+        with self._ready:
+            figures: dict[str, dict[str, int]] = {}
+            for name, queue in self._rules.items():
+                figures.setdefault(name, {})["queued"] = len(queue)
+            for name, running in self._running.items():
+                figures.setdefault(name, {})["running"] = running
+            for _, _, job in self._retries:
+                rule = figures.setdefault(job.rule.name, {})
+                rule["retrying"] = rule.get("retrying", 0) + 1
+            return figures
 
     def close(self) -> int:
         with self._ready:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from watchd.core.job import Job, JobKey
@@ -34,6 +35,9 @@ class Settler(Deadlines[JobKey]):
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def _held_by_rule(self) -> Counter[str]:
+        return Counter(rule for rule, _ in self._pending)
 
     def offer(self, job: Job) -> bool:
         """Hold ``job`` until its path has settled; False if too many paths are settling."""

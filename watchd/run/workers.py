@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import assert_never
 
 from watchd.core.actions import Outcome, Process, ProcessResult, retry_delay
@@ -21,6 +21,7 @@ from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import RuleSet
 from watchd.core.stats import Count, Counters
+from watchd.core.trace import DEAD_LETTER, RAN, REFUSED, RETRIED, tracing
 from watchd.ledger.rows import Failure, row_of
 from watchd.ledger.store import DEAD, RETRYING, RUNNING
 from watchd.ledger.writer import Ledger
@@ -36,6 +37,15 @@ HURRY_TURN = 0.2
 # Paths whose refusal for their kind has been logged (each once); the oldest are forgotten.
 KIND_REFUSALS_REMEMBERED = 10_000
 STDERR_KEPT = 2048  # bytes of a failed run's stderr a dead letter keeps
+
+
+@dataclass(frozen=True, slots=True)
+class LastFailure:
+    """A rule's last failed run, for ``watchd status``."""
+
+    time: float
+    path: bytes
+    failure: Failure
 
 
 class _Left:
@@ -65,6 +75,10 @@ class WorkerPool:
         # Programs that failed their trust check at their last run, and why: for STATUS=.
         self._untrusted_programs: dict[str, str] = {}
         self.on_status_change = on_status_change
+        # Told of each action run: its rule, and how long it took (the metrics' histogram).
+        self.on_ran: Callable[[str, float], None] = lambda rule, seconds: None
+        # Each rule's last failed run: for ``watchd status``.
+        self.last_failures: dict[str, LastFailure] = {}
         self._lock = threading.Lock()
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
@@ -168,7 +182,12 @@ class WorkerPool:
                 if self.ledger is not None and job.id:
                     self.ledger.keep(row_of(job, RUNNING))
             self._last_result.result = None  # a failure is told by its own action's run
+            started = time.monotonic()
             outcome = job.rule.actions[step - 1].perform(self, job, step, info)
+            took = time.monotonic() - started
+            self.on_ran(job.rule.name, took)
+            if tracing.on:
+                self._trace_ran(job, step, outcome, took)
             if outcome is Outcome.OK:
                 self.counters.add(Count.ACTIONS_OK, job.rule.name)
             elif outcome is Outcome.FAILED:
@@ -198,7 +217,18 @@ class WorkerPool:
             return job, info
         return replace(job, event=kept[-1], batch=tuple(kept)), None
 
+    def _trace_ran(self, job: Job, step: int, outcome: Outcome, took: float) -> None:
+        result: ProcessResult | None = getattr(self._last_result, "result", None)
+        detail = f"action {step} ({job.rule.actions[step - 1].kind}): {outcome.name.lower()}"
+        if result is not None and not result.ok:
+            detail += f": {result.describe()}"
+        tracing.emit(RAN, job.rule.name, job.event, detail, duration_ms=round(took * 1000),
+                     exit_status=result.status if result else None, job=job.id or None,
+                     count=job.count if job.batch else None, **{"try": job.tries})
+
     def _refused(self, job: Job, refusal: Refused) -> None:
+        if tracing.on:
+            tracing.emit(REFUSED, job.rule.name, job.event, f"by the re-check: {refusal}")
         if isinstance(refusal, WrongKind):
             self._refused_kind(job, refusal)
         else:
@@ -210,9 +240,12 @@ class WorkerPool:
         self._last_result.result = None
         described = action.describe(job.values())
         if result is None:
-            return Failure(described, f"the {action.kind} action failed (see the log)")
-        return Failure(described, result.describe(), result.status,
-                       result.stderr[-STDERR_KEPT:] or None)
+            failure = Failure(described, f"the {action.kind} action failed (see the log)")
+        else:
+            failure = Failure(described, result.describe(), result.status,
+                              result.stderr[-STDERR_KEPT:] or None)
+        self.last_failures[job.rule.name] = LastFailure(time.time(), job.event.path, failure)
+        return failure
 
     def _ended(self, job: Job, end: Job | Failure | _Left | None) -> None:
         """Keep in the ledger what became of the job: ended, retried later, a dead letter, or
@@ -244,11 +277,17 @@ class WorkerPool:
             self.counters.add(Count.RETRIED, job.rule.name)
             log(logging.WARNING, f"job retried: try {job.tries + 1} of {action.retries + 1} in "
                 f"{delay:.1f}s", fields=fields)
+            if tracing.on:
+                tracing.emit(RETRIED, job.rule.name, job.event, f"try {job.tries + 1} of "
+                             f"{action.retries + 1} in {delay:.1f}s", job=job.id or None)
             if self.ledger is not None and job.id:
                 self.ledger.keep(row_of(job, RETRYING, failure, time.time() + delay))
             self.jobs.later(job, delay)
             return
         self.counters.add(Count.DEAD_LETTERS, job.rule.name)
+        if tracing.on:
+            tracing.emit(DEAD_LETTER, job.rule.name, job.event, f"after {job.tries} tries: "
+                         f"{failure.error}", job=job.id or None)
         if self.ledger is None or not job.id:
             return
         self.ledger.keep(row_of(job, DEAD, failure))

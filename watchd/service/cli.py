@@ -1,13 +1,16 @@
-"""The command line: ``watchd run | check | explain | schema | webhooks | jobs``."""
+"""The command line: ``watchd run | check | explain | schema | status | trace | webhooks |
+jobs``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +18,9 @@ from watchd import __version__
 from watchd.config.compile import compile_rules, read_rules, refuse_what_cannot_run_here
 from watchd.config.loader import DEFAULT_CONFIG, load
 from watchd.config.schema import RulesFile
+from watchd.control import status
+from watchd.control.client import NoDaemon, ask, stream
+from watchd.control.protocol import DEFAULT_SOCKET, SOCKET_VARIABLE, ProtocolError, socket_path
 from watchd.core import logs
 from watchd.core.events import event_mask
 from watchd.core.logs import escape
@@ -38,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"the main rules file (default: {DEFAULT_CONFIG})")
         return sub
 
-    run_parser = with_config(commands.add_parser("run", help="run the daemon in the foreground"))
+    run_parser = with_socket(with_config(commands.add_parser(
+        "run", help="run the daemon in the foreground")))
     run_parser.add_argument("--log-target", choices=["auto", "journal", "stderr"], default="auto",
                             help="where to log (default auto: the journal when stderr is "
                                  "connected to it, else stderr)")
@@ -52,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("--event", metavar="NAME", type=_event_name,
                                 help="the event (default: each rule's own events)")
     commands.add_parser("schema", help="print the JSON Schema of the rules file")
+    status_parser = with_socket(commands.add_parser(
+        "status", help="the running daemon's state: rules, jobs, watches, what is degraded"))
+    status_parser.add_argument("--json", action="store_true", help="one JSON document "
+                               "(its fields are in watchd(8))")
+    trace_parser = with_socket(commands.add_parser(
+        "trace", help="each event and what each rule decided, live, until Ctrl-C"))
+    trace_parser.add_argument("--rule", action="append", default=[], metavar="NAME",
+                              help="only this rule's decisions (again for more rules)")
+    trace_parser.add_argument("--json", action="store_true", help="one JSON object a line")
+    trace_parser.add_argument("paths", nargs="*", metavar="PATH",
+                              help="only events on these paths, or below these directories")
     webhooks = commands.add_parser("webhooks", help="webhook deliveries waiting, and dead letters")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True,
                                                metavar="COMMAND")
@@ -66,17 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_socket(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub.add_argument("--socket", metavar="PATH", default=None,
+                     help=f"the control socket (default: ${SOCKET_VARIABLE}, else "
+                          f"{DEFAULT_SOCKET})")
+    return sub
+
+
 def _jobs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                  with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
                  ) -> None:
     jobs = commands.add_parser("jobs", help="jobs in the ledger: queued, running, retrying, "
                                "and dead letters")
     job_commands = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND")
-    for parser in (jobs, with_config(job_commands.add_parser(
-            "list", help="every job in the ledger (the default)"))):
+    for parser in (jobs, with_socket(with_config(job_commands.add_parser(
+            "list", help="every job in the ledger (the default)")))):
         parser.add_argument("--dead", action="store_true", help="only the dead letters")
         parser.add_argument("--json", action="store_true", help="one JSON document")
-    with_config(jobs)
+    with_socket(with_config(jobs))
     for name, what in (("retry", "run dead letters again, from the action that failed"),
                        ("drop", "forget dead letters")):
         sub = with_config(job_commands.add_parser(name, help=what))
@@ -121,7 +146,7 @@ def _command(argv: list[str] | None) -> int:
     if args.command == "run":
         logs.setup(target=args.log_target)
         try:
-            return Daemon(args.config).run()
+            return Daemon(args.config, args.socket).run()
         finally:
             logs.shutdown()
     if args.command == "check":
@@ -131,7 +156,11 @@ def _command(argv: list[str] | None) -> int:
     if args.command == "webhooks":
         return _webhooks(args)
     if args.command == "jobs":
-        return _jobs(args)
+        return _talking(lambda: _jobs(args))
+    if args.command == "status":
+        return _status(args)
+    if args.command == "trace":
+        return _trace(args)
     print(json.dumps(RulesFile.model_json_schema(), indent=2))
     return 0
 
@@ -212,10 +241,80 @@ def _webhooks(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+EXIT_NO_DAEMON = 3
+
+
+def _talking(talk: Callable[[], int]) -> int:
+    """``talk`` to the daemon; in words, with its exit status, why it could not."""
+    try:
+        return talk()
+    except NoDaemon as error:
+        print(f"watchd: {error}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except ProtocolError as error:
+        print(f"watchd: the daemon refused: {error}", file=sys.stderr)
+        return 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    def show() -> int:
+        document = ask(socket_path(args.socket), "status")
+        if args.json:
+            print(json.dumps(document, indent=1))
+        else:
+            for line in status.render(document):  # type: ignore[arg-type]
+                print(line)
+        return 0
+    return _talking(show)
+
+
+def _trace(args: argparse.Namespace) -> int:
+    """Each trace line as it comes, until Ctrl-C (exit 0) or the daemon stops (exit 1)."""
+    def follow() -> int:
+        lines = stream(socket_path(args.socket), "trace", rules=args.rule,
+                       paths=[os.path.abspath(path) for path in args.paths])
+        next(lines)  # attached: what follows is traced
+        print(f"tracing {', '.join(args.rule) or 'every rule'}"
+              + (f" on {', '.join(args.paths)}" if args.paths else "")
+              + "; Ctrl-C ends", file=sys.stderr, flush=True)
+        try:
+            for message in lines:
+                print(json.dumps(message) if args.json else _trace_line(message), flush=True)
+        except KeyboardInterrupt:
+            return 0
+        print("watchd: the daemon stopped", file=sys.stderr)
+        return 1
+    return _talking(follow)
+
+
+def _trace_line(message: dict[str, object]) -> str:
+    if "dropped" in message:
+        return f"... {message['dropped']} trace line(s) lost: this reader was too slow"
+    line: dict[str, object] = message["trace"]  # type: ignore[assignment]
+    when = float(line["time"])  # type: ignore[arg-type]
+    stamp = time.strftime("%H:%M:%S", time.localtime(when)) + f".{int(when % 1 * 1000):03d}"
+    if line["rule"] is None:
+        said = f"{stamp} {line['event']} {line['path']}"
+        if line.get("src_path"):
+            said += f" (from {line['src_path']})"
+    else:
+        said = f"{stamp}   {line['rule']}: {line['decision']}"
+    extra = [f"{name}={line[name]}" for name in ("job", "try", "exit_status", "duration_ms",
+                                                 "count") if name in line]
+    detail = str(line.get("detail") or "")
+    return said + (f": {detail}" if detail else "") + (f" ({', '.join(extra)})" if extra else "")
+
+
 def _jobs(args: argparse.Namespace) -> int:
-    """``watchd jobs``: the ledger read (or its dead letters changed) by this command, whether
-    the daemon runs or not; a running daemon picks up what ``retry`` asked for within a
-    second."""
+    """``watchd jobs``: the ledger read through the running daemon, else directly (or its
+    dead letters changed by this command, whether the daemon runs or not: a running daemon
+    picks up what ``retry`` asked for within a second)."""
+    if (args.jobs_command or "list") == "list":
+        with contextlib.suppress(NoDaemon):  # then read directly, below
+            answered = ask(socket_path(args.socket), "jobs", dead=args.dead, json=args.json)
+            for line in answered["lines"]:  # type: ignore[index]
+                print(line)
+            return 0
     try:
         ruleset = read_rules(args.config)
     except ConfigError as error:

@@ -12,25 +12,34 @@ import contextlib
 import functools
 import logging
 import os
+import queue
 import select
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from watchd import __version__
 from watchd.config.compile import read_rules, reresolve
+from watchd.control.answers import answers, document
+from watchd.control.protocol import ProtocolError
+from watchd.control.protocol import socket_path as control_socket
+from watchd.control.server import ControlServer
 from watchd.core import logs
 from watchd.core.journal import MessageId
 from watchd.core.logs import escape, log
 from watchd.core.problems import ConfigError
 from watchd.core.rules import Root, RuleSet
 from watchd.core.stats import DROP_REPORT_INTERVAL, Counters
+from watchd.core.trace import tracing
 from watchd.ledger.others import OthersWrites
 from watchd.ledger.rows import job_of, row_of
 from watchd.ledger.store import DEAD, QUEUED, REQUESTED, RETRYING, JobRow
 from watchd.ledger.writer import Ledger
+from watchd.metrics.exposition import Metrics
 from watchd.outbox.outboxes import Deliveries
 from watchd.run.catchup import CatchUp
 from watchd.run.dispatch import Dispatcher
@@ -51,6 +60,7 @@ HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 _DROPS = 0
 _LINKS = 0xFE
 _STATUS = 0xFD
+_ASKED = 0xFC  # the control socket asks what only the main loop may look at
 # SIGUSR1's first figures, as 0.1 logged them; the counters follow, then the newer figures.
 _REPORTED_FIRST = ("watches", "rules", "unwatched", "queued", "debouncing", "skipped", "running")
 # On stop, how long a webhook attempt under way may finish; an unfinished one is sent again.
@@ -58,6 +68,9 @@ DELIVERY_STOP_WAIT = 2.0
 # On stop, how long the ledger may take to write what it holds, and a catch-up to end its turn.
 LEDGER_STOP_WAIT = 5.0
 CATCH_UP_STOP_WAIT = 1.0
+CONTROL_STOP_WAIT = 1.0
+ASK_WAIT = 5.0  # how long the control socket waits for the main loop's answer (a turn: < 1 s)
+T = TypeVar("T")
 
 
 class Component(Protocol):
@@ -72,8 +85,15 @@ class Component(Protocol):
 
 
 class Daemon:
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, socket_path: str | None = None) -> None:
         self.config_path = config_path
+        self.socket_path = control_socket(socket_path)
+        self.started = time.time()
+        self.loaded = self.started  # when the rules in force were read
+        self.last_reload: dict[str, object] | None = None  # its time, ok, error
+        self.reloads = {"ok": 0, "failed": 0}
+        self._asked: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]] = (
+            queue.SimpleQueue())
         self.counters = Counters()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._drops_reported = 0
@@ -82,6 +102,8 @@ class Daemon:
         self._wakes_sent: set[int] = set()
         self._reload_failure = ""
         self.service = ServiceManager()
+        self.control: ControlServer | None = None
+        self.metrics: Metrics | None = None
 
     def run(self) -> int:
         try:
@@ -109,6 +131,8 @@ class Daemon:
         except OSError as error:
             log(logging.CRITICAL, f"cannot start: {error}")
             return EX_FATAL
+        self._start_metrics()
+        self._open_control()
         log(logging.INFO, f"watchd {__version__} started", message_id=MessageId.STARTED,
             rules=len(ruleset.rules), watches=len(self.table), config=str(self.config_path))
         self.catch_up.begin()
@@ -160,6 +184,56 @@ class Daemon:
         self.notifier.start()
         self.degraded.start()
 
+    def _open_control(self) -> None:
+        """The control socket; without it the daemon works all the same, and says so."""
+        self.control = ControlServer(self.socket_path, answers(self), tracing)
+        try:
+            self.control.open()
+        except OSError as error:
+            log(logging.ERROR, f"no control socket (watchd status cannot reach this daemon): "
+                f"{error}", path=self.socket_path)
+            self.control = None
+            return
+        self.control.start()
+
+    def _start_metrics(self) -> None:
+        """Prometheus metrics, if asked for; without them the daemon works all the same."""
+        settings = self.ruleset.settings.metrics
+        if settings is None:
+            return
+        self.metrics = Metrics(lambda: document(self))
+        self.metrics.rules_loaded(self.ruleset)
+        self.workers.on_ran = self.metrics.ran
+        self.ledger.on_commit = self.metrics.committed
+        try:
+            self.metrics.start(settings)
+        except OSError as error:
+            log(logging.ERROR, f"no metrics served: cannot listen on {settings.listen}: "
+                f"{error}")
+
+    def ask(self, question: Callable[[], T]) -> T:
+        """From another thread: ``question`` answered on the main loop, within a turn of it."""
+        if self._stopping:
+            raise ProtocolError("the daemon is stopping")
+        future: Future[object] = Future()
+        self._asked.put((question, future))
+        self._wake(_ASKED)
+        try:
+            return future.result(ASK_WAIT)  # type: ignore[return-value]
+        except FutureTimeout:
+            raise ProtocolError("the daemon's main loop did not answer in time") from None
+
+    def _answer_questions(self) -> None:
+        while True:
+            try:
+                question, future = self._asked.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(question())
+            except Exception as error:  # told to the asker, whose handler logs it
+                future.set_exception(error)
+
     def _resume(self, rows: list[JobRow]) -> None:
         """Queue the jobs the ledger holds unfinished (at start), or that ``watchd jobs retry``
         asked for; one whose rule can no longer run it becomes a dead letter, saying why.
@@ -200,6 +274,8 @@ class Daemon:
                 woken_by = b""
             if _LINKS in woken_by:
                 self._reresolve()
+            if _ASKED in woken_by:
+                self._answer_questions()
             # Each signal once per turn: SIGHUPs that came during a reload make one more.
             for signum in dict.fromkeys(woken_by):
                 self._handle(signum)
@@ -279,8 +355,13 @@ class Daemon:
             commit()
         self.catch_up.begin()
         self.counters.keep_rules({rule.name for rule in ruleset.rules})
+        if self.metrics is not None:
+            self.metrics.rules_loaded(ruleset)
         logs.set_level(ruleset.settings.log_level)
         self._reload_failure = ""
+        self.loaded = time.time()
+        self.last_reload = {"time": self.loaded, "ok": True, "error": None}
+        self.reloads["ok"] += 1
         log(logging.INFO, "reloaded", message_id=MessageId.RELOADED, rules=len(ruleset.rules),
             watches=len(self.table), duration_ms=round((time.monotonic() - started) * 1000))
         self.service.ready(self.status_line())
@@ -290,9 +371,13 @@ class Daemon:
         if Path(ruleset.settings.state_dir) != in_force:
             log(logging.WARNING, "settings.state_dir takes effect at the next restart",
                 state_dir=str(in_force))
+        if ruleset.settings.metrics != self.ruleset.settings.metrics:
+            log(logging.WARNING, "settings.metrics takes effect at the next restart")
 
     def _reload_failed(self, reason: str) -> None:
         self._reload_failure = reason
+        self.last_reload = {"time": time.time(), "ok": False, "error": reason}
+        self.reloads["failed"] += 1
         self.service.ready(self.status_line())
 
     def stats(self) -> dict[str, int]:
@@ -318,12 +403,12 @@ class Daemon:
             parts.append(f"{stats['dropped'] + stats['webhooks_dropped']} dropped")
         if stats["overflows"]:
             parts.append(f"{stats['overflows']} overflows")
-        parts.extend(self._degradations(stats))
+        parts.extend(self.degradations(stats))
         if self._reload_failure:
             parts.append(f"last reload FAILED, previous rules in force: {self._reload_failure}")
         return ", ".join(parts)
 
-    def _degradations(self, stats: dict[str, int]) -> list[str]:
+    def degradations(self, stats: dict[str, int]) -> list[str]:
         found = []
         untrusted = [root for root in self.ruleset.roots if root.untrusted]
         if untrusted:
@@ -363,6 +448,10 @@ class Daemon:
     def _stop(self) -> None:
         grace = self.ruleset.settings.stop_grace
         self.service.stopping(grace)
+        if self.control is not None:
+            self.control.stop(CONTROL_STOP_WAIT)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.notifier.stop()
         self.degraded.stop(CATCH_UP_STOP_WAIT)
         self.catch_up.stop(CATCH_UP_STOP_WAIT)

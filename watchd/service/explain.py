@@ -6,20 +6,12 @@ import os
 import stat
 from collections.abc import Iterator
 
-import pathspec
-
-from watchd.core.events import EVENT_BITS, KINDS, FileEvent, describe_mode, event_mask, kind_of
+from watchd.core.events import EVENT_BITS, FileEvent, describe_mode, event_mask, kind_of
 from watchd.core.job import Job
 from watchd.core.logs import escape
 from watchd.core.rules import Rule, RuleSet
-from watchd.match.matcher import (
-    REASON_DEPTH,
-    REASON_EVENT,
-    REASON_EXCLUDE,
-    REASON_INCLUDE,
-    REASON_KIND,
-    refusal,
-)
+from watchd.match.matcher import REASON_KIND, refusal
+from watchd.match.reasons import words
 
 
 def resolve(path: str) -> tuple[bytes, bool, int | None]:
@@ -67,7 +59,7 @@ def _explain_rule(
     if reason is None and mode is not None and kind_of(mode) not in rule.kinds:
         reason = REASON_KIND
     if reason is not None:
-        yield f"{title}: does not fire: {_reason(reason, rule, relative, event, is_dir)}"
+        yield f"{title}: does not fire: {words(reason, rule, relative, event, is_dir)}"
         return
     names = [event] if event else [n for n, b in EVENT_BITS.items() if b & rule.mask]
     yield f"{title}: fires on {', '.join(names)}"
@@ -75,27 +67,3 @@ def _explain_rule(
     values = Job(rule, root, sample).values()
     for index, action in enumerate(rule.actions, 1):
         yield f"  {index}. {action.describe(values)}"
-
-
-def _reason(reason: str, rule: Rule, relative: bytes, event: str | None, is_dir: bool) -> str:
-    shown = escape(relative)
-    return {
-        REASON_EVENT: f"event {event} is not among its events ({', '.join(rule.events)})",
-        REASON_KIND: "it takes only kind: " + ", ".join(k for k in KINDS if k in rule.kinds),
-        REASON_DEPTH: f"{shown!r} is in a subdirectory and the rule is not recursive",
-        REASON_INCLUDE: f"no include pattern matches {shown!r}",
-        REASON_EXCLUDE: f"exclude pattern {_excluding(rule, relative, is_dir)!r} matches "
-                        f"{shown!r}",
-    }[reason]
-
-
-def _excluding(rule: Rule, relative: bytes, is_dir: bool) -> str:
-    """The exclude pattern that decided: the last one matching (a later ``!`` one would have
-    taken the path back)."""
-    subject = rule.subject(relative, is_dir)
-    deciding = ""
-    for pattern in rule.exclude_patterns:
-        written = pattern.lower() if rule.ignore_case else pattern
-        if pathspec.GitIgnoreSpec.from_lines([written]).match_file(subject):
-            deciding = pattern
-    return deciding

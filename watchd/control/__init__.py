@@ -1,0 +1,1 @@
+"""The control socket: ``watchd status``, ``trace`` and ``jobs`` ask the running daemon."""
