@@ -16,12 +16,15 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +32,10 @@ from pathlib import Path
 
 from watchd.config.compile import compile_rules
 from watchd.config.loader import load
+from watchd.control.server import ControlServer
 from watchd.core._pyinotify import pyinotify
 from watchd.core.stats import Counters
+from watchd.core.trace import tracing
 from watchd.run.dispatch import Dispatcher
 from watchd.run.queue import JobQueue
 from watchd.source.notifier import Notifier
@@ -121,6 +126,35 @@ class Watchd:
         self.notifier.stop()
 
 
+class TracedWatchd(Watchd):
+    """The same, with one ``watchd trace`` attached: the real control socket's server, and a
+    client reading every line (and throwing it away) as the command line would."""
+
+    def __init__(self, tree: Path) -> None:
+        super().__init__(tree)
+        self.socket_path = str(tree.parent / "control")
+        self.server = ControlServer(self.socket_path, {"trace": lambda request: {}}, tracing)
+        self.server.open()
+        self.server.start()
+        self.client = socket.socket(socket.AF_UNIX)
+        self.client.connect(self.socket_path)
+        self.client.sendall(b'{"version": 1, "command": "trace"}\n')
+        self.client.recv(4096)  # the first answer: attached
+        self._reading = threading.Thread(target=self._read, daemon=True)
+        self._reading.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.client.recv(1 << 16):
+                pass
+
+    def stop(self) -> None:
+        super().stop()
+        self.client.close()
+        self.server.stop(5)
+        self._reading.join()
+
+
 def drain(kind: type[RawPyinotify] | type[Watchd], tree: Path, files: int) -> Result:
     reader = kind(tree)
     write_files(tree, files)
@@ -195,8 +229,10 @@ def main() -> None:
     rows = [
         ("drain", "raw pyinotify", measure(runs, lambda t: drain(RawPyinotify, t, drain_files))),
         ("drain", "watchd", measure(runs, lambda t: drain(Watchd, t, drain_files))),
+        ("drain", "watchd traced", measure(runs, lambda t: drain(TracedWatchd, t, drain_files))),
         ("burst", "raw pyinotify", measure(runs, lambda t: burst(RawPyinotify, t, burst_files))),
         ("burst", "watchd", measure(runs, lambda t: burst(Watchd, t, burst_files))),
+        ("burst", "watchd traced", measure(runs, lambda t: burst(TracedWatchd, t, burst_files))),
     ]
     if shutil.which("inotifywait"):
         inotifywait = measure(runs, lambda t: burst_inotifywait(t, burst_files))

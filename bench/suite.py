@@ -32,7 +32,15 @@ from typing import ClassVar
 
 import intake
 import webhooks
-from intake import RawPyinotify, Result, burst, burst_inotifywait, wait_count, write_files
+from intake import (
+    RawPyinotify,
+    Result,
+    TracedWatchd,
+    burst,
+    burst_inotifywait,
+    wait_count,
+    write_files,
+)
 
 from watchd.config.compile import compile_rules
 from watchd.config.loader import load
@@ -304,6 +312,7 @@ def bench_intake(report: Report, sizes: list[int], runs: int) -> None:
         Watchd.recovered.clear()
         mine = runs_of(runs, lambda t, n=files: burst(Watchd, t, n))
         recovered = statistics.median(Watchd.recovered)
+        traced = runs_of(runs, lambda t, n=files: burst(TracedWatchd, t, n))
         idle = runs_of(runs, lambda t, n=files: burst(IdleLedgerWatchd, t, n))
         queued = runs_of(runs, lambda t, n=files: burst(QueuedWatchd, t, n))
         for store in (LedgerWatchd.queued, LedgerWatchd.drained, LedgerWatchd.unwritten):
@@ -318,6 +327,10 @@ def bench_intake(report: Report, sizes: list[int], runs: int) -> None:
         report.add(Row(label, "watchd (match, no action)", "ev/s", [r.rate for r in mine],
                        rate / raw_rate, "≥ 0.8x raw", rate / raw_rate >= 0.8,
                        f"{lost_note(mine)}, {recovered:,.0f} by rescan"))
+        ratio = statistics.median(r.rate for r in traced) / rate
+        report.add(Row(label, "watchd, one `watchd trace` attached", "ev/s",
+                       [r.rate for r in traced], statistics.median(r.rate for r in traced)
+                       / raw_rate, note=f"{lost_note(traced)}; {ratio:.2f}x watchd untraced"))
         ratio = statistics.median(r.rate for r in idle) / raw_rate
         report.add(Row(label, "watchd, ledger on (match, no action)", "ev/s",
                        [r.rate for r in idle], ratio, "≥ 1.2x raw", ratio >= 1.2,

@@ -34,6 +34,8 @@ from watchd.core.trace import Tracer, Tracing
 MAX_CLIENTS = 32
 CLIENT_TIMEOUT = 30.0  # seconds a client has to send its request, and then to read its answer
 TRACE_BUFFER = 1 << 20  # bytes of trace lines waiting in the kernel's and our buffer, at most
+TRACE_LOOK = 0.05  # seconds between looks at the tracers' lines, while someone traces
+IDLE_LOOK = 1.0  # seconds between looks at the clients' deadlines otherwise
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 Answer = Callable[[dict[str, object]], object]
@@ -103,7 +105,7 @@ class ControlServer:
         os.close(self._wake_write)
 
     def wake(self) -> None:
-        """From any thread: trace lines wait (one byte until the thread has woken)."""
+        """From any thread: look now (one byte until the thread has woken)."""
         if not self._woken:
             self._woken = True
             with contextlib.suppress(BlockingIOError, OSError):
@@ -117,7 +119,8 @@ class ControlServer:
                 log(logging.ERROR, "control socket: internal error", exc_info=True)
 
     def _turn(self) -> None:
-        for key, mask in self._selector.select(timeout=1.0):
+        tracing = any(client.tracer is not None for client in self._clients.values())
+        for key, mask in self._selector.select(timeout=TRACE_LOOK if tracing else IDLE_LOOK):
             if key.fileobj is self._listener:
                 self._accept()
             elif key.fileobj == self._wake_read:
@@ -194,7 +197,7 @@ class ControlServer:
         if command == "trace":
             rules = frozenset(str(rule) for rule in message.get("rules") or ())  # type: ignore[attr-defined]
             paths = tuple(os.fsencode(str(path)) for path in message.get("paths") or ())  # type: ignore[attr-defined]
-            client.tracer = Tracer(rules, paths, self.wake)
+            client.tracer = Tracer(rules, paths)
             self.tracing.attach(client.tracer)
         return answer(result)
 

@@ -3,8 +3,9 @@
 Every place that decides (the match, the stages, the queue, the re-check, the run) calls
 ``tracing.emit`` behind ``if tracing.on:``: while no one traces, a decision costs one
 attribute read and nothing is made. A tracer's lines wait in a bounded deque for the control
-socket's thread to send; a tracer that does not read loses its oldest lines (counted, and
-told), never holds the thread that decided.
+socket's thread, which looks every few hundredths of a second (a wake-up per line would cost
+the deciding thread more than the line); a tracer that does not read loses its oldest lines
+(counted, and told), never holds the thread that decided.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
 from watchd.core.events import FileEvent
 from watchd.core.logs import escape
@@ -39,13 +39,11 @@ DEAD_LETTER = "dead letter"
 class Tracer:
     """One ``watchd trace``: the rules and paths it asked for, and its lines not yet sent."""
 
-    def __init__(self, rules: frozenset[str], paths: tuple[bytes, ...],
-                 wake: Callable[[], None]) -> None:
+    def __init__(self, rules: frozenset[str], paths: tuple[bytes, ...]) -> None:
         self.rules = rules
         self.paths = paths
         self.lines: deque[dict[str, object]] = deque(maxlen=TRACE_BACKLOG)
         self.dropped = 0
-        self._wake = wake
 
     def wants(self, rule: str | None, path: bytes) -> bool:
         if self.rules and rule is not None and rule not in self.rules:
@@ -57,7 +55,6 @@ class Tracer:
         if len(self.lines) == TRACE_BACKLOG:
             self.dropped += 1
         self.lines.append(line)
-        self._wake()
 
 
 class Tracing:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from watchd.core.events import FileEvent
 from watchd.core.job import Job
 from watchd.core.logs import escape
-from watchd.core.rules import RuleSet, Scope
+from watchd.core.rules import Rule, RuleSet, Scope
 from watchd.core.stats import Count, Counters
 from watchd.core.trace import (
     BATCHED,
@@ -68,41 +68,37 @@ class Dispatcher:
                     tracing.emit(IGNORED, rule.name, event, "its own action is writing it "
                                  "(ignore_own_writes)")
             elif rule.debounce:
-                self._offered(job, self.debouncer.offer(job), DEBOUNCED,
-                              f"until quiet for {rule.debounce:g}s")
+                self._offered(job, self.debouncer.offer(job), DEBOUNCED)
             else:
                 self.settle(job)
 
     def settle(self, job: Job) -> None:
         """Hold the job until its path has settled, if its rule asks; then collect it."""
-        settle = job.rule.settle
-        if settle is None:
+        if job.rule.settle is None:
             self.collect(job)
         else:
-            self._offered(job, self.settler.offer(job), SETTLING,
-                          f"until its size and mtime stay the same for {settle:g}s")
+            self._offered(job, self.settler.offer(job), SETTLING)
 
     def collect(self, job: Job) -> None:
         """Queue the job, or add it to its rule's batch."""
-        batch = job.rule.batch
-        if batch is None:
+        if job.rule.batch is None:
             self.queue(job)
         else:
-            self._offered(job, self.batcher.offer(job), BATCHED,
-                          f"window {batch.window:g}s, at most {batch.max}")
+            self._offered(job, self.batcher.offer(job), BATCHED)
 
     def queue(self, job: Job) -> None:
         """Queue the job (the queue traces what it did with it), or drop it."""
         if not self.jobs.put(job):
             self._offered(job, False, DROPPED)
 
-    def _offered(self, job: Job, taken: bool, decision: str, detail: str = "") -> None:
+    def _offered(self, job: Job, taken: bool, decision: str) -> None:
         """A stage took the job, or it is dropped (that stage is full)."""
         if not taken:
             self._dropped(job)
         if tracing.on:
             tracing.emit(decision if taken else DROPPED, job.rule.name, job.event,
-                         detail if taken else "the queue is full (settings.queue_size)")
+                         _held_for(decision, job.rule) if taken else
+                         "the queue is full (settings.queue_size)")
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
         def commit() -> None:
@@ -133,6 +129,17 @@ class Dispatcher:
     def _dropped(self, job: Job) -> None:
         self.counters.add(Count.DROPPED, job.rule.name)
         self.on_drop()
+
+
+def _held_for(decision: str, rule: Rule) -> str:
+    """How long a stage holds a rule's paths, in words (for a trace line)."""
+    if decision == DEBOUNCED:
+        return f"until quiet for {rule.debounce:g}s"
+    if decision == SETTLING:
+        return f"until its size and mtime stay the same for {rule.settle:g}s"
+    if decision == BATCHED and rule.batch is not None:
+        return f"window {rule.batch.window:g}s, at most {rule.batch.max}"
+    return ""
 
 
 def _trace_match(event: FileEvent, scope: Scope) -> None:
