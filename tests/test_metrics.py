@@ -113,14 +113,19 @@ def test_the_textfile_is_written_atomically_and_valid(watched_rules, daemon, tmp
     assert [path.name for path in textfile.parent.iterdir()] == ["watchd.prom"]
 
 
-def test_a_metrics_address_in_use_costs_the_metrics_not_the_daemon(watched_rules, daemon,
-                                                                   tmp_path):
+def test_a_metrics_address_in_use_costs_only_the_http_metrics(watched_rules, daemon, tmp_path):
+    textfile = tmp_path / "watchd.prom"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        watched, config = watched_rules(f"    listen: 127.0.0.1:{port}")
+        watched, config = watched_rules(f"    listen: 127.0.0.1:{port}\n"
+                                        f"                textfile: {textfile}\n"
+                                        "                interval: 0.2s")
         process = daemon(config)
-        process.wait_log(f"no metrics served: cannot listen on ('127.0.0.1', {port})")
+        process.wait_log(f"no metrics served over HTTP: cannot listen on 127.0.0.1:{port}: "
+                         "Address already in use")
         (watched / "late.ok").write_text("x")
         process.wait_log("action ok")
+        wait_for(lambda: textfile.exists() and samples(textfile.read_text()).get(
+            ("watchd_actions_total", (("result", "ok"), ("rule", "ok-rule")))) == 1)

@@ -59,6 +59,7 @@ class Metrics:
             "included)", buckets=COMMIT_BUCKETS, registry=self.registry)
         self.registry.register(_FromDocument(document))
         self._server: ThreadingHTTPServer | None = None
+        self._rules: set[str] = set()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -69,21 +70,27 @@ class Metrics:
         self.commit_seconds.observe(seconds)
 
     def rules_loaded(self, ruleset: RuleSet) -> None:
-        """Every rule's histogram exists from the start (a rule that never ran shows 0)."""
-        for rule in ruleset.rules:
-            self.action_seconds.labels(rule.name)
+        """Every rule's histogram exists from its load (a rule that never ran shows 0), and a
+        rule a reload removed has none any more."""
+        names = {rule.name for rule in ruleset.rules}
+        for gone in self._rules - names:
+            self.action_seconds.remove(gone)
+        for name in names - self._rules:
+            self.action_seconds.labels(name)
+        self._rules = names
 
     def start(self, settings: MetricsSettings) -> None:
-        """Listen and write as ``settings`` say; OSError if the address cannot be had."""
+        """Write and listen as ``settings`` say; OSError if the address cannot be had (the
+        textfile is written all the same)."""
+        if settings.textfile is not None:
+            self._spawn(lambda: self._write_every(settings.textfile or "", settings.interval),
+                        "watchd-metrics-textfile")
         if settings.listen is not None:
             host, port = settings.listen
             handler = type("Handler", (_QuietHandler,), {"registry": self.registry})
             server_class = _server_for(host)
             self._server = server_class((host, port), handler)
             self._spawn(self._server.serve_forever, "watchd-metrics-http")
-        if settings.textfile is not None:
-            self._spawn(lambda: self._write_every(settings.textfile or "", settings.interval),
-                        "watchd-metrics-textfile")
 
     def stop(self) -> None:
         self._stopping.set()

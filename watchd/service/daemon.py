@@ -208,8 +208,9 @@ class Daemon:
         try:
             self.metrics.start(settings)
         except OSError as error:
-            log(logging.ERROR, f"no metrics served: cannot listen on {settings.listen}: "
-                f"{error}")
+            host, port = settings.listen or ("", 0)
+            log(logging.ERROR, f"no metrics served over HTTP: cannot listen on {host}:{port}: "
+                f"{error.strerror or error}")
 
     def ask(self, question: Callable[[], T]) -> T:
         """From another thread: ``question`` answered on the main loop, within a turn of it."""
