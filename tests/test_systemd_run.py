@@ -81,6 +81,8 @@ def test_a_command_open_to_injection_is_warned_about_here_too(write_rules):
     ("EnvironmentFile: /etc/default/x", "would run or read what watchd's trust check"),
     ("Restart: always", "property 'Restart' is set by watchd itself"),
     ("ReadWritePaths: '/srv/out\\'", "cannot end with a backslash"),
+    ("StandardOutput: journal\n                  log_output: true",
+     "property 'StandardOutput' is set by watchd itself with log_output: true"),
 ])
 def test_properties_watchd_sets_or_cannot_pass_are_errors(write_rules, capsys, properties, said):
     assert main(["check", "--config", str(write_rules(rule(properties)))]) == 1

@@ -354,11 +354,24 @@ rules:
             - sh
             - "{path}"
           timeout: 25s
-          log_output: true
           properties:
             ProtectSystem: strict
             ReadWritePaths: /srv/out
             MemoryMax: 64M
+  - name: logged
+    paths: [/srv/units]
+    include: ["*.logged"]
+    actions:
+      - systemd_run:
+          command:
+            - /usr/bin/sh
+            - -c
+            - 'echo "to stdout: $(basename "$1")"; echo "to stderr: $(basename "$1")" >&2'
+            - sh
+            - "{path}"
+          log_output: true
+          properties:
+            ProtectSystem: strict
   - name: slow
     paths: [/srv/units]
     include: ["*.slow"]
@@ -486,12 +499,20 @@ def test_the_journal_holds_a_units_output_under_its_name(units):
     by_unit = units.run(["journalctl", f"_SYSTEMD_UNIT={unit}", "-o", "json", "--no-pager"])
     assert output in [json.loads(line)["MESSAGE"] for line in by_unit.stdout.splitlines()]
     assert output in units.sh("journalctl -u 'watchd-sandboxed-*' -o cat --no-pager").stdout
-    # log_output: the unit's lines carry its rule and its job, beside watchd's own.
-    tagged = [json.loads(line) for line in units.run(
-        ["journalctl", "WATCHD_RULE=sandboxed", f"WATCHD_JOB={ok['WATCHD_JOB']}", "-o", "json",
-         "--no-pager"]).stdout.splitlines()]
-    assert output in [entry["MESSAGE"] for entry in tagged]
-    assert any(entry["MESSAGE"].startswith("action ok") for entry in tagged)
+
+
+def test_log_output_brings_a_units_lines_to_watchd_with_their_stream(units):
+    units.sh("echo x > /srv/units/say.logged")
+    ok = logged(units, "logged", "say.logged")
+    assert ok["MESSAGE"].startswith("action ok rule=logged"), ok["MESSAGE"]
+    wait_until(units, f"{JOURNAL} WATCHD_RULE=logged WATCHD_STREAM=stderr -o cat | grep -q "
+               "'^to stderr: say.logged'", "the unit's stderr line in watchd's journal")
+    lines = {entry["WATCHD_STREAM"]: entry for entry in journal(
+        units, "WATCHD_RULE=logged", f"WATCHD_JOB={ok['WATCHD_JOB']}") if "WATCHD_STREAM" in entry}
+    assert lines["stdout"]["MESSAGE"].startswith("to stdout: say.logged rule=logged")
+    assert lines["stderr"]["MESSAGE"].startswith("to stderr: say.logged rule=logged")
+    assert "to stdout: say.logged" not in unit_journal(units, ok["WATCHD_UNIT"])  # not the unit's
+    assert units.sh("ls /run/watchd/output | wc -l").stdout.strip() == "0"  # FIFOs removed
 
 
 def test_the_hardened_drop_in_leaves_systemd_run_units_their_own_sandbox(units):

@@ -280,13 +280,13 @@ class RunningCommand:
         # The daemon keeps the write end too, until the command has exited: the pipe then
         # never reports its end, and the exit is the one wake-up of a quiet command.
         stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
-        output = Output(self.job) if self.logs_output else None
+        output = self.output() if self.command.log_output else None
         feed = Feed(self.job, self.command.stdin)
         try:
             try:
                 with _spawn_turn(self.forks), self._lock:
                     self.process = self.spawn(values, stderr_write, feed.stdin,
-                                              output.stdout_write if output else None)
+                                              output.stdout if output else None)
             except (OSError, subprocess.SubprocessError) as error:
                 return ProcessResult(None, time.monotonic() - started, False, b"",
                                      _start_failure(error))
@@ -306,9 +306,10 @@ class RunningCommand:
             status = self.process.wait()
         return ProcessResult(status, time.monotonic() - started, timed_out, stderr)
 
-    @property
-    def logs_output(self) -> bool:
-        return self.command.log_output
+    def output(self) -> Output | None:
+        """Where ``log_output`` reads the command's streams: its stdout into a pipe of its
+        own; its stderr is the pipe the tail is kept from."""
+        return Output(self.job, {"stdout": None}, logs_stderr=True)
 
     def spawn(self, values: Mapping[str, bytes], stderr: int, stdin: int | None,
               stdout: int | None) -> subprocess.Popen[bytes]:
@@ -358,8 +359,9 @@ class RunningCommand:
             waiting.register(stderr, select.POLLIN)
             if feed.fd is not None:
                 waiting.register(feed.fd, select.POLLOUT)
-            if output is not None:
-                waiting.register(output.stdout_read, select.POLLIN)
+            streams = output.streams if output is not None else {}
+            for fd in streams:
+                waiting.register(fd, select.POLLIN)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -370,15 +372,17 @@ class RunningCommand:
                 if stderr in ready:  # this poll also shows what it wrote as it exited
                     written = _read_all(stderr)
                     tail = (tail + written)[-STDERR_TAIL:]
-                    if output is not None:
+                    if output is not None and output.logs_stderr:
                         output.lines.add("stderr", written)
-                if output is not None and output.stdout_read in ready:
-                    output.lines.add("stdout", _read_all(output.stdout_read))
+                for fd in streams.keys() & ready.keys():
+                    output.lines.add(streams[fd], _read_all(fd))  # type: ignore[union-attr]
                 if feed.fd is not None and feed.fd in ready and not feed.write():
                     waiting.unregister(feed.fd)
                     feed.close()
                 if pidfd in ready:
                     if output is not None:
+                        for fd, stream in streams.items():  # what was written before the exit
+                            output.lines.add(stream, _read_all(fd))
                         output.lines.end()
                     return tail, timed_out
         finally:
@@ -386,16 +390,38 @@ class RunningCommand:
 
 
 class Output:
-    """``log_output``: the pipe the command's stdout goes to, and its lines as they come."""
+    """``log_output``: the streams read (a descriptor each, non-blocking, that never ends
+    while the daemon holds it) and their lines as they come. ``fifos`` names a stream that is
+    a FIFO at that path (a unit's, opened by systemd), else it is a pipe (a command's
+    ``stdout``, its write end for ``spawn``); with ``logs_stderr`` the stderr pipe is logged
+    too."""
 
-    def __init__(self, job: Job) -> None:
-        self.stdout_read, self.stdout_write = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self.stdout_read, False)
+    def __init__(self, job: Job, fifos: dict[str, str | None], logs_stderr: bool) -> None:
         self.lines = OutputLines(job)
+        self.logs_stderr = logs_stderr
+        self.streams: dict[int, str] = {}
+        self.stdout: int | None = None
+        self._owned: list[int] = []
+        self._paths = [path for path in fifos.values() if path]
+        for stream, path in fifos.items():
+            if path is None:
+                read, self.stdout = os.pipe2(os.O_CLOEXEC)
+                self._owned.append(self.stdout)
+            else:
+                os.mkfifo(path, 0o600)
+                # Read and write: a FIFO so held is never at its end, and systemd's open of it
+                # for writing finds a reader at once.
+                read = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            os.set_blocking(read, False)
+            self._owned.append(read)
+            self.streams[read] = stream
 
     def close(self) -> None:
-        os.close(self.stdout_read)
-        os.close(self.stdout_write)
+        for fd in self._owned:
+            os.close(fd)
+        for path in self._paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 class Feed:

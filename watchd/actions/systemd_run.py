@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from watchd.actions.command import (
     EVENT_VARIABLES,
@@ -35,6 +35,7 @@ from watchd.actions.command import (
     KILL_GRACE,
     Command,
     CommandAction,
+    Output,
     RunningCommand,
     ended,
     variables,
@@ -58,6 +59,8 @@ _OWN_PROPERTIES = {
     "ExecStart": "command", "User": "user", "Group": "user", "WorkingDirectory": "cwd",
     "Environment": "env", "Type": None, "RemainAfterExit": None, "Restart": None,
 }
+# Properties log_output sets: the unit's streams go to FIFOs the daemon reads.
+_LOG_OUTPUT_PROPERTIES = ("StandardOutput", "StandardError")
 # Properties that would run or read what the per-run trust check never sees.
 _UNCHECKED_PROPERTIES = ("Exec", "EnvironmentFile")
 _SERVICE = "[Service]\nExecStart=/bin/true\n"
@@ -111,12 +114,21 @@ class SystemdRunSettings(CommandAction):
         "512M`, `CPUQuota: 50%`); names systemd does not know are errors, and those watchd sets "
         "itself (`ExecStart`, `User`, `Environment`, ...) are refused")
 
+    @model_validator(mode="after")
+    def _output_is_watchds(self) -> SystemdRunSettings:
+        taken = sorted(name for name in self.properties if name in _LOG_OUTPUT_PROPERTIES)
+        if self.log_output and taken:
+            raise ValueError(f"property {taken[0]!r} is set by watchd itself with log_output: "
+                             "true (the unit's output comes to watchd, line by line)")
+        return self
+
 
 class SystemdRunAction(Strict):
     systemd_run: SystemdRunSettings = Field(description="run the command as a transient "
                                             "systemd service, one unit per run, with the "
                                             "unit's `properties`; its output goes to the "
-                                            "journal under the unit")
+                                            "journal under the unit (with `log_output`, "
+                                            "to watchd's, line by line)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +165,8 @@ class SystemdRun:
         names = [*EVENT_VARIABLES.values(), IS_DIR_VARIABLE, *JOB_VARIABLES,
                  *(name for name, _ in self.command.env)]
         user = OWNER if self.command.as_owner else self.command.user
-        shown = [os.fsdecode(arg) for arg in self.client_argv(unit, names, user,
-                                                              (values["rule"].decode(), "ID"))]
+        shown = [os.fsdecode(arg) for arg in self.client_argv(
+            unit, names, user, (values["rule"].decode(), "ID"), "$RUNTIME_DIRECTORY/output")]
         return f"{self.kind}: {shlex.join(shown)} {shlex.join(self.command.argv_for(values))}"
 
     def perform(self, context: ActionContext, job: Job, step: int,
@@ -173,7 +185,7 @@ class SystemdRun:
                      unit=unit.name)
 
     def client_argv(self, unit: str, env_names: Iterable[bytes], user: RunAs | str | None,
-                    rule_and_job: tuple[str, str]) -> list[bytes]:
+                    rule_and_job: tuple[str, str], output_directory: str) -> list[bytes]:
         """``systemd-run`` and its options, up to and with the ``--`` before the command.
         Each variable is named only: its value comes from the client's environment, so that
         what ``env`` holds is never in a command line others may read. With ``stdin``, the
@@ -191,13 +203,28 @@ class SystemdRun:
             argv.append(b"--working-directory=" + self.command.cwd)
         if self.command.stdin != "none":
             argv.append("--pipe")
-        if self.command.log_output:
+        if self.command.log_output and self.command.stdin != "none":
             rule, job = rule_and_job
             argv.extend([f"--property=LogExtraFields=WATCHD_RULE={rule}",
                          f"--property=LogExtraFields=WATCHD_JOB={job}"])
+        elif self.command.log_output:
+            argv.extend(f"--property=Standard{name}=file:{output_directory}/{unit}.{stream}"
+                        for name, stream in (("Output", "stdout"), ("Error", "stderr")))
         argv.extend(b"--setenv=" + name for name in env_names)
         argv.extend(f"--property={name}={value}" for name, value in self.properties)
         return [os.fsencode(arg) for arg in argv] + [b"--"]
+
+
+@functools.cache
+def _output_directory() -> str:
+    """Where a unit's output FIFOs are made: the service's runtime directory (systemd's
+    RuntimeDirectory=, root's), else a private one of the daemon's."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        directory = os.path.join(runtime, "output")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        return directory
+    return tempfile.mkdtemp(prefix="watchd-output-")
 
 
 def unit_name(rule: str, run: str) -> str:
@@ -213,15 +240,22 @@ class RunningUnit(RunningCommand):
         self.name = unit_name(job.rule.name, uuid.uuid4().hex[:12])
         self.forks = False  # the client runs as the daemon; systemd switches to the user
 
-    @property
-    def logs_output(self) -> bool:
-        return False  # the unit's output goes to the journal by systemd: see client_argv
+    def output(self) -> Output | None:
+        """The unit's stdout and stderr into FIFOs that systemd opens for it (the client's
+        stderr is systemd-run's report, not the command's). With ``stdin``, ``--pipe`` gives
+        the unit the client's streams: then its lines are only tagged (``client_argv``)."""
+        if self.command.stdin != "none":
+            return None
+        directory = _output_directory()
+        return Output(self.job, {stream: os.path.join(directory, f"{self.name}.{stream}")
+                                 for stream in ("stdout", "stderr")}, logs_stderr=False)
 
     def spawn(self, values: Mapping[str, bytes], stderr: int, stdin: int | None,
               stdout: int | None) -> subprocess.Popen[bytes]:
         env = variables(self.job, self.command, self.user, values)
         argv = self.action.client_argv(self.name, env, self.user,
-                                       (self.job.rule.name, str(self.job.id)))
+                                       (self.job.rule.name, str(self.job.id)),
+                                       _output_directory())
         argv.extend(render_argv(self.command.argv, values))
         return subprocess.Popen(argv, env=env,
                                 stdin=subprocess.DEVNULL if stdin is None else stdin,
