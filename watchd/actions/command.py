@@ -374,8 +374,9 @@ class RunningCommand:
                     tail = (tail + written)[-STDERR_TAIL:]
                     if output is not None and output.logs_stderr:
                         output.lines.add("stderr", written)
-                for fd in streams.keys() & ready.keys():
-                    output.lines.add(streams[fd], _read_all(fd))  # type: ignore[union-attr]
+                if output is not None:
+                    for fd in streams.keys() & ready.keys():
+                        output.lines.add(streams[fd], _read_all(fd))
                 if feed.fd is not None and feed.fd in ready and not feed.write():
                     waiting.unregister(feed.fd)
                     feed.close()

@@ -160,6 +160,12 @@ class SystemdRun:
 
     killed: ClassVar[str] = "every process of its unit killed"
 
+    @property
+    def streams_output(self) -> bool:
+        """Whether the unit's output comes to watchd (``log_output``, no ``stdin``: with
+        ``stdin``, ``--pipe`` gives the unit the client's streams)."""
+        return self.command.log_output and self.command.stdin == "none"
+
     def describe(self, values: Mapping[str, bytes]) -> str:
         unit = unit_name(values["rule"].decode(), "ID")
         names = [*EVENT_VARIABLES.values(), IS_DIR_VARIABLE, *JOB_VARIABLES,
@@ -190,8 +196,9 @@ class SystemdRun:
         Each variable is named only: its value comes from the client's environment, so that
         what ``env`` holds is never in a command line others may read. With ``stdin``, the
         unit reads the client's (``--pipe``: its output then comes to the daemon too, not
-        to the journal). With ``log_output``, the unit's journal lines carry the rule and the
-        job (``LogExtraFields=``)."""
+        to the journal). With ``log_output``, the unit writes into the FIFOs in
+        ``output_directory`` (``RunningUnit.output``); with ``stdin`` too, its journal lines
+        carry the rule and the job instead (``LogExtraFields=``)."""
         runtime = self.command.timeout + 2 * KILL_GRACE + RUNTIME_MARGIN
         argv: list[str | bytes] = [
             SYSTEMD_RUN, "--wait", "--collect", "--service-type=exec", "--expand-environment=no",
@@ -203,16 +210,21 @@ class SystemdRun:
             argv.append(b"--working-directory=" + self.command.cwd)
         if self.command.stdin != "none":
             argv.append("--pipe")
-        if self.command.log_output and self.command.stdin != "none":
+        if self.streams_output:
+            argv.extend(f"--property=Standard{name}=file:{fifo(output_directory, unit, stream)}"
+                        for name, stream in (("Output", "stdout"), ("Error", "stderr")))
+        elif self.command.log_output:
             rule, job = rule_and_job
             argv.extend([f"--property=LogExtraFields=WATCHD_RULE={rule}",
                          f"--property=LogExtraFields=WATCHD_JOB={job}"])
-        elif self.command.log_output:
-            argv.extend(f"--property=Standard{name}=file:{output_directory}/{unit}.{stream}"
-                        for name, stream in (("Output", "stdout"), ("Error", "stderr")))
         argv.extend(b"--setenv=" + name for name in env_names)
         argv.extend(f"--property={name}={value}" for name, value in self.properties)
         return [os.fsencode(arg) for arg in argv] + [b"--"]
+
+
+def fifo(directory: str, unit: str, stream: str) -> str:
+    """The FIFO a unit's ``stream`` (stdout, stderr) goes to, with ``log_output``."""
+    return f"{directory}/{unit}.{stream}"
 
 
 @functools.cache
@@ -244,18 +256,19 @@ class RunningUnit(RunningCommand):
         """The unit's stdout and stderr into FIFOs that systemd opens for it (the client's
         stderr is systemd-run's report, not the command's). With ``stdin``, ``--pipe`` gives
         the unit the client's streams: then its lines are only tagged (``client_argv``)."""
-        if self.command.stdin != "none":
+        if not self.action.streams_output:
             return None
         directory = _output_directory()
-        return Output(self.job, {stream: os.path.join(directory, f"{self.name}.{stream}")
+        return Output(self.job, {stream: fifo(directory, self.name, stream)
                                  for stream in ("stdout", "stderr")}, logs_stderr=False)
 
     def spawn(self, values: Mapping[str, bytes], stderr: int, stdin: int | None,
               stdout: int | None) -> subprocess.Popen[bytes]:
         env = variables(self.job, self.command, self.user, values)
+        # The runtime directory is looked for only by a run that writes there.
         argv = self.action.client_argv(self.name, env, self.user,
                                        (self.job.rule.name, str(self.job.id)),
-                                       _output_directory())
+                                       _output_directory() if self.action.streams_output else "")
         argv.extend(render_argv(self.command.argv, values))
         return subprocess.Popen(argv, env=env,
                                 stdin=subprocess.DEVNULL if stdin is None else stdin,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from watchd.control import status
 from watchd.control.protocol import ProtocolError
 from watchd.control.server import Answer
 from watchd.control.status import Daemon
+from watchd.core.trace import Tracer
 from watchd.ledger import store
 from watchd.outbox.deadletters import ledger_listing
 
@@ -42,7 +44,8 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
         if unknown:
             raise ProtocolError(f"no rule named {', '.join(map(repr, unknown))}; the rules are: "
                                 + ", ".join(sorted(known)))
-        return {"rules": rules, "paths": _strings(request.get("paths"), "paths")}
+        paths = _strings(request.get("paths"), "paths")
+        return Tracer(frozenset(rules), tuple(os.fsencode(path) for path in paths))
 
     return {"status": status_of, "jobs": jobs_of, "trace": trace_of}
 

@@ -194,11 +194,10 @@ class ControlServer:
         except Exception:
             log(logging.ERROR, "control socket: internal error", exc_info=True)
             return refusal("internal error (see the daemon's log)")
-        if command == "trace":
-            rules = frozenset(str(rule) for rule in message.get("rules") or ())  # type: ignore[attr-defined]
-            paths = tuple(os.fsencode(str(path)) for path in message.get("paths") or ())  # type: ignore[attr-defined]
-            client.tracer = Tracer(rules, paths)
-            self.tracing.attach(client.tracer)
+        if isinstance(result, Tracer):  # a trace: its lines follow this answer
+            client.tracer = result
+            self.tracing.attach(result)
+            return answer(result.asked())
         return answer(result)
 
     def _reply(self, client: _Client, data: bytes) -> None:

@@ -45,6 +45,10 @@ class Tracer:
         self.lines: deque[dict[str, object]] = deque(maxlen=TRACE_BACKLOG)
         self.dropped = 0
 
+    def asked(self) -> dict[str, list[str]]:
+        """What this tracer follows, as the control socket's answer says it."""
+        return {"rules": sorted(self.rules), "paths": [escape(path) for path in self.paths]}
+
     def wants(self, rule: str | None, path: bytes) -> bool:
         if self.rules and rule is not None and rule not in self.rules:
             return False
