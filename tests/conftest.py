@@ -235,7 +235,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         restore_limits()
 
 
-# The slow tier, which `make check` leaves to `make test`: fuzzing, and the booted Debian.
+# The slow tier, which `make check` leaves to `make test`: fuzzing, the booted Debian, and the
+# few tests marked `slow` where they are (each takes ten seconds or more).
 SLOW_FILES = ("test_fuzz.py", "system/")
 
 

@@ -387,6 +387,7 @@ def each_by_another_daemon(runs: list[Run], daemons: set[int]) -> bool:
     return len(ran_by) == len(set(ran_by))
 
 
+@pytest.mark.slow  # tens of seconds: make test runs it, make check does not
 def test_kill_9_at_random_moments_acts_on_every_file_once_or_reruns_its_job(watched, receiver):
     """A command rule and a webhook rule on the same files, 20 kill -9 at seeded moments while
     files keep coming: every file is acted on by each rule, again only as the same job run

@@ -37,6 +37,7 @@ def told(out: Path) -> list[tuple[str, str, str, str]]:
             for env in map(env_of, records(out))]
 
 
+@pytest.mark.slow  # tens of seconds: make test runs it, make check does not
 def test_changes_inotify_cannot_see_are_polled_and_acted_on_once(
         tmp_path, write_rules, daemon, fuse_mount):
     under, mount = fuse_mount

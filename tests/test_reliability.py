@@ -47,6 +47,7 @@ def fast_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.slow  # tens of seconds: make test runs it, make check does not
 def test_a_burst_of_100000_files_while_actions_are_slow(fast_dir, tmp_path, write_rules, daemon):
     watched = fast_dir / "in"
     watched.mkdir()

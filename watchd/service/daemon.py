@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from watchd import __version__
 from watchd.config.compile import read_rules, reresolve
@@ -39,7 +39,6 @@ from watchd.ledger.others import OthersWrites
 from watchd.ledger.rows import job_of, row_of
 from watchd.ledger.store import DEAD, QUEUED, REQUESTED, RETRYING, JobRow
 from watchd.ledger.writer import Ledger
-from watchd.metrics.exposition import Metrics
 from watchd.outbox.outboxes import Deliveries
 from watchd.run.catchup import CatchUp
 from watchd.run.dispatch import Dispatcher
@@ -50,6 +49,9 @@ from watchd.service.systemd import ServiceManager
 from watchd.source.degraded import DegradedPoll
 from watchd.source.mounts import MountTable, touches
 from watchd.source.notifier import Notifier
+
+if TYPE_CHECKING:
+    from watchd.metrics.exposition import Metrics
 
 EX_OK = 0
 EX_FATAL = 3
@@ -201,6 +203,10 @@ class Daemon:
         settings = self.ruleset.settings.metrics
         if settings is None:
             return
+        # Imported only here: the client library and its HTTP server are for daemons that
+        # export (every start and every command line would load them otherwise).
+        from watchd.metrics.exposition import Metrics
+
         self.metrics = Metrics(lambda: document(self))
         self.metrics.rules_loaded(self.ruleset)
         self.workers.on_ran = self.metrics.ran
