@@ -12,6 +12,7 @@ import stat
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import COMMAND_PYTHON, PYTHON, recorder, records, wait_for
@@ -175,7 +176,24 @@ def test_too_many_clients_are_told_so_and_the_rest_still_served(rules, daemon):
     wait_for(lambda: watchd("status").returncode == 0, what="status served again")
 
 
-def test_a_user_other_than_root_is_refused(rules, daemon, user, control_socket):
+@pytest.fixture
+def code_reachable_by_others():
+    """The checkout and its venv reachable by another user, for the command line run as one:
+    a clone in a directory only root may enter (``mktemp -d`` makes them 0700) gets search
+    permission on each such directory above it, taken back after the test."""
+    changed = []
+    for directory in Path(PYTHON).absolute().parents:  # the venv, not where it links to
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if not mode & stat.S_IXOTH:
+            os.chmod(directory, mode | stat.S_IXOTH)
+            changed.append((directory, mode))
+    yield
+    for directory, mode in changed:
+        os.chmod(directory, mode)
+
+
+def test_a_user_other_than_root_is_refused(rules, daemon, user, control_socket,
+                                           code_reachable_by_others):
     _, _, config = rules
     daemon(config)
     assert stat.S_IMODE(control_socket.stat().st_mode) == 0o600
