@@ -26,6 +26,7 @@ from watchd.source.snapshot import (
     found_from,
     found_in,
     listed,
+    looking_in,
     state_found,
 )
 
@@ -245,7 +246,8 @@ def test_compare_tells_what_diff_of_a_listing_tells_each_with_its_state(tmp_path
     (tmp_path / "was-dir").mkdir()  # a file become a directory: not told, as diff does
 
     after = found_in(entries(tmp_path))
-    compared = list(compare(before, entries(tmp_path)))
+    with looking_in(os.fsencode(tmp_path)) as directory:
+        compared = list(compare(before, entries(tmp_path), directory))
     assert {change for change, _ in compared} == set(diff(before, after, since_ns=0))
     for change, state in compared:
         known = before[change.name] if isinstance(change, Deleted) else after[change.name].state

@@ -45,6 +45,7 @@ from watchd.source.snapshot import (
     DirState,
     FileState,
     compare,
+    looking_in,
 )
 from watchd.source.table import WatchTable
 
@@ -213,10 +214,11 @@ class Walk:
     def run(self) -> None:
         started = time.monotonic()
         known = self._known_dirs()
-        for directory, entries in _walk(self.root.path, self.rule.recursive, self.up.table):
+        for directory, entries, descriptor in _walk(self.root.path, self.rule.recursive,
+                                                    self.up.table):
             if self.up.stopping.is_set():
                 return
-            self._directory(directory, entries, known.pop(directory, None))
+            self._directory(directory, entries, descriptor, known.pop(directory, None))
         for directory, dir_id in known.items():
             self._vanished(directory, dir_id)
         self._moves_and_the_rest()
@@ -262,12 +264,12 @@ class Walk:
                                    (dir_id,)).fetchall()
         return {row[0]: row[1:] for row in rows}
 
-    def _directory(self, directory: bytes, entries: list[os.DirEntry[bytes]],
+    def _directory(self, directory: bytes, entries: list[os.DirEntry[bytes]], descriptor: int,
                    dir_id: int | None) -> None:
         before: DirState = self._records(dir_id) if dir_id is not None else {}
         found: list[tuple[bytes, FileState]] = []
         gone: list[bytes] = []
-        for change, state in compare(before, entries):
+        for change, state in compare(before, entries, descriptor):
             path = os.path.join(directory, change.name)
             if isinstance(change, Deleted):
                 if self._defer(self.gone, state, path):
@@ -364,21 +366,32 @@ class Walk:
             pass
 
 
-def _walk(top: bytes, recursive: bool,
-          table: WatchTable) -> Iterator[tuple[bytes, list[os.DirEntry[bytes]]]]:
-    """Each directory of the tree (never through a symlink) with its entries."""
+Listed = tuple[bytes, list[os.DirEntry[bytes]], int]  # a directory, its entries, a descriptor
+
+
+def _walk(top: bytes, recursive: bool, table: WatchTable) -> Iterator[Listed]:
+    """Each directory of the tree (never through a symlink) with its entries, and a descriptor
+    to look at them by name with (``looking_in``), open until the next one comes."""
     stack = [top]
     while stack:
         directory = stack.pop()
-        with table.lock:
-            table.reading(directory)
         try:
-            with os.scandir(directory) as listing:
-                entries = list(listing)
+            with looking_in(directory) as descriptor:
+                entries = _listing(directory, table)
+                yield directory, entries, descriptor
         except OSError:
-            with table.lock:
-                table.read_back(directory)  # not opened: none of its events will come
             continue  # gone, or not a directory: its records tell what it held
-        yield directory, entries
         if recursive:
             stack.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
+
+
+def _listing(directory: bytes, table: WatchTable) -> list[os.DirEntry[bytes]]:
+    with table.lock:
+        table.reading(directory)
+    try:
+        with os.scandir(directory) as listing:
+            return list(listing)
+    except OSError:
+        with table.lock:
+            table.read_back(directory)  # not opened: none of its events will come
+        raise

@@ -25,7 +25,15 @@ from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import EMPTY_SCOPE, EventSink, RuleSet, Scope
 from watchd.core.stats import Count, Counters
-from watchd.source.snapshot import DIRECTORY, Changed, Created, Deleted, DirState, compare
+from watchd.source.snapshot import (
+    DIRECTORY,
+    Changed,
+    Created,
+    Deleted,
+    DirState,
+    compare,
+    looking_in,
+)
 from watchd.source.table import WatchTable
 
 LOOK_SOON = 1.0  # seconds: how soon a tree refused a watch is listed, to know what it holds
@@ -140,13 +148,14 @@ class DegradedPoll:
         while stack:
             directory, here = stack.pop()
             try:
-                with os.scandir(directory) as listing:
+                with looking_in(directory) as descriptor, os.scandir(directory) as listing:
                     entries = list(listing)
+                    changes = list(compare(before.get(directory, {}), entries, descriptor))
             except OSError:
                 continue  # gone: the comparison of the tree tells what it held
             state: dict[bytes, tuple[int, int, int]] = dict(before.get(directory, {}))
             below = self.table.ruleset.scope(here.recursive) if here.recursive else EMPTY_SCOPE
-            for change, found in compare(before.get(directory, {}), entries):
+            for change, found in changes:
                 path = directory + b"/" + change.name
                 if isinstance(change, Deleted):
                     state.pop(change.name, None)
