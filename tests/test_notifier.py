@@ -333,3 +333,41 @@ def test_a_second_overflow_does_not_report_the_first_ones_files_again(tmp_path, 
     wait_for(lambda: os.fsencode(root / "existing" / "last") in harness.paths())
     reported = harness.paths(event="close_write")
     assert [path for path in made if reported.count(path) != 1] == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering max_queued_events needs root")
+def test_a_file_found_by_a_rescan_while_an_earlier_one_settles_is_reported_once(tmp_path, watch):
+    """An overflow read while the files an earlier rescan found still wait for their backlog:
+    what the second rescan finds waits for a read of its own backlog too, or its create and
+    close_write are told made up and then again as the kernel reports them."""
+    root = tmp_path / "root"
+    root.mkdir()
+    with inotify_limit("max_queued_events", 16):
+        harness = watch(tree_rule(root, events="[create, close_write]"))
+    notifier = harness.notifier
+    rescan = notifier._rescan
+    late = root / "late"
+    made = [root / f"first{index}" for index in range(20)]
+    made += [root / f"second{index}" for index in range(20)] + [late]
+    rescans = 0
+
+    def rescan_and_write(entry, since):  # on the notifier's thread, between its reads
+        nonlocal rescans
+        rescans += 1
+        if rescans == 1:  # the queue overflows again before the first rescan's backlog is read
+            for index in range(20):
+                (root / f"second{index}").write_bytes(b"x")
+        elif rescans == 2:  # a file the second rescan finds, its events read after
+            late.write_bytes(b"x")
+        rescan(entry, since)
+
+    notifier._rescan = rescan_and_write
+    with harness.table.lock:  # hold the reader back: the kernel queue overflows
+        for path in made[:20]:
+            path.write_bytes(b"x")
+    wait_for(lambda: rescans >= 2 and os.fsencode(late) in harness.paths(event="close_write"))
+    (root / "last").write_bytes(b"x")  # read after every event of the files above
+    wait_for(lambda: os.fsencode(root / "last") in harness.paths(event="close_write"))
+    for event in ("create", "close_write"):
+        reported = harness.paths(event=event)
+        assert [path for path in made if reported.count(os.fsencode(path)) != 1] == [], event

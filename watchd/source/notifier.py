@@ -90,7 +90,7 @@ _SNAPSHOT_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOS
 class _Scanned:
     """Names reported by listing a new directory, until the kernel's backlog for it is read."""
 
-    generation: int
+    generation: int  # the round of the last listing that found names here
     names: set[bytes] = field(default_factory=set)
     # Regular files found, whose close_write is told when the backlog is read, and whether a
     # read lease must first show that nobody still writes them (a new directory's files).
@@ -383,6 +383,8 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         scanned = self._scanned.get(parent.wd)
         if scanned is None:
             scanned = self._scanned[parent.wd] = _Scanned(self._generation)
+        # Found now, so its backlog is the next read's: an earlier listing's names wait too.
+        scanned.generation = self._generation
         scanned.names.add(found.name)
         is_dir = found.is_dir(follow_symlinks=False)
         self._emit(parent, FileEvent(found.path, "create", IN_CREATE, is_dir, synthetic=True))
