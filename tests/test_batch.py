@@ -249,3 +249,23 @@ def test_a_failed_batch_read_from_stdin_is_a_dead_letter_that_says_what_ran(
     listed = subprocess.run([*WATCHD, "jobs", "list", "--dead", "--config", str(config)],
                             capture_output=True, text=True, check=True)
     assert "--from-stdin" in listed.stdout and "exited with status 3" in listed.stdout
+
+
+def test_the_recheck_takes_out_of_a_batch_the_paths_it_refuses(tmp_path, write_rules, daemon):
+    """Each path of a batch is looked at before the run, in whichever directory it is: one
+    swapped for a symlink and one gone leave the batch, with their reasons; the rest run."""
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    (watched / "sub").mkdir(parents=True)
+    process = daemon(batch_rule(write_rules, watched, recorder(out, "{paths}"),
+                                {"window": "2s"}))
+    kept = [watched / "a", watched / "sub" / "c", watched / "z"]
+    for path in (watched / "a", watched / "swapped", watched / "sub" / "c",
+                 watched / "vanished", watched / "z"):
+        path.write_bytes(b"x")
+    (watched / "swapped").unlink()
+    (watched / "swapped").symlink_to("/etc/shadow")
+    (watched / "vanished").unlink()
+    wait_for(lambda: runs(out))
+    assert sorted(paths_of(out)) == sorted(os.fsencode(path) for path in kept)
+    process.wait_log("action skipped: the path turned into a symlink before its action ran")
+    process.wait_log("action skipped: the path vanished before its action ran")

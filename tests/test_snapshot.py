@@ -43,6 +43,12 @@ def entries(path):
         return sorted(listing, key=lambda entry: entry.name)
 
 
+def found_now(path, listing=None):
+    """``found_in`` of the directory at ``path`` (of ``listing``, if given)."""
+    with looking_in(os.fsencode(path)) as directory:
+        return found_in(entries(path) if listing is None else listing, directory)
+
+
 # --- Making states -------------------------------------------------------------------------
 
 
@@ -66,7 +72,7 @@ def test_an_empty_listing_makes_the_shared_empty_state(tmp_path):
 
 def test_a_directory_found_now_has_each_regular_file_looked_at(tree):
     info = os.lstat(tree / "file")
-    assert found_in(entries(tree)) == {
+    assert found_now(tree) == {
         b"dir": Found(DIRECTORY),
         b"file": Found((info.st_ino, info.st_size, info.st_mtime_ns), info.st_ctime_ns),
         b"link": Found(OTHER),  # a symlink is not followed, to a directory or anywhere
@@ -77,17 +83,17 @@ def test_a_directory_found_now_has_each_regular_file_looked_at(tree):
 def test_a_directory_found_from_lstat_pairs_is_the_one_found_by_listing_it(tree):
     stats = [(name, os.lstat(os.path.join(os.fsencode(tree), name)))
              for name in (b"dir", b"file", b"link")]
-    assert found_from(stats) == found_in(entries(tree))
+    assert found_from(stats) == found_now(tree)
 
 
 def test_a_file_gone_between_the_listing_and_its_lstat_is_found_unseen(tree):
     listing = entries(tree)
     (tree / "file").unlink()
-    assert found_in(listing)[b"file"] == Found(UNSEEN)
+    assert found_now(tree, listing)[b"file"] == Found(UNSEEN)
 
 
 def test_the_state_found_is_the_one_to_compare_the_next_listing_with(tree):
-    found = found_in(entries(tree))
+    found = found_now(tree)
     assert state_found(found) == {name: each.state for name, each in found.items()}
     assert diff(state_found(found), found, since_ns=0) == ()
     assert state_found({}) is NO_FILES
@@ -210,7 +216,7 @@ def test_a_real_directory_found_then_changed_diffs_as_what_was_done(tmp_path):
     for name in ("kept", "written", "removed", "renamed"):
         (tmp_path / name).write_bytes(b"before")
     (tmp_path / "gone-dir").mkdir()
-    before = state_found(found_in(entries(tmp_path)))
+    before = state_found(found_now(tmp_path))
 
     # The new names first: made after the removals, one could get a removed file's inode,
     # which a diff with moves cannot tell from a rename.
@@ -221,7 +227,7 @@ def test_a_real_directory_found_then_changed_diffs_as_what_was_done(tmp_path):
     (tmp_path / "gone-dir").rmdir()
     (tmp_path / "renamed").rename(tmp_path / "moved")
 
-    after = found_in(entries(tmp_path))
+    after = found_now(tmp_path)
     done = {Changed(b"written", after[b"written"].state), Deleted(b"removed", False),
             Deleted(b"gone-dir", True), Created(b"new-dir", True), Created(b"new", False)}
     # Every file's state is known: no ctime is compared with since_ns.
@@ -236,7 +242,7 @@ def test_compare_tells_what_diff_of_a_listing_tells_each_with_its_state(tmp_path
         (tmp_path / name).write_bytes(b"before")
     (tmp_path / "gone-dir").mkdir()
     (tmp_path / "link").symlink_to("kept")
-    before = state_found(found_in(entries(tmp_path)))
+    before = state_found(found_now(tmp_path))
     (tmp_path / "new-dir").mkdir()
     (tmp_path / "new").write_bytes(b"x")
     (tmp_path / "written").write_bytes(b"after, longer")
@@ -245,7 +251,7 @@ def test_compare_tells_what_diff_of_a_listing_tells_each_with_its_state(tmp_path
     (tmp_path / "was-dir").unlink()
     (tmp_path / "was-dir").mkdir()  # a file become a directory: not told, as diff does
 
-    after = found_in(entries(tmp_path))
+    after = found_now(tmp_path)
     with looking_in(os.fsencode(tmp_path)) as directory:
         compared = list(compare(before, entries(tmp_path), directory))
     assert {change for change, _ in compared} == set(diff(before, after, since_ns=0))

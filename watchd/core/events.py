@@ -7,7 +7,7 @@ downstream (matching, actions, logs) sees only these.
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from watchd.core._pyinotify import pyinotify
 
@@ -115,7 +115,9 @@ class FileEvent:
     ``src_path`` is the old path of a move when both halves were seen, else ``b""``.
     ``synthetic`` marks an event watchd made up for an entry it found by scanning
     a directory that appeared before its watch was in place; ``caught_up`` one a catch-up
-    found: a change made while the daemon was not running.
+    found: a change made while the daemon was not running. ``state`` is a written file's
+    (inode, size, mtime) as ``lstat`` showed it when its close_write was read, where the
+    notifier looked: the ledger keeps it as what the rule saw without looking again.
     """
 
     path: bytes
@@ -125,3 +127,4 @@ class FileEvent:
     src_path: bytes = b""
     synthetic: bool = False
     caught_up: bool = False
+    state: tuple[int, int, int] | None = field(default=None, compare=False)

@@ -15,6 +15,7 @@ import stat
 import time
 from typing import cast
 
+from watchd.core.events import FileEvent
 from watchd.core.job import Job
 from watchd.ledger import store
 from watchd.ledger.chunks import Chunks, Delta
@@ -33,7 +34,8 @@ _GONE_AFTER = frozenset({"delete", "moved_from", "delete_self", "move_self"})
 Operation = tuple[object, ...]
 RecordKey = tuple[str, bytes]  # a rule, and a path
 # A record to make from what is at the path when the batch is written (looked at once however
-# many of the batch's jobs name it).
+# many of the batch's jobs name it): for an event that does not carry the state the notifier
+# saw (a close_write does, and is not looked at again).
 LOOK: FileState = (0, -5, 0)
 PUT_RECORD = ("INSERT INTO seen VALUES(?, ?, ?, ?, ?) ON CONFLICT(dir, name) DO UPDATE SET "
               "ino=excluded.ino, size=excluded.size, mtime=excluded.mtime")
@@ -63,7 +65,7 @@ class Batch:
                 self.added[row.id] = row
                 if job.rule.catch_up or job.rule.poll:
                     for event in job.events:
-                        self._seen(row.rule, event.event, event.path, event.src_path)
+                        self._seen(row.rule, event)
             elif kind == "job":
                 row = cast(JobRow, operation[1])
                 self.jobs[row.id] = row
@@ -91,10 +93,11 @@ class Batch:
             self.new_deliveries.add(delivery_id)
         self.deliveries[delivery_id] = values
 
-    def _seen(self, rule: str, event: str, path: bytes, src_path: bytes) -> None:
-        if src_path:
-            self.records[rule, src_path] = None
-        self.records[rule, path] = None if event in _GONE_AFTER else LOOK
+    def _seen(self, rule: str, event: FileEvent) -> None:
+        if event.src_path:
+            self.records[rule, event.src_path] = None
+        self.records[rule, event.path] = (None if event.event in _GONE_AFTER
+                                          else event.state or LOOK)
 
     def _write_records(self) -> None:
         kept, gone = [], []

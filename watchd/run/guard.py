@@ -11,11 +11,13 @@ that same ``lstat``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import stat
+from collections.abc import Iterator
 
-from watchd.core.events import KINDS, SYMLINK, describe_mode, kind_of
+from watchd.core.events import KINDS, SYMLINK, FileEvent, describe_mode, kind_of
 from watchd.core.job import Job
 from watchd.core.rules import RunAs
 
@@ -40,10 +42,48 @@ def recheck(job: Job) -> os.stat_result | None:
     A path an event says is gone is looked at too: if something is there again, it is
     what the action would be handed, and it must be of a kind the rule takes.
     """
-    event = job.event
+    return _verdict(job.event, job.rule.kinds, job.event.path, None)
+
+
+def recheck_batch(job: Job) -> Iterator[tuple[FileEvent, Refused | None]]:
+    """Each event of a batch with why the re-check refuses it (None: it is let through), as
+    ``recheck`` says. A batch's paths are mostly in one directory: each is looked at by its
+    name there (``lstat`` relative to the directory's ``O_PATH`` descriptor, which resolves
+    one name, not the whole path again), as by the whole path."""
+    kinds = job.rule.kinds
+    with contextlib.ExitStack() as stack:
+        directory, descriptor = None, None
+        for event in job.events:
+            parent, name = os.path.split(event.path)
+            if parent != directory:
+                stack.close()
+                directory, descriptor = parent, _opened(parent, stack)
+            try:
+                _verdict(event, kinds, event.path if descriptor is None else name, descriptor)
+            except Refused as refusal:
+                yield event, refusal
+            else:
+                yield event, None
+
+
+def _opened(directory: bytes, stack: contextlib.ExitStack) -> int | None:
+    """A descriptor of ``directory`` to look at its names with, closed with ``stack``; None if
+    it cannot be had (then each path is looked at whole, and says why itself)."""
+    try:
+        descriptor = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    stack.callback(os.close, descriptor)
+    return descriptor
+
+
+def _verdict(event: FileEvent, kinds: frozenset[str], path: bytes,
+             directory: int | None) -> os.stat_result | None:
+    """``recheck``'s answer for ``event``, its path looked at as ``path`` in ``directory`` (a
+    descriptor; None: ``path`` is the whole path)."""
     gone = event.event in _GONE_EVENTS
     try:
-        info = os.lstat(event.path)
+        info = os.lstat(path, dir_fd=directory)
     except (FileNotFoundError, NotADirectoryError):
         if gone:
             return None
@@ -53,8 +93,8 @@ def recheck(job: Job) -> os.stat_result | None:
     kind = kind_of(info.st_mode)
     if kind == SYMLINK and (event.is_dir or event.event in _NOT_A_SYMLINK):
         raise Refused("the path turned into a symlink before its action ran")
-    if kind not in job.rule.kinds:
-        taken = ", ".join(k for k in KINDS if k in job.rule.kinds)
+    if kind not in kinds:
+        taken = ", ".join(k for k in KINDS if k in kinds)
         raise WrongKind(f"the path is {describe_mode(info.st_mode)} and the rule takes only "
                         f"kind: {taken} (name {kind} in kind to act on it)")
     return None if gone else info

@@ -25,7 +25,7 @@ from watchd.core.trace import DEAD_LETTER, RAN, REFUSED, RETRIED, tracing
 from watchd.ledger.rows import Failure, row_of
 from watchd.ledger.store import DEAD, RETRYING, RUNNING
 from watchd.ledger.writer import Ledger
-from watchd.run.guard import Refused, WrongKind, recheck
+from watchd.run.guard import Refused, WrongKind, recheck, recheck_batch
 from watchd.run.ownwrites import OwnWrites
 from watchd.run.queue import JobQueue
 from watchd.security.trust import ProgramTrust, Untrusted
@@ -203,18 +203,20 @@ class WorkerPool:
         """The job with what the re-check lets through, and its path's lstat (a batch's paths
         are each looked at, those refused leave it, and it has no one lstat); None if
         nothing is left to act on."""
-        kept, info = [], None
-        for event in job.events:
-            single = replace(job, event=event, batch=()) if job.batch else job
+        if not job.batch:
             try:
-                info = recheck(single)
-                kept.append(event)
+                return job, recheck(job)
             except Refused as refusal:
-                self._refused(single, refusal)
+                self._refused(job, refusal)
+                return None
+        kept = []
+        for event, refused in recheck_batch(job):
+            if refused is None:
+                kept.append(event)
+            else:
+                self._refused(replace(job, event=event, batch=()), refused)
         if not kept:
             return None
-        if not job.batch:
-            return job, info
         return replace(job, event=kept[-1], batch=tuple(kept)), None
 
     def _trace_ran(self, job: Job, step: int, outcome: Outcome, took: float) -> None:

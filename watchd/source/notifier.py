@@ -69,9 +69,11 @@ from watchd.source.snapshot import (
     Created,
     Deleted,
     FileState,
+    Found,
     diff,
     file_state,
     found_in,
+    looking_in,
     state_of,
 )
 from watchd.source.table import LINK_MASK, READ_MASK, WatchedDir, WatchManager, WatchTable
@@ -256,8 +258,10 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         # The kernel sends a watched directory's own delete_self and move_self without
         # IN_ISDIR; every watch is of a directory (IN_ONLYDIR), so they are about one.
         is_dir = bool(mask & IN_ISDIR) or (not name and bool(mask & _SELF_EVENTS))
+        state = None
         if name and mask & _SNAPSHOT_EVENTS and entry.files is not None:
-            self.table.remember(entry, name, _state_after(mask, path, is_dir))
+            state = _state_after(mask, path, is_dir)
+            self.table.remember(entry, name, state)
         if mask & (IN_DELETE | IN_MOVED_FROM) and not is_dir:
             self.arrivals.gone(path)
         elif mask & IN_CLOSE_WRITE and name and entry.scope.mask & IN_MOVED_TO:
@@ -269,7 +273,8 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             if old is not None:  # a rename by link() and unlink(): an arrival
                 mask, src_path = mask & ~IN_CREATE | IN_MOVED_TO, old
         if self._news(mask, name, path) and mask & entry.scope.mask:
-            event = FileEvent(path, event_name(mask), mask & ALL_EVENTS, is_dir, src_path)
+            event = FileEvent(path, event_name(mask), mask & ALL_EVENTS, is_dir, src_path,
+                              state=state if mask & IN_CLOSE_WRITE else None)
             self._emit(entry, event)
         if name and mask & (IN_CREATE | IN_MOVED_TO):
             self._arrived(entry, name, path, is_dir, src_path)
@@ -405,9 +410,10 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
                 if leased and self.table.open_for_writing(path):
                     continue  # its writer's own close_write is still to come, and is told
                 # Its state as reported: a later rescan reports it again only if it changed.
-                self.table.remember(entry, name, _state_after(IN_CLOSE_WRITE, path, False))
+                state = _state_after(IN_CLOSE_WRITE, path, False)
+                self.table.remember(entry, name, state)
                 self._emit(entry, FileEvent(path, "close_write", IN_CLOSE_WRITE, False,
-                                            synthetic=True))
+                                            synthetic=True, state=state))
         for cookie, move in list(self._moves.items()):
             if move.generation <= generation:
                 del self._moves[cookie]
@@ -446,16 +452,29 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
 
     def _rescan(self, entry: WatchedDir, since: int) -> None:
         """Compare one watched directory with its snapshot, and tell and note what changed."""
-        listing = self.table.listing(entry.path)
-        if listing is None:
+        found = self._found_now(entry)
+        if found is None:
             self.table.unwatch_tree(entry.path)  # its own deletion may be among the lost events
             return
+        listing, now = found
         # The differences first, all of them: telling one changes the snapshot they are from.
         # No moves are asked for: a rename among the lost events is told as delete and create.
-        changes = diff(entry.files, found_in(listing, entry.files), since)
+        changes = diff(entry.files, now, since)
         by_name = {found.name: found for found in listing}
         for change in changes:
             self._rescanned(entry, change, by_name)
+
+    def _found_now(self, entry: WatchedDir,
+                   ) -> tuple[list[os.DirEntry[bytes]], dict[bytes, Found]] | None:
+        """A watched directory's listing, and what it holds now; None if it cannot be listed."""
+        try:
+            with looking_in(entry.path) as directory:
+                listing = self.table.listing(entry.path)
+                if listing is None:
+                    return None
+                return listing, found_in(listing, directory, entry.files)
+        except OSError:
+            return None  # not reached: gone, or no longer a directory
 
     def _rescanned(self, entry: WatchedDir, change: Change,
                    listing: dict[bytes, os.DirEntry[bytes]]) -> None:
@@ -479,7 +498,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             if scanned is not None and found.name in scanned.unclosed:
                 return  # found by an earlier listing; its close_write is still to be reported
             self._emit(entry, FileEvent(found.path, "close_write", IN_CLOSE_WRITE, False,
-                                        synthetic=True))
+                                        synthetic=True, state=change.state))
             self.table.remember(entry, found.name, change.state)
 
 
