@@ -191,7 +191,10 @@ class JobQueue:
             if not self._running[name]:
                 del self._running[name]
             self._busy.discard(job.key)
-            self._ready.notify_all()
+            # What it frees (a place of its rule, its path) lets one more job run at the most:
+            # one worker is woken for it, not all of them to find nothing and wait again.
+            if self._next() is not None:
+                self._ready.notify()
 
     def retire(self, workers: int) -> None:
         with self._ready:
