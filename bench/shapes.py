@@ -7,7 +7,8 @@
   ``count``s add up to the files; and ``find -print0 | xargs -0 -n1000 /bin/true`` over the
   same files, beside it.
 - one poll of a tree of 100,000 files (--quick: 20,000): the daemon's CPU for a poll that
-  finds nothing changed, against ``find -printf '%i %s %T@\\n'`` over the tree; and the
+  finds nothing changed (the first to compare the tree with the ledger's records, and one
+  after it), against ``find -printf '%i %s %T@\\n'`` over the tree; and the
   daemon's intake of 8,000 files into another rule while it polls, against the same with no
   poll.
 
@@ -128,18 +129,22 @@ def wait_polls(daemon: Daemon, polls: int) -> None:
         time.sleep(0.05)
 
 
-def poll_cpu(work: Path, tree: Path, other: Path, poll: str) -> tuple[Daemon, float]:
+def poll_cpu(work: Path, tree: Path, other: Path, poll: str) -> tuple[Daemon, float, float]:
     """A daemon polling ``tree`` every ``poll`` (and a rule on ``other`` matching nothing);
-    the CPU one poll that finds nothing took."""
+    the CPU of the first poll that compares the tree with the ledger's records of it (the
+    one before recorded it), and of a poll after that (as every later poll is)."""
     daemon = Daemon(work, f"rules:\n  - name: share\n    paths: [{tree}]\n    recursive: true\n"
                     f"    catch_up: false\n    poll: {poll}\n"
                     "    actions: [{command: [/bin/true]}]\n"
                     f"  - name: intake\n    paths: [{other}]\n    include: ['*.none']\n"
                     "    actions: [{command: [/bin/true]}]\n")
     wait_polls(daemon, 1)  # the first poll records the tree
-    before = process_cpu(daemon.process.pid)
-    wait_polls(daemon, 2)
-    return daemon, process_cpu(daemon.process.pid) - before
+    spent = []
+    for polls in (2, 3):
+        before = process_cpu(daemon.process.pid)
+        wait_polls(daemon, polls)
+        spent.append(process_cpu(daemon.process.pid) - before)
+    return daemon, spent[0], spent[1]
 
 
 def daemon_intake(daemon: Daemon, other: Path, files: int) -> float:
@@ -156,15 +161,16 @@ def daemon_intake(daemon: Daemon, other: Path, files: int) -> float:
 
 def bench_poll(report: Report, files: int, runs: int) -> None:
     label = f"poll, {files:,} files"
-    polls, finds, during, without = [], [], [], []
+    compares, polls, finds, during, without = [], [], [], [], []
     for _ in range(runs):
         with workspace() as work:
             tree, other = work / "share", work / "other"
             make_tree(tree, files)
             other.mkdir()
             finds.append(find_cpu(tree))
-            daemon, cpu = poll_cpu(work, tree, other, "1s")
+            daemon, compare, cpu = poll_cpu(work, tree, other, "1s")
             try:
+                compares.append(compare)
                 polls.append(cpu)
                 # Bursts one after another while the tree is polled every second.
                 during.append(statistics.median(daemon_intake(daemon, other, INTAKE_FILES)
@@ -181,10 +187,14 @@ def bench_poll(report: Report, files: int, runs: int) -> None:
                                                  for _ in range(5)))
             finally:
                 quiet.stop()
-    ratio = statistics.median(polls) / statistics.median(finds)
     report.add(Row(label, "find -printf '%i %s %T@\\n' (CPU)", "s", finds, 1.0))
+    report.add(Row(label, "first poll comparing with the ledger (daemon CPU)", "s", compares,
+                   statistics.median(compares) / statistics.median(finds), note="reads every "
+                   "directory's records; CPU as /proc counts it, in 10 ms ticks"))
+    ratio = statistics.median(polls) / statistics.median(finds)
     report.add(Row(label, "one poll, nothing changed (daemon CPU)", "s", polls, ratio,
-                   "≤ 1.5x find", ratio <= 1.5, "CPU as /proc counts it, in 10 ms ticks"))
+                   "≤ 1.5x find", ratio <= 1.5, "each later poll: a directory found as before, "
+                   "its records unchanged, is not read again"))
     report.add(Row(label, f"daemon intake of {INTAKE_FILES:,} files, no poll", "files/s", without,
                    1.0))
     ratio = statistics.median(during) / statistics.median(without)

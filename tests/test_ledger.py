@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, env_of, recorder, records, wait_for
 
+from watchd.core.stats import Counters
 from watchd.ledger import store
+from watchd.ledger.writer import Ledger
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 LEDGER_FILES = {"ledger.db", "ledger.db-wal", "ledger.db-shm"}
@@ -486,3 +488,30 @@ def test_a_ledger_of_schema_1_is_upgraded_and_its_jobs_kept(tmp_path):
     rows = store.jobs(connection)
     assert [(row.id, row.path, row.batch) for row in rows] == [(7, b"/a", None), (8, b"/b", None)]
     assert connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 2
+
+
+def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_them(tmp_path):
+    """What a poll trusts to skip reading a directory's records found unchanged before."""
+    ledger = Ledger(tmp_path, Counters())
+    ledger.open()
+    try:
+        state = (1, 2, 3)
+        ledger.record_dir("r", b"/a", [(b"f", state)], [])
+        ledger.record_dir("r", b"/b", [(b"f", state)], [])
+        ledger.flush()
+        reader = store.connect(store.path_in(tmp_path), create=False)
+        a, b = (reader.execute("SELECT id FROM dirs WHERE path=?", (path,)).fetchone()[0]
+                for path in (b"/a", b"/b"))
+        reader.close()
+        first_a, first_b = ledger.records_version(a), ledger.records_version(b)
+        for change in (lambda: ledger.record_dir("r", b"/a", [(b"g", state)], []),
+                       lambda: ledger.record_dir("r", b"/a", [], [b"g"]),
+                       lambda: ledger.forget_dir("r", b"/a")):
+            before = ledger.records_version(a)
+            change()
+            ledger.flush()
+            assert ledger.records_version(a) != before
+        assert ledger.records_version(a) != first_a
+        assert ledger.records_version(b) == first_b
+    finally:
+        ledger.close(5)

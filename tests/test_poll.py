@@ -66,6 +66,33 @@ def test_changes_inotify_cannot_see_are_polled_and_acted_on_once(
     assert len(told(out)) == 4, told(out)[4:]
 
 
+@pytest.mark.slow  # several polls: make test runs it, make check does not
+def test_a_directory_found_unchanged_is_compared_again_once_its_records_change(
+        tmp_path, write_rules, daemon, fuse_mount):
+    """A poll skips reading the records of a directory found as it was, while the ledger has
+    not changed them: here a live rename changes them (the file left the top directory) and
+    an unseen rename puts the file back, so the top directory looks as it did."""
+    under, mount = fuse_mount
+    out = tmp_path / "out.jsonl"
+    (under / "sub").mkdir()
+    (under / "f").write_bytes(b"content")
+    rule = {"name": "share", "paths": [str(mount)], "poll": "1s", "recursive": True,
+            "events": ["close_write", "moved_to", "delete"],
+            "actions": [{"command": recorder(out)}]}
+    process = daemon(write_rules(json.dumps({"rules": [rule]})))
+    process.wait_log("first start: what is there is recorded")
+    now = polls(process)
+    wait_for(lambda: polls(process) >= now + 2, what="two polls that find the tree as it was")
+    os.rename(mount / "f", mount / "sub" / "f")  # inotify tells it
+    wait_for(lambda: told(out), what="the live rename's run")
+    assert told(out) == [("moved_to", "f", "f", "0")]
+    os.rename(under / "sub" / "f", under / "f")  # inotify cannot tell it
+    wait_for(lambda: len(told(out)) == 2, what="the poll's run for the file back on top")
+    assert told(out)[1] == ("moved_to", "f", "f", "1")
+    assert env_of(records(out)[1])["WATCHD_SRC_PATH"] == os.fsencode(mount / "sub" / "f")
+    assert process.log().count("polled: changes inotify did not tell") == 1
+
+
 def polls(process) -> int:
     """The polls made so far, as SIGUSR1's counters say."""
     count = process.log().count("INFO counters")

@@ -26,6 +26,7 @@ from watchd.source.snapshot import (
     found_from,
     found_in,
     listed,
+    looked_at,
     looking_in,
     state_found,
 )
@@ -253,7 +254,7 @@ def test_compare_tells_what_diff_of_a_listing_tells_each_with_its_state(tmp_path
 
     after = found_now(tmp_path)
     with looking_in(os.fsencode(tmp_path)) as directory:
-        compared = list(compare(before, entries(tmp_path), directory))
+        compared = list(compare(before, looked_at(entries(tmp_path), directory)))
     assert {change for change, _ in compared} == set(diff(before, after, since_ns=0))
     for change, state in compared:
         known = before[change.name] if isinstance(change, Deleted) else after[change.name].state

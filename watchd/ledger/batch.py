@@ -53,6 +53,7 @@ class Batch:
         self.deliveries: dict[str, tuple[object, ...] | None] = {}
         self.new_deliveries: set[str] = set()  # first kept in this batch: never written yet
         self.records: dict[RecordKey, FileState | None] = {}  # None: nothing there now
+        self.touched: set[int] = set()  # the directories whose records it changes
 
     def apply(self, operations: list[Operation], dead_letters: int) -> int:
         """Apply them; then keep at most ``dead_letters`` of jobs and of deliveries each, if
@@ -104,6 +105,7 @@ class Batch:
         for (rule, path), state in self.records.items():
             directory, name = os.path.split(path)
             dir_id = self._dir_id(rule, directory)
+            self.touched.add(dir_id)
             if state is LOOK:
                 state = _looked_at(path)
             if state is None:
@@ -124,6 +126,7 @@ class Batch:
     def _forget(self, rule: str, directory: bytes) -> None:
         self._write_records()  # what came before, first: the order is kept
         dir_id = self._dir_id(rule, directory)
+        self.touched.add(dir_id)
         self.connection.execute("DELETE FROM seen WHERE dir=?", (dir_id,))
         self.connection.execute("DELETE FROM dirs WHERE id=?", (dir_id,))
         del self.dir_ids[rule, directory]

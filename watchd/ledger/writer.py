@@ -73,6 +73,11 @@ class Ledger:
         self._data_version: int | None = None
         self._look = False  # another process changed the ledger: look for what it asked
         self._dir_ids: dict[tuple[str, bytes], int] = {}
+        # Each directory's records' version: the number of the commit that last changed them
+        # (a directory not changed since the database was opened: that of the opening).
+        self._commits = 0
+        self._opened_at = 0
+        self._versions: dict[int, int] = {}
         self._chunks = Chunks()
         self._instance = f"{secrets.randbits(48):012x}"  # the database's, once it is open
         self._thread = threading.Thread(target=self._run, name="watchd-ledger", daemon=True)
@@ -145,6 +150,12 @@ class Ledger:
 
     def end_delivery(self, delivery_id: str) -> None:
         self._append(("delivered", delivery_id))
+
+    def records_version(self, dir_id: int) -> int:
+        """A number that changes after each commit that changes the records of directory
+        ``dir_id``: records read from the disk while it is the same are still those there.
+        Read it before the records; any thread."""
+        return self._versions.get(dir_id, self._opened_at)
 
     @property
     def instance(self) -> str:
@@ -230,6 +241,8 @@ class Ledger:
             self._last_id = max(self._last_id, first - 1)
             self._committed = first - 1
             self._data_version = None
+            self._commits += 1  # a database begun again reuses the directories' ids
+            self._opened_at, self._versions = self._commits, {}
         return rows
 
     def _connect(self) -> sqlite3.Connection:
@@ -287,11 +300,11 @@ class Ledger:
         assert self._connection is not None
         delta, dropped = Delta(), 0
         started = time.monotonic()
+        written = Batch(self._connection, self._dir_ids, self._chunks, delta)
         try:
             if batch:
                 with store.transaction(self._connection):
-                    dropped = Batch(self._connection, self._dir_ids, self._chunks,
-                                    delta).apply(batch, self.dead_letters)
+                    dropped = written.apply(batch, self.dead_letters)
                     self._connection.execute(
                         "INSERT OR REPLACE INTO meta(key, value) VALUES('next_id', ?)",
                         (upto + 1,))
@@ -299,6 +312,10 @@ class Ledger:
             self._dir_ids.clear()  # rolled back: ids made in it are not there
             self._failed(f"cannot write {self.file}: {_reason(error)}")
             return False
+        if written.touched:  # committed: only now may a reader find the records changed
+            self._commits += 1
+            for dir_id in written.touched:
+                self._versions[dir_id] = self._commits
         if batch:
             self.on_commit(time.monotonic() - started)
         if dropped:

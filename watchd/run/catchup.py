@@ -44,7 +44,9 @@ from watchd.source.snapshot import (
     Deleted,
     DirState,
     FileState,
+    Looked,
     compare,
+    looked_at,
     looking_in,
 )
 from watchd.source.table import WatchTable
@@ -74,6 +76,10 @@ class CatchUp:
         self._due: list[Pair] = []
         self._walking = 0
         self._overlapping = 0  # walks (catch-ups and polls) whose live events are noted
+        # Each directory (by its id in the ledger) a walk found as the ledger records it: a
+        # hash of the records' version and of what the walk found. A poll that finds the same
+        # again, with the records unchanged, has nothing to tell and does not read them.
+        self.unchanged: dict[int, int] = {}
         self.poller = Poller(self._poll, self.stopping)
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
@@ -87,6 +93,7 @@ class CatchUp:
         polls = self.poller.prepare(ruleset)
 
         def commit() -> None:
+            self.unchanged = {}  # held for directories of this rule set's rules only
             self._done.update((rule.name, root.path) for rule, root in pairs)
             if pairs:
                 if not self._due:  # the one walk ``begin`` starts for them all ends it
@@ -266,10 +273,26 @@ class Walk:
 
     def _directory(self, directory: bytes, entries: list[os.DirEntry[bytes]], descriptor: int,
                    dir_id: int | None) -> None:
-        before: DirState = self._records(dir_id) if dir_id is not None else {}
+        looked = looked_at(entries, descriptor)
+        if dir_id is None:
+            self._compare(directory, {}, looked)
+            return
+        # The version first: records changed after it was read change it too.
+        found_as = hash((self.up.ledger.records_version(dir_id), tuple(looked)))
+        if self.up.unchanged.get(dir_id) == found_as:
+            return
+        if self._compare(directory, self._records(dir_id), looked):
+            self.up.unchanged.pop(dir_id, None)
+        else:
+            self.up.unchanged[dir_id] = found_as
+
+    def _compare(self, directory: bytes, before: DirState, looked: Looked) -> bool:
+        """Tell what changed from ``before``; whether anything did."""
         found: list[tuple[bytes, FileState]] = []
         gone: list[bytes] = []
-        for change, state in compare(before, entries, descriptor):
+        changed = False
+        for change, state in compare(before, looked):
+            changed = True
             path = os.path.join(directory, change.name)
             if isinstance(change, Deleted):
                 if self._defer(self.gone, state, path):
@@ -284,6 +307,7 @@ class Walk:
             if told:
                 found.append((change.name, state))
         self._record(directory, found, gone)
+        return changed
 
     def _defer(self, by_state: defaultdict[FileState, list[bytes]], state: FileState,
                path: bytes) -> bool:
@@ -303,6 +327,7 @@ class Walk:
     def _vanished(self, directory: bytes, dir_id: int) -> None:
         """A directory the ledger knew that the walk did not find: what it held is gone (if
         the directory is; one a rule no longer walks is only forgotten), at the end."""
+        self.up.unchanged.pop(dir_id, None)
         if not os.path.isdir(directory) or os.path.islink(directory):
             for name, state in self._records(dir_id).items():
                 path = os.path.join(directory, name)

@@ -32,6 +32,7 @@ from watchd.source.snapshot import (
     Deleted,
     DirState,
     compare,
+    looked_at,
     looking_in,
 )
 from watchd.source.table import WatchTable
@@ -150,7 +151,8 @@ class DegradedPoll:
             try:
                 with looking_in(directory) as descriptor, os.scandir(directory) as listing:
                     entries = list(listing)
-                    changes = list(compare(before.get(directory, {}), entries, descriptor))
+                    changes = list(compare(before.get(directory, {}),
+                                           looked_at(entries, descriptor)))
             except OSError:
                 continue  # gone: the comparison of the tree tells what it held
             state: dict[bytes, tuple[int, int, int]] = dict(before.get(directory, {}))

@@ -8,7 +8,7 @@ events the kernel dropped, and how a directory can be caught up with after downt
 polled where inotify cannot watch it.
 
 Nothing here watches, logs or reports: the only input or output is ``lstat`` of the
-entries of a listing (``found_in``, ``compare``); the rest is values in, values out.
+entries of a listing (``found_in``, ``looked_at``); the rest is values in, values out.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def diff(before: DirState | None, after: Listing, since_ns: int, *,
 @contextlib.contextmanager
 def looking_in(directory: bytes) -> Iterator[int]:
     """A descriptor of ``directory`` to look at its entries by name with (``found_in``,
-    ``compare``): an ``lstat`` relative to it resolves one name, not every component of the
+    ``looked_at``): an ``lstat`` relative to it resolves one name, not every component of the
     path again, and costs a fifth less CPU. It is opened ``O_PATH``, which opens nothing:
     inotify tells no open or close of it. Raises ``OSError`` if the directory cannot be
     reached."""
@@ -209,29 +209,43 @@ def looking_in(directory: bytes) -> Iterator[int]:
         os.close(descriptor)
 
 
-def compare(before: DirState, entries: Iterable[os.DirEntry[bytes]], directory: int,
-            ) -> Iterator[tuple[Change, FileState]]:
-    """``diff(before, found_in(entries, directory), 0)`` without a listing in between, each
-    change with the entry's state (a deletion's: the state it had): a tree's walk against a
-    record of it, where most names are unchanged and nothing is made for them. Each regular
-    file is looked at by its name in ``directory``, a descriptor from ``looking_in``. A
-    regular file gone between the listing and its lstat is left out (whatever removed it is
-    told otherwise)."""
-    left = dict(before)
+# A directory's entries as looked at now, in the listing's order: each name and its state
+# (a regular file gone between the listing and its lstat is ``UNSEEN``).
+Looked = list[tuple[bytes, FileState]]
+
+
+def looked_at(entries: Iterable[os.DirEntry[bytes]], directory: int) -> Looked:
+    """Each entry's name and state: a regular file looked at by its name in ``directory``, a
+    descriptor from ``looking_in`` (never following a symlink); anything else as listed."""
     lstat = os.lstat
+    looked = []
     for entry in entries:
         name = entry.name
-        known = left.pop(name, None)
         if entry.is_dir(follow_symlinks=False):
             state = DIRECTORY
         elif entry.is_file(follow_symlinks=False):
             try:
                 info = lstat(name, dir_fd=directory)
             except OSError:
-                continue
-            state = (info.st_ino, info.st_size, info.st_mtime_ns)
+                state = UNSEEN
+            else:
+                state = (info.st_ino, info.st_size, info.st_mtime_ns)
         else:
             state = OTHER
+        looked.append((name, state))
+    return looked
+
+
+def compare(before: DirState, looked: Looked) -> Iterator[tuple[Change, FileState]]:
+    """``diff(before, found_in(…), 0)`` for what ``looked_at`` found, each change with the
+    entry's state (a deletion's: the state it had): a tree's walk against a record of it,
+    where most names are unchanged and nothing is made for them. A regular file gone between
+    the listing and its lstat is left out (whatever removed it is told otherwise)."""
+    left = dict(before)
+    for name, state in looked:
+        known = left.pop(name, None)
+        if state is UNSEEN:
+            continue
         if known is None:
             yield Created(name, state == DIRECTORY), state
         elif state != known and state[1] >= 0:
