@@ -515,3 +515,26 @@ def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_t
         assert ledger.records_version(b) == first_b
     finally:
         ledger.close(5)
+
+
+@pytest.mark.parametrize("names", [
+    [b"plain", "ñ é \u2028 \U0001f600".encode(), b"new\nline", b"tab\t\"quote\" 'single' \\back",
+     b"\x01\x1f\x7f"],
+    [b"plain", b"not utf-8 \xff\xfe", b"\xc3"],  # with one name that is not UTF-8: row by row
+], ids=["utf-8 names", "a name not utf-8"])
+def test_records_keep_each_name_and_inode_exactly(tmp_path, names):
+    """What a catch-up compares the tree with: the names' bytes, and inode numbers past 2**63
+    (NFS file ids use all 64 bits), as written."""
+    ledger = Ledger(tmp_path, Counters())
+    ledger.open()
+    try:
+        states = [((1 << 64) - 1 - index, index, -index) for index in range(len(names))]
+        ledger.record_dir("r", b"/a", list(zip(names, states, strict=True)), [])
+        ledger.flush()
+        assert ledger.problem == ""
+        reader = store.connect(store.path_in(tmp_path), create=False)
+        found = store.records(reader.execute("SELECT name, ino, size, mtime FROM seen"))
+        reader.close()
+        assert found == dict(zip(names, states, strict=True))
+    finally:
+        ledger.close(5)

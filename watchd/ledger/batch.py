@@ -9,6 +9,7 @@ order within one matters, and it is kept.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -37,8 +38,13 @@ RecordKey = tuple[str, bytes]  # a rule, and a path
 # many of the batch's jobs name it): for an event that does not carry the state the notifier
 # saw (a close_write does, and is not looked at again).
 LOOK: FileState = (0, -5, 0)
-PUT_RECORD = ("INSERT INTO seen VALUES(?, ?, ?, ?, ?) ON CONFLICT(dir, name) DO UPDATE SET "
-              "ino=excluded.ino, size=excluded.size, mtime=excluded.mtime")
+_UPSERT = ("ON CONFLICT(dir, name) DO UPDATE SET ino=excluded.ino, size=excluded.size, "
+           "mtime=excluded.mtime")
+PUT_RECORD = f"INSERT INTO seen VALUES(?, ?, ?, ?, ?) {_UPSERT}"
+# The same for many rows at once, given as one JSON array of rows whose names are UTF-8 text
+# (the database's text encoding: CAST gives back the name's bytes). WHERE: see SQLite's upsert.
+PUT_RECORDS = ("INSERT INTO seen SELECT value->>0, CAST(value->>1 AS BLOB), value->>2, value->>3, "
+               f"value->>4 FROM json_each(?) WHERE true {_UPSERT}")
 
 
 class Batch:
@@ -111,10 +117,26 @@ class Batch:
             if state is None:
                 gone.append((dir_id, name))
             else:
-                kept.append((dir_id, name, *state))
-        self.connection.executemany(PUT_RECORD, kept)
+                kept.append((dir_id, name, store.stored_inode(state[0]), state[1], state[2]))
+        self._put_records(kept)
         self.connection.executemany("DELETE FROM seen WHERE dir=? AND name=?", gone)
         self.records.clear()
+
+    def _put_records(self, rows: list[tuple[int, bytes, int, int, int]]) -> None:
+        """Upsert the rows in one step, not one a row: each step of an ``executemany`` lets go
+        of the interpreter lock, and under a burst the notifier then waits to have it back (a
+        batch rule took in a fifth fewer files a second). A name that is not UTF-8 has its
+        rows go one by one. (Deletions stay one by one: SQLite finds a list of (dir, name)
+        pairs by dir alone, and a directory may hold a million.)"""
+        if not rows:
+            return
+        try:
+            text = json.dumps([(dir_id, name.decode(), ino, size, mtime)
+                               for dir_id, name, ino, size, mtime in rows], ensure_ascii=False)
+        except UnicodeDecodeError:
+            self.connection.executemany(PUT_RECORD, rows)
+        else:
+            self.connection.execute(PUT_RECORDS, (text,))
 
     def _dir(self, rule: str, directory: bytes, found: list[tuple[bytes, FileState]],
              gone: list[bytes]) -> None:

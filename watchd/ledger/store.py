@@ -119,6 +119,21 @@ PUT_JOB = (f"INSERT INTO jobs({','.join(JOB_COLUMNS)}) VALUES({','.join('?' * le
                if column not in ("id", "created")))
 
 
+# SQLite's INTEGER is signed 64-bit, and an inode number may use all 64 bits (an NFS file id):
+# one past 2**63 is kept as the negative number of the same bits.
+_INODES = 1 << 64
+
+
+def stored_inode(ino: int) -> int:
+    return ino - _INODES if ino >= _INODES >> 1 else ino
+
+
+def records(rows: Iterable[tuple[bytes, int, int, int]]) -> dict[bytes, tuple[int, int, int]]:
+    """The ``seen`` rows (name, ino, size, mtime) of a directory, each name's state."""
+    return {name: (ino + _INODES if ino < 0 else ino, size, mtime)
+            for name, ino, size, mtime in rows}
+
+
 def path_in(state_dir: Path) -> Path:
     return state_dir / FILE_NAME
 

@@ -267,9 +267,8 @@ class Walk:
                 if path == top or (self.rule.recursive and path.startswith(prefix))}
 
     def _records(self, dir_id: int) -> dict[bytes, FileState]:
-        rows = self.reader.execute("SELECT name, ino, size, mtime FROM seen WHERE dir=?",
-                                   (dir_id,)).fetchall()
-        return {row[0]: row[1:] for row in rows}
+        return store.records(self.reader.execute(
+            "SELECT name, ino, size, mtime FROM seen WHERE dir=?", (dir_id,)))
 
     def _directory(self, directory: bytes, entries: list[os.DirEntry[bytes]], descriptor: int,
                    dir_id: int | None) -> None:
