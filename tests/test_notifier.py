@@ -371,3 +371,17 @@ def test_a_file_found_by_a_rescan_while_an_earlier_one_settles_is_reported_once(
     for event in ("create", "close_write"):
         reported = harness.paths(event=event)
         assert [path for path in made if reported.count(os.fsencode(path)) != 1] == [], event
+
+
+def test_an_idle_notifier_is_drained_and_one_with_events_unhandled_is_not(tmp_path, watch):
+    """What a catch-up or a poll waits for at its end: an idle notifier takes no turns, and
+    must not be waited on for ones that never come (each poll came 2 s late)."""
+    harness = watch(tree_rule(tmp_path))
+    notifier = harness.notifier
+    turn = notifier.turns
+    wait_for(lambda: notifier.drained(turn), what="an idle notifier drained")
+    with harness.table.lock:  # its events can be read, not handled
+        (tmp_path / "f").write_bytes(b"x")
+        assert not notifier.drained(notifier.turns)
+    wait_for(lambda: notifier.drained(notifier.turns), what="its events handled, at rest")
+    assert os.fsencode(tmp_path / "f") in harness.paths(event="close_write")

@@ -129,6 +129,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         self.counters = counters
         self._generation = 0
         self.turns = 0  # rounds of reading and handling what was read: see ``drained``
+        self._reads = 0  # reads begun and ended: odd while one is under way
         self._scanned: dict[int, _Scanned] = {}
         self._moves: dict[int, _MoveOut] = {}
         self._read_at = self._previous_read_at = time.time_ns()
@@ -164,8 +165,16 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
 
     def drained(self, turn: int) -> bool:
         """Whether everything the kernel queued before ``turns`` was ``turn`` has been handled:
-        a whole read, and its handling, began after it."""
-        return self.turns >= turn + 2
+        a whole read, and its handling, began after it; or the notifier is at rest, nothing
+        read waits to be handled and the kernel holds nothing (an idle notifier takes no
+        turns: without this, a caller would wait for events that never come)."""
+        if self.turns >= turn + 2:
+            return True
+        with self.table.lock:  # no handling is under way meanwhile
+            reads = self._reads
+            if reads % 2 or self._eventq or self._scanned or self._moves:
+                return False
+            return self._queued_bytes() == 0 and self._reads == reads  # none began meanwhile
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -178,13 +187,24 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
 
     def read_events(self) -> None:
         """Read every record queued now; names stay bytes."""
+        self._reads += 1
+        try:
+            self._read_queued()
+        finally:
+            self._reads += 1
+
+    def _queued_bytes(self) -> int:
         size = array.array("i", [0])
         fcntl.ioctl(self._fd, termios.FIONREAD, size, True)
-        if size[0] <= 0:
+        return size[0]
+
+    def _read_queued(self) -> None:
+        size = self._queued_bytes()
+        if size <= 0:
             return
         # Whatever an overflow loses happened after the previous read emptied the queue.
         self._previous_read_at, self._read_at = self._read_at, time.time_ns()
-        data = os.read(self._fd, size[0])
+        data = os.read(self._fd, size)
         offset, end = 0, len(data)
         append = self._eventq.append
         unpack = _HEADER.unpack_from
