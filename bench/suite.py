@@ -33,6 +33,7 @@ from typing import ClassVar
 import intake
 import webhooks
 from intake import (
+    FAST_BASE,
     RawPyinotify,
     Result,
     TracedWatchd,
@@ -55,7 +56,6 @@ from watchd.source.notifier import Notifier
 BENCH = Path(__file__).resolve().parent
 PERFORMANCE = BENCH.parent / "docs" / "performance.md"
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
-FAST_BASE = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # The daemon runs with what systemd gives the service, not with the shell's environment: Popen
 # encodes each variable a command gets (~0.7 µs each), and a shell's 35 would cost each action
 # ~25 µs that the service does not pay.
