@@ -215,15 +215,31 @@ class Attempt:
         return f"HTTP {self.status}{detail}"
 
 
-def attempt(pool: urllib3.PoolManager, webhook: Webhook, delivery_id: str,
-            payload: bytes) -> Attempt:
-    """POST once; redirects are not followed and urllib3 does not retry on its own."""
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a webhook's requests go: the connections to its URL's host (kept alive, of its
+    own: each outbox sends to one URL, in order) and the request's target (path and query),
+    made once rather than for every request."""
+
+    url: str
+    connections: urllib3.HTTPConnectionPool
+    target: str
+
+    @classmethod
+    def of(cls, url: str) -> Endpoint:
+        return cls(url, urllib3.connection_from_url(url, maxsize=2, retries=False),
+                   urllib3.util.parse_url(url).request_uri)
+
+
+def attempt(endpoint: Endpoint, webhook: Webhook, delivery_id: str, payload: bytes) -> Attempt:
+    """POST once to ``endpoint``, ``webhook.url``'s; redirects are not followed and urllib3
+    does not retry on its own."""
     started = time.monotonic()
     try:
-        response = pool.request(
-            "POST", webhook.url, body=payload, headers=headers(webhook, delivery_id, payload),
+        response = endpoint.connections.urlopen(
+            "POST", endpoint.target, body=payload, headers=headers(webhook, delivery_id, payload),
             timeout=urllib3.Timeout(connect=webhook.timeout, read=webhook.timeout),
-            retries=False, redirect=False, preload_content=False,
+            retries=False, redirect=False, preload_content=False, assert_same_host=False,
         )
     except urllib3.exceptions.HTTPError as error:
         return Attempt(None, _failure(error, webhook.timeout), None, time.monotonic() - started)

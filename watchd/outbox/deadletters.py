@@ -14,13 +14,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-import urllib3
-
-from watchd.actions.webhook import attempt
+from watchd.actions.webhook import Endpoint, Webhook, attempt
 from watchd.core.logs import escape
 from watchd.core.rules import RuleSet
 from watchd.ledger.store import JobRow
-from watchd.outbox.outboxes import webhooks_of
+from watchd.outbox.outboxes import OutboxKey, webhooks_of
 from watchd.outbox.spool import Delivery, Spool
 
 
@@ -71,23 +69,31 @@ def replay(spool: Spool, ruleset: RuleSet, ids: list[str]) -> Iterator[tuple[boo
     """One attempt for each dead letter named (every one if ``ids`` is empty): (sent, line)."""
     webhooks = webhooks_of(ruleset)
     dead = {delivery.id: delivery for delivery in spool.dead_letters()}
-    pool = urllib3.PoolManager(retries=False)
-    for delivery_id in ids or list(dead):
-        delivery = dead.get(delivery_id)
-        if delivery is None:
-            yield False, f"{delivery_id}: no such dead letter"
-            continue
-        webhook = webhooks.get((delivery.rule, delivery.action))
-        if webhook is None:
-            yield False, (f"{delivery_id}: rule {delivery.rule!r} has no webhook as action "
-                          f"{delivery.action} now; kept")
-            continue
-        result = attempt(pool, webhook, delivery.id, delivery.body)
-        delivery.attempts += 1
-        if result.delivered:
-            spool.done(delivery)
-            yield True, f"{delivery_id}: delivered (HTTP {result.status})"
-        else:
-            delivery.last_error = result.describe()
-            spool.bury(delivery)
-            yield False, f"{delivery_id}: {result.describe()}; kept"
+    endpoints: dict[str, Endpoint] = {}  # by URL: one connection for the letters of each
+    try:
+        for delivery_id in ids or list(dead):
+            yield _replayed(spool, webhooks, endpoints, dead.get(delivery_id), delivery_id)
+    finally:
+        for endpoint in endpoints.values():
+            endpoint.connections.close()
+
+
+def _replayed(spool: Spool, webhooks: dict[OutboxKey, Webhook], endpoints: dict[str, Endpoint],
+              delivery: Delivery | None, delivery_id: str) -> tuple[bool, str]:
+    if delivery is None:
+        return False, f"{delivery_id}: no such dead letter"
+    webhook = webhooks.get((delivery.rule, delivery.action))
+    if webhook is None:
+        return False, (f"{delivery_id}: rule {delivery.rule!r} has no webhook as action "
+                       f"{delivery.action} now; kept")
+    endpoint = endpoints.get(webhook.url)
+    if endpoint is None:
+        endpoint = endpoints[webhook.url] = Endpoint.of(webhook.url)
+    result = attempt(endpoint, webhook, delivery.id, delivery.body)
+    delivery.attempts += 1
+    if result.delivered:
+        spool.done(delivery)
+        return True, f"{delivery_id}: delivered (HTTP {result.status})"
+    delivery.last_error = result.describe()
+    spool.bury(delivery)
+    return False, f"{delivery_id}: {result.describe()}; kept"

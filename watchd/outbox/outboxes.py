@@ -18,9 +18,14 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-import urllib3
-
-from watchd.actions.webhook import Webhook, attempt, body, delivery_delay, new_delivery_id
+from watchd.actions.webhook import (
+    Endpoint,
+    Webhook,
+    attempt,
+    body,
+    delivery_delay,
+    new_delivery_id,
+)
 from watchd.core.job import Job
 from watchd.core.journal import MessageId
 from watchd.core.logs import log
@@ -39,13 +44,13 @@ def webhooks_of(ruleset: RuleSet) -> dict[OutboxKey, Webhook]:
 
 class Outbox:
     def __init__(self, key: OutboxKey, webhook: Webhook, backlog: int, spool: Spool,
-                 pool: urllib3.PoolManager, counters: Counters) -> None:
+                 counters: Counters) -> None:
         self.key = key
         self.webhook = webhook
         self.backlog = backlog
         self.spool = spool
-        self.pool = pool
         self.counters = counters
+        self._endpoint: Endpoint | None = None  # the outbox thread's: see ``_endpoint_of``
         self._waiting: deque[Delivery] = deque()
         self._ready = threading.Condition()
         self._stopping = threading.Event()
@@ -83,6 +88,13 @@ class Outbox:
             self._ready.notify()
 
     def _run(self) -> None:
+        try:
+            self._send_all()
+        finally:
+            if self._endpoint is not None:
+                self._endpoint.connections.close()
+
+    def _send_all(self) -> None:
         while not self._stopping.is_set():
             with self._ready:
                 while not self._waiting and not self._stopping.is_set():
@@ -103,7 +115,7 @@ class Outbox:
         """Attempt until acknowledged, refused for good, out of retries, or stopping."""
         while True:
             webhook = self.webhook  # a reload may have changed it since the last attempt
-            result = attempt(self.pool, webhook, delivery.id, delivery.body)
+            result = attempt(self._endpoint_of(webhook), webhook, delivery.id, delivery.body)
             delivery.attempts += 1
             delivery.last_error = None if result.delivered else result.describe()
             fields = _fields(delivery, result.status, result.duration)
@@ -120,6 +132,14 @@ class Outbox:
                 f"{delay:.1f}s", fields=fields)
             if self._stopping.wait(delay):
                 return  # still kept: sent after the next start
+
+    def _endpoint_of(self, webhook: Webhook) -> Endpoint:
+        """The endpoint of the webhook's URL: the one before, unless a reload changed it."""
+        if self._endpoint is None or self._endpoint.url != webhook.url:
+            if self._endpoint is not None:
+                self._endpoint.connections.close()
+            self._endpoint = Endpoint.of(webhook.url)
+        return self._endpoint
 
     def _give_up(self, delivery: Delivery, exhausted: bool, fields: dict[str, object]) -> None:
         grave = self.spool.bury(delivery)
@@ -158,7 +178,6 @@ class Deliveries:
         self.ledger = ledger
         self.counters = counters
         self._imported = False
-        self.pool = urllib3.PoolManager(num_pools=64, maxsize=2, retries=False)
         self._outboxes: dict[OutboxKey, Outbox] = {}
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
@@ -182,7 +201,7 @@ class Deliveries:
         for key, webhook in wanted.items():
             outbox = self._outboxes.get(key)
             if outbox is None:
-                outbox = self._outboxes[key] = Outbox(key, webhook, backlog, self.spool, self.pool,
+                outbox = self._outboxes[key] = Outbox(key, webhook, backlog, self.spool,
                                                       self.counters)
                 outbox.start(waiting[key])
             outbox.webhook, outbox.backlog = webhook, backlog
