@@ -165,8 +165,29 @@ def body(job: Job, delivery_id: str) -> bytes:
     document.update(
         root=text(job.root.path),
         time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        host=socket.gethostname())
+        host=_hostname.now())
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class _Hostname:
+    """The machine's name, looked up again once a second at most: a system call for every
+    body had the worker wait for the interpreter lock after each (half its time on a webhook
+    rule's job, in a burst)."""
+
+    REFRESH = 1.0  # seconds
+
+    def __init__(self) -> None:
+        self._name = ""
+        self._looked_at = -self.REFRESH
+
+    def now(self) -> str:
+        now = time.monotonic()
+        if now - self._looked_at >= self.REFRESH:
+            self._name, self._looked_at = socket.gethostname(), now
+        return self._name
+
+
+_hostname = _Hostname()
 
 
 def signature(key: bytes, delivery_id: str, timestamp: int, payload: bytes) -> str:
