@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import ssl
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -410,3 +411,21 @@ def test_a_file_written_while_down_is_delivered_marked_caught_up(tmp_path, write
     daemon(config).wait_log("webhook delivered")
     (document,) = [json.loads(request["body"]) for request in receiver.to("/hook")]
     assert document["name"] == "late" and document["caught_up"] is True
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare (a UTS namespace of its own)")
+def test_a_bodys_host_follows_a_new_machine_name_within_a_second():
+    """The name is looked up once a second at most, not for every body: a renamed machine
+    is named so soon after (here in a UTS namespace of its own, the real one untouched)."""
+    code = textwrap.dedent("""\
+        import socket, time
+        from watchd.actions.webhook import machine_name
+        assert machine_name() == socket.gethostname()
+        socket.sethostname("watchd-renamed")
+        deadline = time.monotonic() + 10
+        while machine_name() != "watchd-renamed":
+            assert time.monotonic() < deadline, "the new name never came"
+            time.sleep(0.05)
+        """)
+    subprocess.run(["unshare", "--uts", PYTHON, "-c", code], check=True, timeout=60)

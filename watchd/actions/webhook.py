@@ -165,11 +165,11 @@ def body(job: Job, delivery_id: str) -> bytes:
     document.update(
         root=text(job.root.path),
         time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        host=_hostname.now())
+        host=machine_name())
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-class _Hostname:
+class _MachineName:
     """The machine's name, looked up again once a second at most: a system call for every
     body had the worker wait for the interpreter lock after each (half its time on a webhook
     rule's job, in a burst)."""
@@ -187,7 +187,7 @@ class _Hostname:
         return self._name
 
 
-_hostname = _Hostname()
+machine_name = _MachineName().now  # as ``hostname`` says it, at most a second late
 
 
 def signature(key: bytes, delivery_id: str, timestamp: int, payload: bytes) -> str:
