@@ -76,9 +76,10 @@ class CatchUp:
         self._due: list[Pair] = []
         self._walking = 0
         self._overlapping = 0  # walks (catch-ups and polls) whose live events are noted
-        # Each directory (by its id in the ledger) a walk found as the ledger records it: a
-        # hash of the records' version and of what the walk found. A poll that finds the same
-        # again, with the records unchanged, has nothing to tell and does not read them.
+        # Each directory (by its id in the ledger) of a rule that polls which a walk found as
+        # the ledger records it: a hash of the records' version and of what the walk found. A
+        # poll that finds the same again, with the records unchanged, has nothing to tell and
+        # does not read them.
         self.unchanged: dict[int, int] = {}
         self.poller = Poller(self._poll, self.stopping)
 
@@ -273,8 +274,8 @@ class Walk:
     def _directory(self, directory: bytes, entries: list[os.DirEntry[bytes]], descriptor: int,
                    dir_id: int | None) -> None:
         looked = looked_at(entries, descriptor)
-        if dir_id is None:
-            self._compare(directory, {}, looked)
+        if dir_id is None or not self.rule.poll:  # only a poll walks the directory again
+            self._compare(directory, {} if dir_id is None else self._records(dir_id), looked)
             return
         # The version first: records changed after it was read change it too.
         found_as = hash((self.up.ledger.records_version(dir_id), tuple(looked)))
