@@ -3,8 +3,9 @@
 Under a burst most of a job's operations meet in the same batch, or cancel out: a row kept
 twice is written once (its last state), a job that ended before it was ever written is not
 written at all, and what a rule saw at a path is written once, as it is now. What is left
-goes to SQLite table by table with ``executemany``. Tables are independent, so only the
-order within one matters, and it is kept.
+goes to SQLite table by table with ``executemany`` (what the rules saw: in one statement,
+``_put_records``). Tables are independent, so only the order within one matters, and it is
+kept.
 """
 
 from __future__ import annotations

@@ -221,6 +221,7 @@ def looked_at(entries: Iterable[os.DirEntry[bytes]], directory: int) -> Looked:
     looked = []
     for entry in entries:
         name = entry.name
+        # state_of and file_state, inline: this runs for every name of every walk.
         if entry.is_dir(follow_symlinks=False):
             state = DIRECTORY
         elif entry.is_file(follow_symlinks=False):
