@@ -490,19 +490,35 @@ def test_a_ledger_of_schema_1_is_upgraded_and_its_jobs_kept(tmp_path):
     assert connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 2
 
 
-def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_them(tmp_path):
-    """What a poll trusts to skip reading a directory's records found unchanged before."""
-    ledger = Ledger(tmp_path, Counters())
+@contextlib.contextmanager
+def running_ledger(state: Path) -> Iterator[Ledger]:
+    """The daemon's ledger, its writer thread running, in this process."""
+    ledger = Ledger(state, Counters())
     ledger.open()
     try:
+        yield ledger
+    finally:
+        ledger.close(5)
+
+
+def on_disk(state: Path, query: str) -> list[tuple]:
+    """What another reader of the ledger finds (the writer's commits only)."""
+    reader = store.connect(store.path_in(state), create=False)
+    try:
+        return reader.execute(query).fetchall()
+    finally:
+        reader.close()
+
+
+def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_them(tmp_path):
+    """What a poll trusts to skip reading a directory's records found unchanged before."""
+    with running_ledger(tmp_path) as ledger:
         state = (1, 2, 3)
         ledger.record_dir("r", b"/a", [(b"f", state)], [])
         ledger.record_dir("r", b"/b", [(b"f", state)], [])
         ledger.flush()
-        reader = store.connect(store.path_in(tmp_path), create=False)
-        a, b = (reader.execute("SELECT id FROM dirs WHERE path=?", (path,)).fetchone()[0]
-                for path in (b"/a", b"/b"))
-        reader.close()
+        ids = dict(on_disk(tmp_path, "SELECT path, id FROM dirs"))
+        a, b = ids[b"/a"], ids[b"/b"]
         first_a, first_b = ledger.records_version(a), ledger.records_version(b)
         for change in (lambda: ledger.record_dir("r", b"/a", [(b"g", state)], []),
                        lambda: ledger.record_dir("r", b"/a", [], [b"g"]),
@@ -513,8 +529,6 @@ def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_t
             assert ledger.records_version(a) != before
         assert ledger.records_version(a) != first_a
         assert ledger.records_version(b) == first_b
-    finally:
-        ledger.close(5)
 
 
 @pytest.mark.parametrize("names", [
@@ -525,16 +539,10 @@ def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_t
 def test_records_keep_each_name_and_inode_exactly(tmp_path, names):
     """What a catch-up compares the tree with: the names' bytes, and inode numbers past 2**63
     (NFS file ids use all 64 bits), as written."""
-    ledger = Ledger(tmp_path, Counters())
-    ledger.open()
-    try:
+    with running_ledger(tmp_path) as ledger:
         states = [((1 << 64) - 1 - index, index, -index) for index in range(len(names))]
         ledger.record_dir("r", b"/a", list(zip(names, states, strict=True)), [])
         ledger.flush()
         assert ledger.problem == ""
-        reader = store.connect(store.path_in(tmp_path), create=False)
-        found = store.records(reader.execute("SELECT name, ino, size, mtime FROM seen"))
-        reader.close()
-        assert found == dict(zip(names, states, strict=True))
-    finally:
-        ledger.close(5)
+    found = store.records(on_disk(tmp_path, "SELECT name, ino, size, mtime FROM seen"))
+    assert found == dict(zip(names, states, strict=True))
