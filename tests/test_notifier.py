@@ -385,3 +385,20 @@ def test_an_idle_notifier_is_drained_and_one_with_events_unhandled_is_not(tmp_pa
         assert not notifier.drained(notifier.turns)
     wait_for(lambda: notifier.drained(notifier.turns), what="its events handled, at rest")
     assert os.fsencode(tmp_path / "f") in harness.paths(event="close_write")
+
+
+def test_files_another_thread_finds_are_told_closed_with_no_later_event(tmp_path, watch):
+    """A root the daemon's main thread finds again (a symlink on its path replaced by the real
+    directory) is listed there, not on the notifier's thread: the files found are told closed
+    once the kernel's backlog is read, and an idle notifier read none (the close_write of a
+    file written before the watch never came, and the rule's action never ran)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "there").write_bytes(b"x")  # before the watch: only a listing finds it
+    harness = watch(tree_rule(root))
+    turn = harness.notifier.turns
+    wait_for(lambda: harness.notifier.drained(turn), what="an idle notifier")
+    with harness.table.lock:
+        harness.table.establish(harness.table.ruleset.roots[0], report=True)
+    wait_for(lambda: (("tree", "close_write", os.fsencode(root / "there"), True)
+                      in harness.events()), what="the found file told closed")

@@ -27,12 +27,14 @@ What pyinotify 0.9.6 gets wrong, and what this subclass does instead:
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import logging
 import os
 import select
 import struct
 import termios
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,6 +138,12 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         self._unmounted: set[int] = set()
         self._opened: dict[bytes, int] = {}  # watchd's own opens whose open event was read
         self.arrivals = Arrivals(self.table.open_for_writing, self._read_more)
+        # What another thread lists (the main thread finding a root again) is settled by this
+        # one's next read, and an idle notifier reads nothing: this wakes it (in pyinotify's
+        # poll, beside the inotify descriptor and the stop pipe).
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._woken = False
+        self._pollobj.register(self._wake, select.POLLIN)
 
     @classmethod
     def watching(cls, ruleset: RuleSet, dispatcher: EventSink, counters: Counters,
@@ -185,8 +193,16 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
                 log(logging.ERROR, "event reader failed; carrying on", exc_info=True)
                 self._stop_event.wait(0.1)
 
+    def stop(self) -> None:
+        super().stop()
+        os.close(self._wake)
+
     def read_events(self) -> None:
         """Read every record queued now; names stay bytes."""
+        if self._woken:  # before the read: a wake after it makes another turn
+            self._woken = False
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._wake)
         self._reads += 1
         try:
             self._read_queued()
@@ -411,6 +427,9 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         # Found now, so its backlog is the next read's: an earlier listing's names wait too.
         scanned.generation = self._generation
         scanned.names.add(found.name)
+        if not self._woken and threading.current_thread() is not self:
+            os.eventfd_write(self._wake, 1)  # then the flag: a drain between them is harmless
+            self._woken = True
         is_dir = found.is_dir(follow_symlinks=False)
         self._emit(parent, FileEvent(found.path, "create", IN_CREATE, is_dir, synthetic=True))
         if found.is_file(follow_symlinks=False):
