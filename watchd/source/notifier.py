@@ -237,6 +237,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         The table's lock is taken for one round at a time: under a steady stream of renames
         there is always a move to settle, and a reload must still get its turn.
         """
+        self.table.lock.let_waiting_first()
         with self.table.lock:
             self._translate_queued()
             self.turns += 1
@@ -246,8 +247,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             if self._moves:
                 # The two halves of a rename are queued together, but a read can split them.
                 select.select([self._fd], [], [], _MOVE_SETTLE_MS / 1000)
-            else:
-                time.sleep(0)  # a waiting reload may take the lock between two rounds
+            self.table.lock.let_waiting_first()  # a reload, a catch-up, a poll
             with self.table.lock:
                 self.read_events()
                 self._translate_queued()

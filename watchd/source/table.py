@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import stat
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -43,6 +42,7 @@ from watchd.core.rules import EMPTY_SCOPE, Root, RuleSet, Scope
 from watchd.security.trust import resolve_watched
 from watchd.source.mounts import at_or_below
 from watchd.source.snapshot import NO_FILES, DirState, FileState, listed
+from watchd.source.tablelock import TableLock
 
 _LEASE_BROKEN = signal.SIGURG  # ignored by default: a broken lease must not end the daemon
 
@@ -117,7 +117,7 @@ class WatchTable:
         # cross, names others may replace; see trust.resolve_watched), with those roots.
         self.links: dict[bytes, tuple[Root, ...]] = {}
         self.link_dirs: set[bytes] = set()  # the directories those names are in
-        self.lock = threading.RLock()
+        self.lock = TableLock()
         self.by_wd: dict[int, WatchedDir] = {}
         self.by_path: dict[bytes, WatchedDir] = {}
         # Watches removed here, until the kernel's IN_IGNORED for them is read: records it
