@@ -329,3 +329,34 @@ def test_the_socket_goes_with_the_daemon_and_a_stale_one_is_replaced(rules, daem
     assert control_socket.is_socket()  # left by a kill -9
     daemon(config)
     assert status()["pid"] != first.pid
+
+
+def test_an_idle_daemon_wakes_no_thread(tmp_path, write_rules, daemon):
+    """Idle, a daemon sleeps: its control socket's thread looked at its clients' deadlines once
+    a second, with no client to look at (and no watchdog here: the ping's wake-ups are
+    systemd's to ask for)."""
+    watched = tmp_path / "in"
+    watched.mkdir()
+    process = daemon(write_rules(f"""
+        rules:
+          - {{name: idle, paths: [{watched}], actions: [{{command: ["/bin/true"]}}]}}
+    """))
+    process.wait_log("first start: what is there is recorded")
+    status()  # one client, served and gone
+    pid = process.process.pid
+    before = _context_switches(pid)
+    time.sleep(3)  # the window watched: what is asserted is that nothing happens in it
+    woke = {thread: count - before.get(thread, 0)
+            for thread, count in _context_switches(pid).items()}
+    assert sum(woke.values()) <= 1, woke
+
+
+def _context_switches(pid: int) -> dict[str, int]:
+    """Each thread's context switches so far, by thread id."""
+    counts = {}
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/status") as status_file:
+            fields = dict(line.split(":", 1) for line in status_file if ":" in line)
+        counts[thread] = (int(fields["voluntary_ctxt_switches"])
+                          + int(fields["nonvoluntary_ctxt_switches"]))
+    return counts

@@ -35,7 +35,6 @@ MAX_CLIENTS = 32
 CLIENT_TIMEOUT = 30.0  # seconds a client has to send its request, and then to read its answer
 TRACE_BUFFER = 1 << 20  # bytes of trace lines waiting in the kernel's and our buffer, at most
 TRACE_LOOK = 0.05  # seconds between looks at the tracers' lines, while someone traces
-IDLE_LOOK = 1.0  # seconds between looks at the clients' deadlines otherwise
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 Answer = Callable[[dict[str, object]], object]
@@ -119,8 +118,7 @@ class ControlServer:
                 log(logging.ERROR, "control socket: internal error", exc_info=True)
 
     def _turn(self) -> None:
-        tracing = any(client.tracer is not None for client in self._clients.values())
-        for key, mask in self._selector.select(timeout=TRACE_LOOK if tracing else IDLE_LOOK):
+        for key, mask in self._selector.select(timeout=self._timeout()):
             if key.fileobj is self._listener:
                 self._accept()
             elif key.fileobj == self._wake_read:
@@ -137,6 +135,17 @@ class ControlServer:
                 self._pump(client)
             elif now > client.deadline:
                 self._close(client)
+
+    def _timeout(self) -> float | None:
+        """How long the selector may wait: while someone traces, until the next look at the
+        tracers' lines; else until the first client's deadline; with no client, until one
+        comes (an idle daemon wakes no thread: this one looked once a second)."""
+        if not self._clients:
+            return None
+        if any(client.tracer is not None for client in self._clients.values()):
+            return TRACE_LOOK
+        first = min(client.deadline for client in self._clients.values())
+        return max(0.0, first - time.monotonic())
 
     def _accept(self) -> None:
         assert self._listener is not None
