@@ -30,6 +30,7 @@ from watchd.control.protocol import (
 )
 from watchd.core.logs import log
 from watchd.core.trace import Tracer, Tracing
+from watchd.core.wakeup import Wakeup
 
 MAX_CLIENTS = 32
 CLIENT_TIMEOUT = 30.0  # seconds a client has to send its request, and then to read its answer
@@ -59,8 +60,7 @@ class ControlServer:
         self.tracing = tracing
         self._listener: socket.socket | None = None
         self._selector = selectors.DefaultSelector()
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._woken = False
+        self._wakeup = Wakeup()
         self._stopping = False
         self._clients: dict[socket.socket, _Client] = {}
         self._thread: threading.Thread | None = None
@@ -82,7 +82,7 @@ class ControlServer:
             raise
         self._listener = listener
         self._selector.register(listener, selectors.EVENT_READ)
-        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._selector.register(self._wakeup.fd, selectors.EVENT_READ)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="watchd-control", daemon=True)
@@ -90,7 +90,7 @@ class ControlServer:
 
     def stop(self, timeout: float) -> None:
         self._stopping = True
-        self.wake()
+        self._wakeup.wake()
         if self._thread is not None:
             self._thread.join(timeout)
         for client in list(self._clients.values()):
@@ -100,15 +100,7 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
         self._selector.close()
-        os.close(self._wake_read)
-        os.close(self._wake_write)
-
-    def wake(self) -> None:
-        """From any thread: look now (one byte until the thread has woken)."""
-        if not self._woken:
-            self._woken = True
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._wake_write, b"\0")
+        self._wakeup.close()
 
     def _run(self) -> None:
         while not self._stopping:
@@ -121,10 +113,8 @@ class ControlServer:
         for key, mask in self._selector.select(timeout=self._timeout()):
             if key.fileobj is self._listener:
                 self._accept()
-            elif key.fileobj == self._wake_read:
-                self._woken = False
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_read, 4096)
+            elif key.fileobj == self._wakeup.fd:
+                self._wakeup.drain()
             else:
                 client = self._clients.get(key.fileobj)  # type: ignore[call-overload]
                 if client is not None:

@@ -27,7 +27,6 @@ What pyinotify 0.9.6 gets wrong, and what this subclass does instead:
 from __future__ import annotations
 
 import array
-import contextlib
 import fcntl
 import logging
 import os
@@ -62,6 +61,7 @@ from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import EMPTY_SCOPE, EventSink, RuleSet
 from watchd.core.stats import Counters
+from watchd.core.wakeup import Wakeup
 from watchd.source.arrivals import Arrivals
 from watchd.source.snapshot import (
     DIRECTORY,
@@ -141,9 +141,8 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         # What another thread lists (the main thread finding a root again) is settled by this
         # one's next read, and an idle notifier reads nothing: this wakes it (in pyinotify's
         # poll, beside the inotify descriptor and the stop pipe).
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._woken = False
-        self._pollobj.register(self._wake, select.POLLIN)
+        self._wakeup = Wakeup()
+        self._pollobj.register(self._wakeup.fd, select.POLLIN)
 
     @classmethod
     def watching(cls, ruleset: RuleSet, dispatcher: EventSink, counters: Counters,
@@ -195,14 +194,12 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
 
     def stop(self) -> None:
         super().stop()
-        os.close(self._wake)
+        self._wakeup.close()
 
     def read_events(self) -> None:
         """Read every record queued now; names stay bytes."""
-        if self._woken:  # before the read: a wake after it makes another turn
-            self._woken = False
-            with contextlib.suppress(BlockingIOError):
-                os.eventfd_read(self._wake)
+        if self._wakeup.pending:  # before the read: a wake after it makes another turn
+            self._wakeup.drain()
         self._reads += 1
         try:
             self._read_queued()
@@ -427,9 +424,8 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         # Found now, so its backlog is the next read's: an earlier listing's names wait too.
         scanned.generation = self._generation
         scanned.names.add(found.name)
-        if not self._woken and threading.current_thread() is not self:
-            os.eventfd_write(self._wake, 1)  # then the flag: a drain between them is harmless
-            self._woken = True
+        if threading.get_ident() != self.ident:
+            self._wakeup.wake()
         is_dir = found.is_dir(follow_symlinks=False)
         self._emit(parent, FileEvent(found.path, "create", IN_CREATE, is_dir, synthetic=True))
         if found.is_file(follow_symlinks=False):
