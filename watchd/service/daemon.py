@@ -8,10 +8,8 @@ run actions.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import os
 import queue
 import select
 import signal
@@ -35,6 +33,7 @@ from watchd.core.problems import ConfigError
 from watchd.core.rules import Root, RuleSet
 from watchd.core.stats import DROP_REPORT_INTERVAL, Counters
 from watchd.core.trace import tracing
+from watchd.core.wakeup import Doorbell
 from watchd.ledger.others import OthersWrites
 from watchd.ledger.rows import job_of, row_of
 from watchd.ledger.store import DEAD, QUEUED, REQUESTED, RETRYING, JobRow
@@ -57,7 +56,7 @@ EX_OK = 0
 EX_FATAL = 3
 EX_CONFIG = 78  # sysexits' EX_CONFIG: the unit's RestartPreventExitStatus
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-# Bytes other threads write to the wakeup pipe, beside the signals' numbers: events were
+# What other threads ring the main loop's doorbell for, beside the signals: events were
 # dropped; a symlink on a watched path may have changed; the status line has news.
 _DROPS = 0
 _LINKS = 0xFE
@@ -97,11 +96,10 @@ class Daemon:
         self._asked: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]] = (
             queue.SimpleQueue())
         self.counters = Counters()
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._doorbell = Doorbell()
         self._drops_reported = 0
         self._next_drop_report = 0.0
         self._stopping = False
-        self._wakes_sent: set[int] = set()
         self._reload_failure = ""
         self.service = ServiceManager()
         self.control: ControlServer | None = None
@@ -117,7 +115,8 @@ class Daemon:
         _log_load_problems(ruleset)
         # Signals first: a stop asked for during a long first walk is not lost.
         previous = {signum: signal.signal(signum, _wake_only) for signum in HANDLED_SIGNALS}
-        previous_wakeup = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        previous_wakeup = signal.set_wakeup_fd(self._doorbell.write_fd,
+                                                warn_on_full_buffer=False)
         try:
             return self._serve(ruleset)
         finally:
@@ -263,8 +262,8 @@ class Daemon:
 
     def _loop(self) -> int:
         while not self._stopping:
-            watched = [self._wake_read] if self.others.fd is None else [self._wake_read,
-                                                                       self.others.fd]
+            doorbell = self._doorbell.read_fd
+            watched = [doorbell] if self.others.fd is None else [doorbell, self.others.fd]
             readable, _, mounts_changed = select.select(watched, [], [self.mounts.fd],
                                                         self._timeout(time.monotonic()))
             if mounts_changed:
@@ -272,19 +271,13 @@ class Daemon:
             if self.others.fd in readable:
                 self.others.drain()
                 self.ledger.look()
-            # Cleared before the read: a byte a thread did not write, seeing its reason still
-            # set, is one this read takes.
-            self._wakes_sent.clear()
-            try:
-                woken_by = os.read(self._wake_read, 512)
-            except BlockingIOError:
-                woken_by = b""
-            if _LINKS in woken_by:
+            signals, rung = self._doorbell.take()
+            if _LINKS in rung:
                 self._reresolve()
-            if _ASKED in woken_by:
+            if _ASKED in rung:
                 self._answer_questions()
             # Each signal once per turn: SIGHUPs that came during a reload make one more.
-            for signum in dict.fromkeys(woken_by):
+            for signum in dict.fromkeys(signals):
                 self._handle(signum)
             self._report_drops()
             if not self.notifier.is_alive():
@@ -436,12 +429,7 @@ class Daemon:
         log(logging.INFO, "counters", fields=self.stats())
 
     def _wake(self, reason: int) -> None:
-        # Called on other threads (the notifier for each drop): one byte each until the loop
-        # has woken; a set's add and test are atomic under the interpreter lock.
-        if reason not in self._wakes_sent:
-            self._wakes_sent.add(reason)
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_write, bytes([reason]))
+        self._doorbell.ring(reason)  # on other threads: the notifier for each drop
 
     def _report_drops(self) -> None:
         dropped = self.counters.dropped
@@ -479,14 +467,14 @@ class Daemon:
 
     def _asked_to_hurry(self, timeout: float) -> bool:
         """During the stop grace: whether a second SIGTERM or SIGINT came within ``timeout``."""
-        if not select.select([self._wake_read], [], [], timeout)[0]:
+        if not select.select([self._doorbell.read_fd], [], [], timeout)[0]:
             return False
-        with contextlib.suppress(BlockingIOError):
-            for signum in os.read(self._wake_read, 512):
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    log(logging.WARNING, f"{signal.Signals(signum).name} again: killing the "
-                        "running actions now")
-                    return True
+        signals, _ = self._doorbell.take()  # what else rang matters no more: it stops
+        for signum in signals:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log(logging.WARNING, f"{signal.Signals(signum).name} again: killing the "
+                    "running actions now")
+                return True
         return False
 
 
