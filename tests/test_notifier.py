@@ -395,16 +395,43 @@ def test_files_another_thread_finds_are_told_closed_with_no_later_event(tmp_path
     directory) is listed there, not on the notifier's thread: the files found are told closed
     once the kernel's backlog is read, and an idle notifier read none (the close_write of a
     file written before the watch never came, and the rule's action never ran)."""
+    root, harness = _idle_over_a_file_only_a_listing_finds(tmp_path, watch)
+    with harness.table.lock:
+        harness.table.establish(harness.table.ruleset.roots[0], report=True)
+    _wait_told_closed(harness, root / "there")
+
+
+def test_files_found_are_still_told_closed_when_a_link_change_walks_their_root_again(
+        tmp_path, watch):
+    """The main thread lists a root whose symlink was replaced by the real directory; the
+    notifier, reading that replacement's own late event, walks the root again before it has
+    told what the listing found. The walk keeps the directories that are still there as
+    they were watched: it dropped every watch and added it again, the found file's pending
+    close_write went with the dropped watch, and the rule never fired."""
+    root, harness = _idle_over_a_file_only_a_listing_finds(tmp_path, watch)
+    table = harness.table
+    with table.lock:
+        table.establish(table.ruleset.roots[0], report=True)
+        watched = table.by_path[os.fsencode(root)].wd
+        table.rewatch(table.ruleset.roots[0])
+        assert table.by_path[os.fsencode(root)].wd == watched
+    _wait_told_closed(harness, root / "there")
+
+
+def _idle_over_a_file_only_a_listing_finds(tmp_path, watch):
+    """A watched root holding a file written before the watch, and an idle notifier."""
     root = tmp_path / "root"
     root.mkdir()
-    (root / "there").write_bytes(b"x")  # before the watch: only a listing finds it
+    (root / "there").write_bytes(b"x")
     harness = watch(tree_rule(root))
     turn = harness.notifier.turns
     wait_for(lambda: harness.notifier.drained(turn), what="an idle notifier")
-    with harness.table.lock:
-        harness.table.establish(harness.table.ruleset.roots[0], report=True)
-    wait_for(lambda: (("tree", "close_write", os.fsencode(root / "there"), True)
-                      in harness.events()), what="the found file told closed")
+    return root, harness
+
+
+def _wait_told_closed(harness, path):
+    wait_for(lambda: ("tree", "close_write", os.fsencode(path), True) in harness.events(),
+             what="the found file told closed")
 
 
 def test_a_wakeup_is_never_lost_between_a_wake_and_a_drain():

@@ -133,6 +133,7 @@ class WatchTable:
         self.refused: dict[bytes, Scope] = {}
         self.on_refused: Callable[[], None] = lambda: None  # told of each (never waits)
         self.snapshot_size = 0  # names held by every directory's snapshot
+        self._walked: set[int] | None = None  # during a rewatch: the descriptors its walk got
         self.snapshot_full = False
         # Called for each entry found in a directory that appeared while running.
         self.report = report
@@ -200,6 +201,8 @@ class WatchTable:
             self.by_path.pop(stale.path, None)
         entry.wd, entry.scope = wd, scope
         entry.waiting = waiting or entry.waiting
+        if self._walked is not None:
+            self._walked.add(wd)
         self.by_wd[wd] = entry
         self.by_path[path] = entry
         return entry
@@ -239,18 +242,30 @@ class WatchTable:
             self._keep_link_dirs()
 
     def rewatch(self, root: Root, unmounted: frozenset[bytes] = frozenset()) -> None:
-        """Watch a root afresh, its old watches all dropped: a mount came or went under it.
+        """Walk a root afresh: a mount came or went under it, or a name on its path changed.
 
+        The directories the walk finds as they were watched keep their watches (the kernel
+        gives their descriptors back), and with them what they were told and have still to
+        tell; the rest are dropped. Dropped and watched again, a directory would lose its
+        events in between, and the close_write still owed for a file a listing found.
         A directory on a file system that was ``unmounted`` is told as unmounted here: the
         kernel may not have queued its IN_UNMOUNT yet, and once its watch is removed it never
         will.
         """
-        lost = {root}
-        for entry in self.subtree(root.path):
+        before = self.subtree(root.path)
+        for entry in before:
             if any(at_or_below(entry.path, point) for point in unmounted):
                 self.unmounted(entry)
-            lost.update(self.unwatch(entry))
-        for each in lost:
+        self._walked = set()
+        try:
+            self.establish(root, report=False)
+        finally:
+            walked, self._walked = self._walked, None
+        lost: set[Root] = set()
+        for entry in before:
+            if entry.wd not in walked:
+                lost.update(self.unwatch(entry))
+        for each in lost - {root}:
             self.establish(each, report=False)
 
     def subtree(self, path: bytes) -> list[WatchedDir]:
