@@ -14,6 +14,8 @@ from pathlib import Path
 from conftest import PYTHON, argv_of, env_of, recorder, records, wait_for
 
 from watchd.run.batches import PATH_BYTES
+from watchd.run.lstat_helper import lstat_names
+from watchd.run.lstats import Lstats
 
 
 def batch_rule(write_rules, watched: Path, command: list[str], batch: dict | None = None,
@@ -269,3 +271,53 @@ def test_the_recheck_takes_out_of_a_batch_the_paths_it_refuses(tmp_path, write_r
     assert sorted(paths_of(out)) == sorted(os.fsencode(path) for path in kept)
     process.wait_log("action skipped: the path turned into a symlink before its action ran")
     process.wait_log("action skipped: the path vanished before its action ran")
+
+
+def test_the_recheck_helper_answers_as_the_daemon_itself_would(tmp_path):
+    """The helper process that looks at a batch's paths gives, for every kind of name, the
+    answer the daemon's own ``lstat`` gives; so does a directory it cannot open."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "link").symlink_to("/etc/shadow")
+    os.mkfifo(tmp_path / "fifo")
+    names = [b"file", b"dir", b"link", b"fifo", b"missing", b"file"]
+    lstats = Lstats()
+    try:
+        for directory in (tmp_path, tmp_path / "missing", tmp_path / "file"):
+            here = os.fsencode(directory)
+            assert lstats.lstat_names(here, names) == lstat_names(here, names)
+        assert lstats.lstat_names(os.fsencode(tmp_path), [b"link"]) == [
+            (0, os.lstat(tmp_path / "link").st_mode)]
+    finally:
+        lstats.close()
+
+
+def test_a_recheck_helper_killed_costs_no_batch(tmp_path, write_rules, daemon):
+    """kill -9 of the helper between two batches: the second still runs, each of its paths
+    re-checked (by the daemon itself, which says so), and a symlink swapped in is refused."""
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    process = daemon(batch_rule(write_rules, watched, recorder(out, "{paths}"),
+                                {"window": "300ms"}))
+    (watched / "first").write_bytes(b"x")
+    wait_for(lambda: runs(out), what="the first batch")
+    helpers = [pid for pid in children(process.pid) if b"lstat_helper" in cmdline(pid)]
+    assert len(helpers) == 1
+    os.kill(helpers[0], signal.SIGKILL)
+    for name in ("a", "b", "swapped"):
+        (watched / name).write_bytes(b"x")
+    (watched / "swapped").unlink()
+    (watched / "swapped").symlink_to("/etc/shadow")
+    wait_for(lambda: len(runs(out)) == 2, what="the second batch")
+    assert sorted(argv_of(runs(out)[1])) == [os.fsencode(watched / name) for name in "ab"]
+    process.wait_log("the batch re-check's helper process failed: it stopped answering")
+    process.wait_log("action skipped: the path turned into a symlink before its action ran")
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -11,7 +11,8 @@ that same ``lstat``.
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import itertools
 import os
 import pwd
 import stat
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from watchd.core.events import KINDS, SYMLINK, FileEvent, describe_mode, kind_of
 from watchd.core.job import Job
 from watchd.core.rules import RunAs
+from watchd.run.lstats import Lstats
 
 # Events about a path that is gone by design: nothing to look at.
 _GONE_EVENTS = frozenset({"delete", "moved_from", "delete_self", "move_self", "unmount"})
@@ -42,62 +44,53 @@ def recheck(job: Job) -> os.stat_result | None:
     A path an event says is gone is looked at too: if something is there again, it is
     what the action would be handed, and it must be of a kind the rule takes.
     """
-    return _verdict(job.event, job.rule.kinds, job.event.path, None)
+    return _verdict(job.event, job.rule.kinds)
 
 
-def recheck_batch(job: Job) -> Iterator[tuple[FileEvent, Refused | None]]:
+def recheck_batch(job: Job, lstats: Lstats) -> Iterator[tuple[FileEvent, Refused | None]]:
     """Each event of a batch with why the re-check refuses it (None: it is let through), as
-    ``recheck`` says. A batch's paths are mostly in one directory: each is looked at by its
-    name there (``lstat`` relative to the directory's ``O_PATH`` descriptor, which resolves
-    one name, not the whole path again), as by the whole path."""
+    ``recheck`` says. A batch's paths are mostly in one directory: those of each directory
+    are looked at together, by their names there (``lstats``)."""
     kinds = job.rule.kinds
-    with contextlib.ExitStack() as stack:
-        directory, descriptor = None, None
-        for event in job.events:
-            parent, name = os.path.split(event.path)
-            if parent != directory:
-                stack.close()
-                directory, descriptor = parent, _opened(parent, stack)
-            try:
-                _verdict(event, kinds, event.path if descriptor is None else name, descriptor)
-            except Refused as refusal:
-                yield event, refusal
-            else:
-                yield event, None
+    for directory, events in itertools.groupby(job.events,
+                                               key=lambda event: os.path.dirname(event.path)):
+        together = list(events)
+        looked = lstats.lstat_names(directory, [os.path.basename(e.path) for e in together])
+        for event, (error, mode) in zip(together, looked, strict=True):
+            yield event, _refusal(event, kinds, error, mode)
 
 
-def _opened(directory: bytes, stack: contextlib.ExitStack) -> int | None:
-    """A descriptor of ``directory`` to look at its names with, closed with ``stack``; None if
-    it cannot be had (then each path is looked at whole, and says why itself)."""
+def _verdict(event: FileEvent, kinds: frozenset[str]) -> os.stat_result | None:
+    """``recheck``'s answer for ``event``."""
     try:
-        descriptor = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    stack.callback(os.close, descriptor)
-    return descriptor
-
-
-def _verdict(event: FileEvent, kinds: frozenset[str], path: bytes,
-             directory: int | None) -> os.stat_result | None:
-    """``recheck``'s answer for ``event``, its path looked at as ``path`` in ``directory`` (a
-    descriptor; None: ``path`` is the whole path)."""
-    gone = event.event in _GONE_EVENTS
-    try:
-        info = os.lstat(path, dir_fd=directory)
-    except (FileNotFoundError, NotADirectoryError):
-        if gone:
-            return None
-        raise Refused("the path vanished before its action ran") from None
+        info = os.lstat(event.path)
     except OSError as error:
-        raise Refused(f"the path cannot be checked: {error.strerror}") from None
-    kind = kind_of(info.st_mode)
+        refusal = _refusal(event, kinds, error.errno or errno.EIO, 0)
+        if refusal is not None:
+            raise refusal from None
+        return None
+    refusal = _refusal(event, kinds, 0, info.st_mode)
+    if refusal is not None:
+        raise refusal
+    return None if event.event in _GONE_EVENTS else info
+
+
+def _refusal(event: FileEvent, kinds: frozenset[str], error: int, mode: int) -> Refused | None:
+    """Why the re-check refuses ``event``, its path's ``lstat`` having failed with ``error``
+    or found ``mode``; None: it is let through."""
+    if error in (errno.ENOENT, errno.ENOTDIR):
+        return None if event.event in _GONE_EVENTS else Refused(
+            "the path vanished before its action ran")
+    if error:
+        return Refused(f"the path cannot be checked: {os.strerror(error)}")
+    kind = kind_of(mode)
     if kind == SYMLINK and (event.is_dir or event.event in _NOT_A_SYMLINK):
-        raise Refused("the path turned into a symlink before its action ran")
+        return Refused("the path turned into a symlink before its action ran")
     if kind not in kinds:
         taken = ", ".join(k for k in KINDS if k in kinds)
-        raise WrongKind(f"the path is {describe_mode(info.st_mode)} and the rule takes only "
-                        f"kind: {taken} (name {kind} in kind to act on it)")
-    return None if gone else info
+        return WrongKind(f"the path is {describe_mode(mode)} and the rule takes only "
+                         f"kind: {taken} (name {kind} in kind to act on it)")
+    return None
 
 
 def owner(job: Job, allow_root_owner: bool, info: os.stat_result | None) -> RunAs:

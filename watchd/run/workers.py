@@ -26,6 +26,7 @@ from watchd.ledger.rows import Failure, row_of
 from watchd.ledger.store import DEAD, RETRYING, RUNNING
 from watchd.ledger.writer import Ledger
 from watchd.run.guard import Refused, WrongKind, recheck, recheck_batch
+from watchd.run.lstats import Lstats
 from watchd.run.ownwrites import OwnWrites
 from watchd.run.queue import JobQueue
 from watchd.security.trust import ProgramTrust, Untrusted
@@ -72,6 +73,7 @@ class WorkerPool:
         self._restarted: set[threading.Thread] = set()
         self._kind_refused: dict[JobKey, None] = {}
         self._programs = ProgramTrust()
+        self.lstats = Lstats()  # a batch's re-check
         # Programs that failed their trust check at their last run, and why: for STATUS=.
         self._untrusted_programs: dict[str, str] = {}
         self.on_status_change = on_status_change
@@ -121,6 +123,7 @@ class WorkerPool:
                         command.kill()
                 self._join(grace)
                 break
+        self.lstats.close()
         return abandoned
 
     def restart(self, key: JobKey) -> None:
@@ -210,7 +213,7 @@ class WorkerPool:
                 self._refused(job, refusal)
                 return None
         kept = []
-        for event, refused in recheck_batch(job):
+        for event, refused in recheck_batch(job, self.lstats):
             if refused is None:
                 kept.append(event)
             else:
