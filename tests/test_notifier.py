@@ -418,6 +418,40 @@ def test_files_found_are_still_told_closed_when_a_link_change_walks_their_root_a
     _wait_told_closed(harness, root / "there")
 
 
+def test_a_symlinks_directory_stays_watched_when_the_root_holding_it_is_walked_again(
+        tmp_path, watch):
+    """One rule watches ``top`` alone; another's path leads through a symlink in
+    ``top/sub``, whose directory is watched for that name's changes only. Walking ``top``
+    again (a name on its path changed) does not reach ``sub``: its watch was dropped with
+    the walk's leftovers and never added back, and a swap of the symlink went unheard."""
+    top, real, other = tmp_path / "top", tmp_path / "real", tmp_path / "other"
+    (top / "sub").mkdir(parents=True)
+    real.mkdir()
+    other.mkdir()
+    (top / "sub" / "link").symlink_to(real)
+    harness = watch(f"""\
+        rules:
+          - name: top
+            paths: [{top}]
+            recursive: false
+            actions: [{{command: [/bin/true]}}]
+          - name: through
+            paths: [{top}/sub/link]
+            actions: [{{command: [/bin/true]}}]
+        """)
+    table, heard = harness.table, threading.Event()
+    table.on_link_change = heard.set
+    sub = os.fsencode(top / "sub")
+    assert sub in table.by_path
+    with table.lock:
+        table.rewatch(table.ruleset.roots_by_path[os.fsencode(top)])
+    assert sub in table.by_path
+    assert os.stat(top / "sub").st_ino in harness.kernel_watches().values()
+    (top / "sub" / "new").symlink_to(other)
+    os.rename(top / "sub" / "new", top / "sub" / "link")
+    wait_for(heard.is_set, what="the symlink's swap heard")
+
+
 def _idle_over_a_file_only_a_listing_finds(tmp_path, watch):
     """A watched root holding a file written before the watch, and an idle notifier."""
     root = tmp_path / "root"

@@ -259,6 +259,7 @@ class WatchTable:
         self._walked = set()
         try:
             self.establish(root, report=False)
+            self._watch_link_dirs_below(root.path)
         finally:
             walked, self._walked = self._walked, None
         lost: set[Root] = set()
@@ -267,6 +268,15 @@ class WatchTable:
                 lost.update(self.unwatch(entry))
         for each in lost - {root}:
             self.establish(each, report=False)
+
+    def _watch_link_dirs_below(self, path: bytes) -> None:
+        """Ask again for the watches of the directories of such names below ``path``: a walk
+        of it does not reach them when it is not recursive, and they must not go with what
+        the walk left over (a swap of the name would go unheard)."""
+        for parent in self.link_dirs:
+            known = self.by_path.get(parent)
+            if known is not None and at_or_below(parent, path):
+                self.watch(parent, known.scope)
 
     def subtree(self, path: bytes) -> list[WatchedDir]:
         prefix = path + b"/"
