@@ -15,6 +15,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Sequence
 from typing import cast
 
 from watchd.core.events import FileEvent
@@ -46,6 +47,9 @@ PUT_RECORD = f"INSERT INTO seen VALUES(?, ?, ?, ?, ?) {_UPSERT}"
 # (the database's text encoding: CAST gives back the name's bytes). WHERE: see SQLite's upsert.
 PUT_RECORDS = ("INSERT INTO seen SELECT value->>0, CAST(value->>1 AS BLOB), value->>2, value->>3, "
                f"value->>4 FROM json_each(?) WHERE true {_UPSERT}")
+# Up to this many records are upserted a row a step: fewer steps than that cost less than
+# making and reading the JSON (the commit of a lone job, on which its action waits).
+FEW_RECORDS = 8
 
 
 class Batch:
@@ -120,16 +124,17 @@ class Batch:
             else:
                 kept.append((dir_id, name, store.stored_inode(state[0]), state[1], state[2]))
         self._put_records(kept)
-        self.connection.executemany("DELETE FROM seen WHERE dir=? AND name=?", gone)
+        self._each("DELETE FROM seen WHERE dir=? AND name=?", gone)
         self.records.clear()
 
     def _put_records(self, rows: list[tuple[int, bytes, int, int, int]]) -> None:
         """Upsert the rows in one step, not one a row: each step of an ``executemany`` lets go
         of the interpreter lock, and under a burst the notifier then waits to have it back (a
-        batch rule took in a fifth fewer files a second). A name that is not UTF-8 has its
-        rows go one by one. (Deletions stay one by one: SQLite finds a list of (dir, name)
+        batch rule took in a fifth fewer files a second). A few rows, and a name that is not
+        UTF-8, go one by one. (Deletions stay one by one: SQLite finds a list of (dir, name)
         pairs by dir alone, and a directory may hold a million.)"""
-        if not rows:
+        if len(rows) <= FEW_RECORDS:
+            self._each(PUT_RECORD, rows)
             return
         try:
             text = json.dumps([(dir_id, name.decode(), ino, size, mtime)
@@ -174,9 +179,9 @@ class Batch:
                 gone.append((job_id,))
             if later is not None:
                 kept.append(later)
-        self.connection.executemany(store.NEW_JOB, new)
-        self.connection.executemany(store.PUT_JOB, kept)
-        self.connection.executemany("DELETE FROM jobs WHERE id=?", gone)
+        self._each(store.NEW_JOB, new)
+        self._each(store.PUT_JOB, kept)
+        self._each("DELETE FROM jobs WHERE id=?", gone)
         self._pack(packed)
         self._note_ended(moved)
         return sum(row.state == store.DEAD for row in new + kept)
@@ -193,8 +198,9 @@ class Batch:
         if not job_ids:
             return
         self.chunks.ending(self.delta, job_ids)
-        self.connection.executemany("INSERT OR IGNORE INTO ended VALUES(?)",
-                                    [(job_id,) for job_id in job_ids])
+        emptied = set(self.delta.emptied)  # their rows go now, with every note of them
+        self._each("INSERT OR IGNORE INTO ended VALUES(?)",
+                   [(job_id,) for job_id in job_ids if self.chunks.row_of[job_id] not in emptied])
         for first in self.delta.emptied:
             self.connection.execute("DELETE FROM ended WHERE id BETWEEN ? AND (SELECT last "
                                     "FROM queued WHERE first=?)", (first, first))
@@ -202,9 +208,11 @@ class Batch:
 
     def _write_deliveries(self) -> int:
         """Write the deliveries' last states; how many are dead letters."""
+        if not self.deliveries:
+            return 0
         kept = [values for values in self.deliveries.values() if values is not None]
-        self.connection.executemany(store.PUT_DELIVERY, kept)
-        self.connection.executemany(store.END_DELIVERY, [
+        self._each(store.PUT_DELIVERY, kept)
+        self._each(store.END_DELIVERY, [
             (delivery_id,) for delivery_id, values in self.deliveries.items()
             if values is None and delivery_id not in self.new_deliveries])
         return sum(bool(values[-1]) for values in kept)
@@ -214,6 +222,12 @@ class Batch:
         for statement in (store.DROP_OLD_DEAD_JOBS, store.DROP_OLD_DEAD_DELIVERIES):
             dropped += self.connection.execute(statement, (keep,)).rowcount
         return dropped
+
+    def _each(self, statement: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """``statement`` for each row; nothing asked of SQLite for none (a lone job's commit
+        would ask it a handful of times for nothing)."""
+        if rows:
+            self.connection.executemany(statement, rows)
 
     def _dir_id(self, rule: str, directory: bytes) -> int:
         key = (rule, directory)
