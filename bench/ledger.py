@@ -64,6 +64,7 @@ def lone_commits(work: Path, jobs: int, spacing: float) -> tuple[list[int], list
                           state=(1000 + index, 0, time.time_ns()))
         started = time.perf_counter_ns()
         job_id = ledger.add(Job(ruleset.rules[0], ruleset.roots[0], event))
+        ledger.write_added()  # as the queue does
         ledger.wait_durable(job_id)
         waits.append(time.perf_counter_ns() - started)
         if before:

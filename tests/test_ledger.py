@@ -17,9 +17,15 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, env_of, recorder, records, wait_for
 
+from watchd.config.compile import compile_rules
+from watchd.config.loader import load
+from watchd.core.events import FileEvent
+from watchd.core.job import Job
 from watchd.core.stats import Counters
 from watchd.ledger import store
+from watchd.ledger.batch import FEW_RECORDS
 from watchd.ledger.writer import Ledger
+from watchd.run.queue import JobQueue
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 LEDGER_FILES = {"ledger.db", "ledger.db-wal", "ledger.db-shm"}
@@ -510,6 +516,24 @@ def on_disk(state: Path, query: str) -> list[tuple]:
         reader.close()
 
 
+def test_a_job_the_queue_takes_is_written_with_nothing_else_asked(tmp_path, write_rules):
+    """The ledger writes what is added only once woken for it, and the queue wakes it after
+    the worker it woke (so that the worker has its turn first): a job queued alone is on disk
+    without any other operation, flush or close to carry it."""
+    config = write_rules(f"""\
+        rules:
+          - name: lone
+            paths: [{tmp_path}]
+            actions: [{{command: [/bin/true]}}]
+        """)
+    ruleset = compile_rules(load(config))
+    event = FileEvent(os.fsencode(tmp_path / "f"), "close_write", 8, False, state=(1, 0, 0))
+    with running_ledger(tmp_path / "state") as ledger:
+        assert JobQueue(10, ledger=ledger).put(Job(ruleset.rules[0], ruleset.roots[0], event))
+        wait_for(lambda: on_disk(tmp_path / "state", "SELECT first FROM queued"),
+                 what="the job on disk")
+
+
 def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_them(tmp_path):
     """What a poll trusts to skip reading a directory's records found unchanged before."""
     with running_ledger(tmp_path) as ledger:
@@ -531,11 +555,16 @@ def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_t
         assert ledger.records_version(b) == first_b
 
 
+# Past the records a commit upserts a row a step: the rest go in one statement, as JSON.
+MORE_THAN_A_FEW = [b"more %d" % index for index in range(FEW_RECORDS)]
+
+
 @pytest.mark.parametrize("names", [
     [b"plain", "ñ é \u2028 \U0001f600".encode(), b"new\nline", b"tab\t\"quote\" 'single' \\back",
-     b"\x01\x1f\x7f"],
-    [b"plain", b"not utf-8 \xff\xfe", b"\xc3"],  # with one name that is not UTF-8: row by row
-], ids=["utf-8 names", "a name not utf-8"])
+     b"\x01\x1f\x7f", *MORE_THAN_A_FEW],
+    [b"plain", "ñ \U0001f600".encode(), b"new\nline"],  # a few: row by row
+    [b"plain", b"not utf-8 \xff\xfe", b"\xc3", *MORE_THAN_A_FEW],  # one not UTF-8: row by row
+], ids=["utf-8 names", "a few names", "a name not utf-8"])
 def test_records_keep_each_name_and_inode_exactly(tmp_path, names):
     """What a catch-up compares the tree with: the names' bytes, and inode numbers past 2**63
     (NFS file ids use all 64 bits), as written."""

@@ -68,6 +68,7 @@ class Ledger:
         self._problem = ""  # why the ledger cannot be written now; "" when it can
         self._closed = threading.Event()  # wakes the writer from a wait between retries
         self._urgent = False  # a job waits to be on disk: commit now
+        self._added = False  # jobs were added since the last ``write_added``
         self._taken = 0  # batches taken by the writer
         self._written_batches = 0  # the number of the last batch taken that is on disk
         self._data_version: int | None = None
@@ -115,17 +116,27 @@ class Ledger:
         """Keep a new job, queued; its id. Called from any thread; never waits on the disk.
         For a rule with ``catch_up``, its record of the path is written with it (in the same
         commit: a job on disk is never without it, or a crash could make a catch-up act on it
-        again)."""
+        again). It is written once ``write_added`` (or ``close``) is called."""
         with self._changed:
             self._last_id += 1
             job_id = self._last_id
             # The job itself, not its row: the queue holds it anyway, and the row is made by
             # the writer (a burst's pending operations cost a few words each).
             self._pending.append(("add", job_id, job))
-            if not self._urgent:  # else the writer was woken for one already
+            self._added = True
+        return job_id
+
+    def write_added(self) -> None:
+        """Wake the writer for the jobs added, to write them now. The queue calls it after it
+        has woken the worker that takes the job: the worker, woken first, gets the interpreter
+        lock first, and does what comes before the command while SQLite commits without it.
+        (Woken first, the writer kept the lock for most of its commit, and the worker only
+        began once it was over: docs/performance.md.)"""
+        with self._changed:
+            if self._added and not self._urgent:  # else the writer was woken for one already
                 self._urgent = True
                 self._changed.notify()
-        return job_id
+            self._added = False
 
     def keep(self, row: JobRow) -> None:
         """Keep a job's row as it is now (retrying, dead, queued again)."""

@@ -70,21 +70,27 @@ class JobQueue:
         """Queue a new job (kept in the ledger), or one the ledger already holds (its id is
         set: found there at start, or asked for again)."""
         with self._ready:
-            if self._closed:
-                return False
-            key = job.key
-            if key in self._busy and not job.batch:
-                return self._put_behind_busy(key, job)
-            if self._count >= self.maxsize and not job.id:
-                return False  # one the ledger holds was accepted once: it is never refused
-            waiting = self._append(job)
-            if tracing.on:
-                tracing.emit(QUEUED, job.rule.name, job.event, f"{self._count} waiting")
-            if LOGGER.isEnabledFor(logging.DEBUG):
-                log(logging.DEBUG, "job queued", rule=job.rule.name, event=job.event.event,
-                    path=job.event.path, job=waiting.job.id or None,
-                    count=job.count if job.batch else None)
-            return True
+            queued = self._put(job)
+        if self.ledger is not None:
+            self.ledger.write_added()  # after the worker it woke: see ``Ledger.write_added``
+        return queued
+
+    def _put(self, job: Job) -> bool:
+        if self._closed:
+            return False
+        key = job.key
+        if key in self._busy and not job.batch:
+            return self._put_behind_busy(key, job)
+        if self._count >= self.maxsize and not job.id:
+            return False  # one the ledger holds was accepted once: it is never refused
+        waiting = self._append(job)
+        if tracing.on:
+            tracing.emit(QUEUED, job.rule.name, job.event, f"{self._count} waiting")
+        if LOGGER.isEnabledFor(logging.DEBUG):
+            log(logging.DEBUG, "job queued", rule=job.rule.name, event=job.event.event,
+                path=job.event.path, job=waiting.job.id or None,
+                count=job.count if job.batch else None)
+        return True
 
     def _put_behind_busy(self, key: JobKey, job: Job) -> bool:
         if job.rule.on_busy == "skip":
