@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -516,10 +517,8 @@ def on_disk(state: Path, query: str) -> list[tuple]:
         reader.close()
 
 
-def test_a_job_the_queue_takes_is_written_with_nothing_else_asked(tmp_path, write_rules):
-    """The ledger writes what is added only once woken for it, and the queue wakes it after
-    the worker it woke (so that the worker has its turn first): a job queued alone is on disk
-    without any other operation, flush or close to carry it."""
+def job_maker(tmp_path: Path, write_rules: Callable[[str], Path]) -> Callable[[str], Job]:
+    """A job of a rule watching ``tmp_path``, for a file closed there, by its name."""
     config = write_rules(f"""\
         rules:
           - name: lone
@@ -527,11 +526,51 @@ def test_a_job_the_queue_takes_is_written_with_nothing_else_asked(tmp_path, writ
             actions: [{{command: [/bin/true]}}]
         """)
     ruleset = compile_rules(load(config))
-    event = FileEvent(os.fsencode(tmp_path / "f"), "close_write", 8, False, state=(1, 0, 0))
+
+    def job(name: str) -> Job:
+        event = FileEvent(os.fsencode(tmp_path / name), "close_write", 8, False, state=(1, 0, 0))
+        return Job(ruleset.rules[0], ruleset.roots[0], event)
+
+    return job
+
+
+def test_a_job_the_queue_takes_is_written_with_nothing_else_asked(tmp_path, write_rules):
+    """The ledger writes what is added only once woken for it, and the queue wakes it after
+    the worker it woke (so that the worker has its turn first): a job queued alone is on disk
+    without any other operation, flush or close to carry it."""
+    job = job_maker(tmp_path, write_rules)
     with running_ledger(tmp_path / "state") as ledger:
-        assert JobQueue(10, ledger=ledger).put(Job(ruleset.rules[0], ruleset.roots[0], event))
+        assert JobQueue(10, ledger=ledger).put(job("f"))
         wait_for(lambda: on_disk(tmp_path / "state", "SELECT first FROM queued"),
                  what="the job on disk")
+
+
+def test_a_wake_for_jobs_the_writer_already_took_leaves_the_next_job_written(
+        tmp_path, write_rules):
+    """The writer may take a job before the queue wakes it for that job (here: a flush takes
+    it, while another process holds the database, so the writer is busy when the wake
+    comes). That wake found nothing left to write, and it once left the writer marked as
+    woken while it slept: the next job was not written, and its worker waited the longest
+    and ran it from memory."""
+    job, state = job_maker(tmp_path, write_rules), tmp_path / "state"
+    with running_ledger(state) as ledger:
+        other = store.connect(store.path_in(state), create=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for it
+            ledger.add(job("taken early"))
+            flushing = threading.Thread(target=ledger.flush)
+            flushing.start()
+            wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the job taken")
+            ledger.write_added()  # the queue's wake, late: the writer is busy
+            other.execute("COMMIT")
+            flushing.join()
+            next_id = ledger.add(job("next"))
+            ledger.write_added()
+            ledger.wait_durable(next_id)
+            assert other.execute("SELECT 1 FROM queued WHERE ? BETWEEN first AND last",
+                                 (next_id,)).fetchone(), "the next job is not on disk"
+        finally:
+            other.close()
 
 
 def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_them(tmp_path):

@@ -282,6 +282,9 @@ class Ledger:
                 self._taken += 1
                 taken = self._taken
                 self._urgent = bool(self._pending) and _has_urgent(self._pending)
+                # A wake for jobs taken now must not mark the writer as woken: it may sleep
+                # next, and the wake for the next job would be skipped.
+                self._added = self._added and bool(self._pending)
                 upto = self._last_id if not self._pending else _highest_job(batch, self._committed)
                 closing = self._closing
             if self._connection is None:
