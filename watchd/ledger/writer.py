@@ -1,7 +1,8 @@
 """The ledger's one writer: a thread that commits what the daemon hands it, many at a time.
 
 Whoever changes a job (the notifier queueing it, a worker starting or ending it) only appends
-an operation to a list and wakes this thread: nobody waits on the disk. The thread takes the
+an operation to a list and wakes this thread (for jobs queued, the queue wakes it once it has
+woken their worker: ``write_added``): nobody waits on the disk. The thread takes the
 whole list, applies it in one transaction and commits (one fsync for a burst: group commit).
 A job's id is its place in that order, so "committed up to id N" tells a worker whether the
 job it took is on disk yet; it waits for that (rarely: the writer is usually ahead) so that
