@@ -4,6 +4,7 @@ and a ledger that cannot be written (full, read-only, locked, corrupt) never sto
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -25,7 +26,9 @@ from watchd.core.job import Job
 from watchd.core.stats import Counters
 from watchd.ledger import store
 from watchd.ledger.batch import FEW_RECORDS
+from watchd.ledger.rows import Failure, row_of
 from watchd.ledger.writer import Ledger
+from watchd.outbox.spool import Delivery, Spool
 from watchd.run.queue import JobQueue
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -569,6 +572,40 @@ def test_a_wake_for_jobs_the_writer_already_took_leaves_the_next_job_written(
             ledger.wait_durable(next_id)
             assert other.execute("SELECT 1 FROM queued WHERE ? BETWEEN first AND last",
                                  (next_id,)).fetchone(), "the next job is not on disk"
+        finally:
+            other.close()
+
+
+def bury_a_job(ledger: Ledger, job: Job) -> None:
+    job = dataclasses.replace(job, id=ledger.add(job))
+    ledger.keep(row_of(job, store.DEAD, Failure("/bin/false", "exit status 1", 1)))
+
+
+def bury_a_delivery(ledger: Ledger, job: Job) -> None:
+    Spool(ledger.file.parent, ledger).bury(
+        Delivery("d1", "lone", 1, "close_write", job.event.path, b"{}", 0.0, attempts=3))
+
+
+@pytest.mark.parametrize(("bury", "dead_letters"), [
+    (bury_a_job, "SELECT count(*) FROM jobs WHERE state='dead'"),
+    (bury_a_delivery, "SELECT count(*) FROM deliveries WHERE dead=1")], ids=["job", "delivery"])
+def test_a_dead_letter_is_on_disk_before_its_log_line(tmp_path, write_rules, bury, dead_letters):
+    """The log line of a dead letter tells an admin to look for it (``watchd jobs list``,
+    ``watchd webhooks list``), and those read only what is on disk: keeping one returns once
+    it is there. It once returned at once, and a list run on the log line could find none
+    (another process holds the database here, so that the commit waits)."""
+    job, state = job_maker(tmp_path, write_rules), tmp_path / "state"
+    with running_ledger(state) as ledger:
+        other = store.connect(store.path_in(state), create=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            burying = threading.Thread(target=bury, args=(ledger, job("dead.csv")))
+            burying.start()
+            wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the dead letter taken")
+            assert burying.is_alive(), "kept before it was on disk"
+            other.execute("COMMIT")
+            burying.join()
+            assert other.execute(dead_letters).fetchone() == (1,)
         finally:
             other.close()
 

@@ -140,8 +140,12 @@ class Ledger:
             self._added = False
 
     def keep(self, row: JobRow) -> None:
-        """Keep a job's row as it is now (retrying, dead, queued again)."""
+        """Keep a job's row as it is now (retrying, dead, queued again). A dead letter is on
+        disk when this returns (as ``flush``): the log line that follows tells an admin to
+        look for it with ``watchd jobs list``, which reads only what is."""
         self._append(("job", row), urgent=row.state == store.DEAD)
+        if row.state == store.DEAD:
+            self.flush()
 
     def end(self, job_id: int) -> None:
         self._append(("end", job_id))

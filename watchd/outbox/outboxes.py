@@ -219,7 +219,7 @@ class Deliveries:
     def _orphaned(self, key: OutboxKey) -> None:
         for delivery in self.spool.load(*key):
             delivery.last_error = f"its rule {key[0]!r} has no webhook as action {key[1]} any more"
-            grave = self.spool.bury(delivery)
+            grave = self.spool.bury_later(delivery)
             self.counters.add(Count.WEBHOOKS_FAILED, key[0])
             log(logging.WARNING, f"webhook delivery kept as a dead letter: {delivery.last_error}",
                 rule=key[0], path=delivery.path, delivery=delivery.id, dead_letter=str(grave))

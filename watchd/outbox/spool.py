@@ -63,6 +63,9 @@ class DeliveryWriter(Protocol):
 
     def end_delivery(self, delivery_id: str) -> None: ...
 
+    def flush(self) -> None:
+        """Return once what was handed to it before is on disk."""
+
 
 class DirectWriter:
     """Deliveries written at once, by this process (``watchd webhooks replay``)."""
@@ -77,6 +80,9 @@ class DirectWriter:
     def end_delivery(self, delivery_id: str) -> None:
         with store.transaction(self.connection):
             self.connection.execute(store.END_DELIVERY, (delivery_id,))
+
+    def flush(self) -> None:
+        """Written already: each in its own transaction."""
 
 
 class Spool:
@@ -94,7 +100,17 @@ class Spool:
         self.writer.end_delivery(delivery.id)
 
     def bury(self, delivery: Delivery) -> str:
-        """Make a delivery a dead letter, with its attempts and last error; where it is kept."""
+        """Make a delivery a dead letter, with its attempts and last error; where it is kept.
+        It is on disk when this returns (as ``flush``): the log line that follows tells an
+        admin to look for it with ``watchd webhooks list``, which reads only what is."""
+        grave = self.bury_later(delivery)
+        assert self.writer is not None
+        self.writer.flush()
+        return grave
+
+    def bury_later(self, delivery: Delivery) -> str:
+        """``bury``, written with the next commit (a reload's, on the main loop: it may not
+        wait for the disk)."""
         assert self.writer is not None
         delivery.dead = True
         self.writer.put_delivery(delivery.values())
