@@ -236,7 +236,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 # The slow tier, which `make check` leaves to `make test`: fuzzing, the booted Debian, and the
-# few tests marked `slow` where they are (each takes ten seconds or more).
+# few tests marked `slow` where they are (each takes ten seconds or more, or waits for the
+# ledger writer's next try, five seconds).
 SLOW_FILES = ("test_fuzz.py", "system/")
 
 

@@ -352,6 +352,7 @@ def test_a_dead_letter_retried_while_the_daemon_is_stopped_runs_at_the_next_star
 
 # -- a ledger that cannot be written -----------------------------------------------------------
 
+@pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
 @ROOT_ONLY
 def test_a_full_disk_degrades_the_ledger_and_every_file_is_still_acted_on(
         tmpfs_state, tmp_path, write_rules, daemon):
@@ -391,6 +392,7 @@ def start_read_only(write_rules, daemon, tmp_path: Path, state: Path,
     return process, watched, out, kept
 
 
+@pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
 @ROOT_ONLY
 def test_a_read_only_ledger_degrades_and_recovers_when_writable_again(
         tmpfs_state, tmp_path, write_rules, daemon):
@@ -398,6 +400,7 @@ def test_a_read_only_ledger_degrades_and_recovers_when_writable_again(
     assert_recovers(process, watched, out, tmpfs_state)
 
 
+@pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
 @ROOT_ONLY
 def test_a_dead_letter_outlives_a_start_on_a_read_only_ledger(
         tmpfs_state, tmp_path, write_rules, daemon):
@@ -408,6 +411,7 @@ def test_a_dead_letter_outlives_a_start_on_a_read_only_ledger(
     assert_recovers(process, watched, out, tmpfs_state, kept=kept)
 
 
+@pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
 def test_a_locked_ledger_degrades_and_recovers_when_released(tmp_path, write_rules, daemon):
     state = tmp_path / "state"
     process, watched, out = start_on(write_rules, daemon, tmp_path, state)
