@@ -27,7 +27,7 @@ from watchd.core.stats import Counters
 from watchd.ledger import store
 from watchd.ledger.batch import FEW_RECORDS
 from watchd.ledger.rows import Failure, row_of
-from watchd.ledger.writer import Ledger
+from watchd.ledger.writer import BATCH_LIMIT, Ledger
 from watchd.outbox.spool import Delivery, Spool
 from watchd.run.queue import JobQueue
 
@@ -582,7 +582,7 @@ def test_a_wake_for_jobs_the_writer_already_took_leaves_the_next_job_written(
 
 def bury_a_job(ledger: Ledger, job: Job) -> None:
     job = dataclasses.replace(job, id=ledger.add(job))
-    ledger.keep(row_of(job, store.DEAD, Failure("/bin/false", "exit status 1", 1)))
+    ledger.keep_dead(row_of(job, store.DEAD, Failure("/bin/false", "exit status 1", 1)))
 
 
 def bury_a_delivery(ledger: Ledger, job: Job) -> None:
@@ -610,6 +610,28 @@ def test_a_dead_letter_is_on_disk_before_its_log_line(tmp_path, write_rules, bur
             other.execute("COMMIT")
             burying.join()
             assert other.execute(dead_letters).fetchone() == (1,)
+        finally:
+            other.close()
+
+
+def test_a_flush_waits_for_all_that_was_handed_before_it_in_more_than_one_batch(tmp_path):
+    """A flush once waited only for the writer's next batch: with more pending than a batch
+    takes (another process holds the database here, so that they pile up), it returned
+    before the rest was on disk, and the next batch waited as lazily as any."""
+    with running_ledger(tmp_path) as ledger:
+        other = store.connect(store.path_in(tmp_path), create=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            ledger.caught_up("first")  # taken alone; its commit waits for the other
+            wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the first taken")
+            for _ in range(BATCH_LIMIT):
+                ledger.caught_up("filler")
+            ledger.record_dir("r", b"/last", [(b"f", (1, 2, 3))], [])
+            flushing = threading.Thread(target=ledger.flush)
+            flushing.start()
+            other.execute("COMMIT")
+            flushing.join()
+            assert other.execute("SELECT path FROM dirs").fetchall() == [(b"/last",)]
         finally:
             other.close()
 

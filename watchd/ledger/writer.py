@@ -71,6 +71,7 @@ class Ledger:
         self._urgent = False  # a job waits to be on disk: commit now
         self._added = False  # jobs were added since the last ``write_added``
         self._taken = 0  # batches taken by the writer
+        self._flushing = 0  # batches up to this one are taken at once: a flush waits for them
         self._written_batches = 0  # the number of the last batch taken that is on disk
         self._data_version: int | None = None
         self._look = False  # another process changed the ledger: look for what it asked
@@ -140,12 +141,15 @@ class Ledger:
             self._added = False
 
     def keep(self, row: JobRow) -> None:
-        """Keep a job's row as it is now (retrying, dead, queued again). A dead letter is on
-        disk when this returns (as ``flush``): the log line that follows tells an admin to
-        look for it with ``watchd jobs list``, which reads only what is."""
+        """Keep a job's row as it is now (retrying, dead, queued again)."""
         self._append(("job", row), urgent=row.state == store.DEAD)
-        if row.state == store.DEAD:
-            self.flush()
+
+    def keep_dead(self, row: JobRow) -> None:
+        """Keep a dead letter, and return once it is on disk (as ``flush``): the log line
+        that follows tells an admin to look for it with ``watchd jobs list``, which reads
+        only what is. For a worker: the main loop and the writer itself may not wait."""
+        self.keep(row)
+        self.flush()
 
     def end(self, job_id: int) -> None:
         self._append(("end", job_id))
@@ -199,7 +203,9 @@ class Ledger:
         written, or after ``DURABLE_WAIT`` at the most."""
         deadline = time.monotonic() + DURABLE_WAIT
         with self._changed:
-            wanted = self._taken + 1
+            # What is pending now is taken in this many batches, the first even if it is none.
+            wanted = self._taken + max(1, -(-len(self._pending) // BATCH_LIMIT))
+            self._flushing = max(self._flushing, wanted)
             self._urgent = True
             self._changed.notify()
             while (self._written_batches < wanted and not self._problem and not self._closing
@@ -279,7 +285,8 @@ class Ledger:
             with self._changed:
                 if not self._pending and not self._closing and not self._look:
                     self._changed.wait(RETRY_INTERVAL if self._problem else None)
-                if self._pending and not self._urgent and not self._closing:
+                if (self._pending and not self._urgent and not self._closing
+                        and self._taken >= self._flushing):
                     # Nobody waits for these (ends, retries, deliveries): many to a commit.
                     self._changed.wait(LAZY_WINDOW)
                 batch = self._pending[:BATCH_LIMIT]

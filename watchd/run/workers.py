@@ -295,7 +295,7 @@ class WorkerPool:
                          f"{failure.error}", job=job.id or None)
         if self.ledger is None or not job.id:
             return
-        self.ledger.keep(row_of(job, DEAD, failure))
+        self.ledger.keep_dead(row_of(job, DEAD, failure))
         log(logging.ERROR, f"job kept as a dead letter after {job.tries} tries: "
             f"{failure.error}; run it again with: watchd jobs retry {job.id}",
             message_id=MessageId.JOB_DEAD, fields=fields)
