@@ -251,6 +251,7 @@ class RunningUnit(RunningCommand):
         self.action = action
         self.name = unit_name(job.rule.name, uuid.uuid4().hex[:12])
         self.forks = False  # the client runs as the daemon; systemd switches to the user
+        self._killing: threading.Thread | None = None  # the last ``systemctl kill``
 
     def output(self) -> Output | None:
         """The unit's stdout and stderr into FIFOs that systemd opens for it (the client's
@@ -278,6 +279,9 @@ class RunningUnit(RunningCommand):
         """How the unit ended, as systemd-run told it: the exit status of its main process,
         or minus the signal that ended it; the client's own status says less."""
         result = super().run()
+        if result.timed_out and self._killing is not None:
+            # Its log line says every process of the unit was killed: so they are, first.
+            self._killing.join(SYSTEMCTL_WAIT)
         told = result.stderr.decode("utf-8", "replace")
         not_started = _NOT_STARTED.search(told)
         if not_started:
@@ -292,8 +296,9 @@ class RunningUnit(RunningCommand):
         """Signal every process of the unit; with SIGKILL, the client too (it may be waiting
         for a unit that never started). ``systemctl`` runs on a thread of its own: this is
         called with locks held (a restart, the stop), and must not wait on it."""
-        threading.Thread(target=self._kill_unit, args=(sig,), name="watchd-unit-kill",
-                         daemon=True).start()
+        self._killing = threading.Thread(target=self._kill_unit, args=(sig,),
+                                         name="watchd-unit-kill", daemon=True)
+        self._killing.start()
         if sig == signal.SIGKILL:
             super().kill(sig)
 
