@@ -44,6 +44,14 @@ def wait_for(predicate: Callable[[], object], timeout: float = DEADLINE, what: s
         time.sleep(0.02)
 
 
+def counters_line(process: Daemon) -> str:
+    """SIGUSR1's line of counters, asked for now (each line before it is written by then)."""
+    count = process.log().count("INFO counters")
+    process.signal(signal.SIGUSR1)
+    process.wait_log("INFO counters", count + 1)
+    return [line for line in process.log().splitlines() if "INFO counters" in line][-1]
+
+
 def recorder(out: Path, *args: str) -> list[str]:
     """The argv of a command that records its own argv and environment into ``out``."""
     return [COMMAND_PYTHON, "-I", "-S", str(RECORDER), str(out), *args]

@@ -200,7 +200,7 @@ def assert_caught_up_once(w: Watched) -> None:
         ("delete", "in/gone", "", "1"),
     }
     assert len(w.runs()) == before + 4, w.runs()[before:]  # once each, "keep" not at all
-    assert f"caught_up=True job={w.runs()[-1].job}" in w.process.log()
+    w.process.wait_log(f"caught_up=True job={w.runs()[-1].job}")  # said after its run
     sentinel = w.all_runs()[-1]
     assert sentinel.caught_up == "0"  # a live event after the catch-up
     # Nothing changed since: nothing to act on.
