@@ -552,6 +552,41 @@ def test_a_job_the_queue_takes_is_written_with_nothing_else_asked(tmp_path, writ
                  what="the job on disk")
 
 
+@contextlib.contextmanager
+def held_by_another(state: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's connection to the ledger, in a write transaction: the writer's next
+    commit waits until this one commits (so that the writer is busy meanwhile)."""
+    other = store.connect(store.path_in(state), create=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+    finally:
+        other.close()
+
+
+def first_taken_alone(ledger: Ledger) -> None:
+    """One operation, which the writer takes alone (its commit then waits for the other)."""
+    ledger.caught_up("first")
+    wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the first taken")
+
+
+def flushed_once_released(ledger: Ledger, other: sqlite3.Connection) -> None:
+    """A flush asked while the writer is busy, then the database let go: once it returns."""
+    flushing = threading.Thread(target=ledger.flush)
+    flushing.start()
+    other.execute("COMMIT")
+    flushing.join()
+
+
+def assert_the_next_job_is_written(ledger: Ledger, job: Callable[[str], Job],
+                                   other: sqlite3.Connection) -> None:
+    next_id = ledger.add(job("next"))
+    ledger.write_added()
+    ledger.wait_durable(next_id)
+    assert other.execute("SELECT 1 FROM queued WHERE ? BETWEEN first AND last",
+                         (next_id,)).fetchone(), "the next job is not on disk"
+
+
 def test_a_wake_for_jobs_the_writer_already_took_leaves_the_next_job_written(
         tmp_path, write_rules):
     """The writer may take a job before the queue wakes it for that job (here: a flush takes
@@ -560,24 +595,15 @@ def test_a_wake_for_jobs_the_writer_already_took_leaves_the_next_job_written(
     woken while it slept: the next job was not written, and its worker waited the longest
     and ran it from memory."""
     job, state = job_maker(tmp_path, write_rules), tmp_path / "state"
-    with running_ledger(state) as ledger:
-        other = store.connect(store.path_in(state), create=False)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for it
-            ledger.add(job("taken early"))
-            flushing = threading.Thread(target=ledger.flush)
-            flushing.start()
-            wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the job taken")
-            ledger.write_added()  # the queue's wake, late: the writer is busy
-            other.execute("COMMIT")
-            flushing.join()
-            next_id = ledger.add(job("next"))
-            ledger.write_added()
-            ledger.wait_durable(next_id)
-            assert other.execute("SELECT 1 FROM queued WHERE ? BETWEEN first AND last",
-                                 (next_id,)).fetchone(), "the next job is not on disk"
-        finally:
-            other.close()
+    with running_ledger(state) as ledger, held_by_another(state) as other:
+        ledger.add(job("taken early"))
+        flushing = threading.Thread(target=ledger.flush)
+        flushing.start()
+        wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the job taken")
+        ledger.write_added()  # the queue's wake, late: the writer is busy
+        other.execute("COMMIT")
+        flushing.join()
+        assert_the_next_job_is_written(ledger, job, other)
 
 
 def bury_a_job(ledger: Ledger, job: Job) -> None:
@@ -599,41 +625,41 @@ def test_a_dead_letter_is_on_disk_before_its_log_line(tmp_path, write_rules, bur
     it is there. It once returned at once, and a list run on the log line could find none
     (another process holds the database here, so that the commit waits)."""
     job, state = job_maker(tmp_path, write_rules), tmp_path / "state"
-    with running_ledger(state) as ledger:
-        other = store.connect(store.path_in(state), create=False)
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            burying = threading.Thread(target=bury, args=(ledger, job("dead.csv")))
-            burying.start()
-            wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the dead letter taken")
-            assert burying.is_alive(), "kept before it was on disk"
-            other.execute("COMMIT")
-            burying.join()
-            assert other.execute(dead_letters).fetchone() == (1,)
-        finally:
-            other.close()
+    with running_ledger(state) as ledger, held_by_another(state) as other:
+        burying = threading.Thread(target=bury, args=(ledger, job("dead.csv")))
+        burying.start()
+        wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the dead letter taken")
+        assert burying.is_alive(), "kept before it was on disk"
+        other.execute("COMMIT")
+        burying.join()
+        assert other.execute(dead_letters).fetchone() == (1,)
 
 
 def test_a_flush_waits_for_all_that_was_handed_before_it_in_more_than_one_batch(tmp_path):
     """A flush once waited only for the writer's next batch: with more pending than a batch
     takes (another process holds the database here, so that they pile up), it returned
     before the rest was on disk, and the next batch waited as lazily as any."""
-    with running_ledger(tmp_path) as ledger:
-        other = store.connect(store.path_in(tmp_path), create=False)
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            ledger.caught_up("first")  # taken alone; its commit waits for the other
-            wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the first taken")
-            for _ in range(BATCH_LIMIT):
-                ledger.caught_up("filler")
-            ledger.record_dir("r", b"/last", [(b"f", (1, 2, 3))], [])
-            flushing = threading.Thread(target=ledger.flush)
-            flushing.start()
-            other.execute("COMMIT")
-            flushing.join()
-            assert other.execute("SELECT path FROM dirs").fetchall() == [(b"/last",)]
-        finally:
-            other.close()
+    with running_ledger(tmp_path) as ledger, held_by_another(tmp_path) as other:
+        first_taken_alone(ledger)
+        for _ in range(BATCH_LIMIT):
+            ledger.caught_up("filler")
+        ledger.record_dir("r", b"/last", [(b"f", (1, 2, 3))], [])
+        flushed_once_released(ledger, other)
+        assert other.execute("SELECT path FROM dirs").fetchall() == [(b"/last",)]
+
+
+def test_a_flush_while_the_writer_is_busy_with_the_last_batch_leaves_the_next_job_written(
+        tmp_path, write_rules):
+    """A flush asked while the writer committed the last of what was pending found nothing
+    to wait for but the next batch, and its wake went unheard: the writer slept with the
+    flush unanswered (it waited the longest) and marked as woken, so the next job's wake was
+    skipped and the job was not written (another process holds the database here, so that
+    the writer is busy when the flush comes)."""
+    job, state = job_maker(tmp_path, write_rules), tmp_path / "state"
+    with running_ledger(state) as ledger, held_by_another(state) as other:
+        first_taken_alone(ledger)
+        flushed_once_released(ledger, other)
+        assert_the_next_job_is_written(ledger, job, other)
 
 
 def test_a_directorys_records_version_changes_only_after_a_commit_that_changes_them(tmp_path):

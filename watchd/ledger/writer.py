@@ -283,7 +283,9 @@ class Ledger:
     def _run(self) -> None:
         while True:
             with self._changed:
-                if not self._pending and not self._closing and not self._look:
+                # A flush asked while the writer was busy, with nothing left to write, was not
+                # heard: it is answered with an empty batch, not slept through.
+                if not self._pending and not self._closing and not self._look and not self._urgent:
                     self._changed.wait(RETRY_INTERVAL if self._problem else None)
                 if (self._pending and not self._urgent and not self._closing
                         and self._taken >= self._flushing):
