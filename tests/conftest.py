@@ -52,6 +52,12 @@ def counters_line(process: Daemon) -> str:
     return [line for line in process.log().splitlines() if "INFO counters" in line][-1]
 
 
+def counters(process: Daemon) -> dict[str, int]:
+    """The daemon's counters, asked for now with SIGUSR1."""
+    pairs = (item.partition("=") for item in counters_line(process).split())
+    return {key: int(value) for key, _, value in pairs if value.isdigit()}
+
+
 def recorder(out: Path, *args: str) -> list[str]:
     """The argv of a command that records its own argv and environment into ``out``."""
     return [COMMAND_PYTHON, "-I", "-S", str(RECORDER), str(out), *args]

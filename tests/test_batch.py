@@ -11,7 +11,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from conftest import PYTHON, argv_of, env_of, recorder, records, wait_for
+from conftest import PYTHON, argv_of, counters_line, env_of, recorder, records, wait_for
 
 from watchd.run.batches import PATH_BYTES
 from watchd.run.lstat_helper import lstat_names
@@ -177,7 +177,7 @@ def test_a_batch_held_at_a_stop_runs_whole_at_the_next_start(tmp_path, write_rul
     process = daemon(config)
     for name in ("a", "b", "c"):
         (watched / name).write_bytes(b"x")
-    wait_for(lambda: "batching=3" in usr1(process), what="three paths in the batch")
+    wait_for(lambda: "batching=3" in counters_line(process), what="three paths in the batch")
     assert process.stop() == 0
     assert "1 job(s) wait in the ledger" in process.log()
     assert not runs(out)
@@ -223,14 +223,6 @@ def test_a_failed_batch_is_retried_whole_then_kept_as_one_dead_letter(tmp_path, 
     (dead,) = json.loads(listed.stdout)["jobs"]
     assert sorted(dead["batch"]) == [str(watched / name) for name in ("a", "b", "c")]
     assert dead["status"] == 3
-
-
-def usr1(process) -> str:
-    """The counters line SIGUSR1 logs."""
-    count = process.log().count("INFO counters")
-    process.signal(signal.SIGUSR1)
-    process.wait_log("INFO counters", count + 1)
-    return [line for line in process.log().splitlines() if "INFO counters" in line][-1]
 
 
 WATCHD = [PYTHON, "-m", "watchd"]

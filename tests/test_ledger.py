@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, env_of, recorder, records, wait_for
+from conftest import Daemon, counters, env_of, recorder, records, wait_for
 
 from watchd.config.compile import compile_rules
 from watchd.config.loader import load
@@ -105,16 +105,6 @@ def listed(config: Path, *args: str) -> list[dict]:
     result = jobs_cli(config, "list", "--json", *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["jobs"]
-
-
-def counters(process: Daemon) -> dict[str, int]:
-    """The daemon's counters, asked for now with SIGUSR1."""
-    before = process.log().count(" counters ")
-    process.signal(signal.SIGUSR1)
-    process.wait_log(" counters ", count=before + 1)
-    line = process.log().rpartition(" counters ")[2].splitlines()[0]
-    pairs = (item.partition("=") for item in line.split())
-    return {key: int(value) for key, _, value in pairs if value.isdigit()}
 
 
 def log_lines(process: Daemon, text: str) -> list[str]:

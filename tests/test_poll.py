@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import env_of, recorder, records, wait_for
+from conftest import counters, env_of, recorder, records, wait_for
 
 pytestmark = pytest.mark.skipif(not shutil.which("bindfs") or not os.path.exists("/dev/fuse"),
                                 reason="needs bindfs and /dev/fuse")
@@ -96,8 +95,4 @@ def test_a_directory_found_unchanged_is_compared_again_once_its_records_change(
 
 def polls(process) -> int:
     """The polls made so far, as SIGUSR1's counters say."""
-    count = process.log().count("INFO counters")
-    process.signal(signal.SIGUSR1)
-    process.wait_log("INFO counters", count + 1)
-    line = [line for line in process.log().splitlines() if "INFO counters" in line][-1]
-    return int(line.split(" polls=")[1].split()[0])
+    return counters(process)["polls"]

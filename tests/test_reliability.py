@@ -12,7 +12,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import env_of, inotify_limit, kernel_watches, recorder, records, wait_for
+from conftest import (
+    counters,
+    env_of,
+    inotify_limit,
+    kernel_watches,
+    recorder,
+    records,
+    wait_for,
+)
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -20,15 +28,6 @@ ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def tree_rule(tree: Path, out: Path) -> str:
     return (f"rules: [{{name: tree, paths: [{tree}], recursive: true, "
             f"actions: [{{command: {recorder(out)}}}]}}]\n")
-
-
-def counters(process) -> dict[str, int]:
-    """The daemon's counters, asked for now with SIGUSR1."""
-    before = process.log().count(" counters ")
-    process.signal(signal.SIGUSR1)
-    process.wait_log(" counters ", count=before + 1)
-    line = process.log().rpartition(" counters ")[2].splitlines()[0]
-    return {key: int(value) for key, _, value in (item.partition("=") for item in line.split())}
 
 
 def rss_kib(pid: int) -> int:

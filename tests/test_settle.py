@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import counters_line, wait_for
 
 
 def size_rule(write_rules, watched: Path, out: Path, **keys: object) -> Path:
@@ -40,11 +40,7 @@ def test_a_paused_upload_is_acted_on_once_complete(tmp_path, write_rules, daemon
     wait_for(lambda: sizes(out))
     # Whatever came later, nothing acts on the path before it settles again.
     assert sizes(out) == [2000]
-    count = process.log().count("INFO counters")
-    process.signal(signal.SIGUSR1)
-    process.wait_log("INFO counters", count + 1)
-    counters = [line for line in process.log().splitlines() if "INFO counters" in line][-1]
-    assert "settling=0" in counters
+    assert "settling=0" in counters_line(process)
 
 
 def test_debounce_alone_acts_on_the_half_written_upload(tmp_path, write_rules, daemon):
