@@ -26,13 +26,15 @@ from watchd.source.table import WatchManager, WatchTable
 class Harness:
     """A notifier on real inotify, its matched jobs collected instead of run."""
 
-    def __init__(self, config: Path, dispatcher_class: type[Dispatcher] = Dispatcher) -> None:
+    def __init__(self, config: Path, dispatcher_class: type[Dispatcher] = Dispatcher,
+                 start: bool = True) -> None:
         self.counters = Counters()
         self.jobs = JobQueue(10**7)
         dispatcher = dispatcher_class(self.jobs, self.counters, lambda: None)
         self.notifier = Notifier.watching(compile_rules(load(config)), dispatcher, self.counters)
         self.table = self.notifier.table
-        self.notifier.start()
+        if start:  # else the test takes the notifier's turns itself, then starts it
+            self.notifier.start()
         self.seen: list[tuple[str, str, bytes, bool]] = []
 
     def events(self) -> list[tuple[str, str, bytes, bool]]:
@@ -336,6 +338,48 @@ def test_a_second_overflow_does_not_report_the_first_ones_files_again(tmp_path, 
     wait_for(lambda: os.fsencode(root / "existing" / "last") in harness.paths())
     reported = harness.paths(event="close_write")
     assert [path for path in made if reported.count(path) != 1] == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering max_queued_events needs root")
+def test_overflows_read_while_the_queue_is_still_full_share_one_rescan(tmp_path):
+    # A rescan at each overflow, under a burst that keeps the queue full, holds the reader
+    # back until the queue overflows again, and then lists every directory again: a
+    # 400,000-file burst was rescanned five times. The turns are taken here, one by one.
+    root = tmp_path / "root"
+    root.mkdir()
+    config = tmp_path / "rules.yaml"
+    config.write_text(tree_rule(root, events="[create, close_write]"))
+    with inotify_limit("max_queued_events", 16):
+        harness = Harness(config, start=False)
+    notifier = harness.notifier
+    rescanned: list[bytes] = []
+    rescan = notifier._rescan
+
+    def counted(entry, since):
+        rescanned.append(entry.path)
+        rescan(entry, since)
+
+    notifier._rescan = counted
+    try:
+        made = [write_new(root, f"first{index}") for index in range(40)]
+        notifier.read_events()  # the first overflow is read
+        made += [write_new(root, f"second{index}") for index in range(40)]
+        notifier.process_events()  # and handled while the queue holds the second
+        notifier.read_events()
+        notifier.process_events()
+        assert harness.counters.overflows == 2
+        assert rescanned == [os.fsencode(root)]
+        for kind in ("create", "close_write"):
+            reported = harness.paths(event=kind)
+            assert [path for path in made if reported.count(path) != 1] == [], kind
+    finally:
+        notifier.start()
+        harness.stop()
+
+
+def write_new(directory: Path, name: str) -> bytes:
+    (directory / name).write_bytes(b"x")
+    return os.fsencode(directory / name)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="lowering max_queued_events needs root")

@@ -86,6 +86,11 @@ _MOVE_SETTLE_MS = 5
 # After an overflow, a file changed this long before the last complete read counts as changed
 # during it: the margin covers file-system timestamp granularity.
 _OVERFLOW_MARGIN_NS = 1_000_000_000
+# An overflow's rescan waits while the kernel's queue keeps filling: made at once under a
+# burst, it holds the reader back long enough for the queue to overflow again, and every
+# directory is listed again (a 400,000-file burst overflowed five times). It waits until a
+# turn finds the queue read to the end, or this long under a stream that never stops.
+_RESCAN_WAIT_NS = 10_000_000_000
 _MOVES = IN_MOVED_FROM | IN_MOVED_TO
 _SNAPSHOT_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
 
@@ -135,6 +140,9 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         self._scanned: dict[int, _Scanned] = {}
         self._moves: dict[int, _MoveOut] = {}
         self._read_at = self._previous_read_at = time.time_ns()
+        # After an overflow: changes since then are owed a rescan (``_rescan_when_read``).
+        self._rescan_since: int | None = None
+        self._rescan_by = 0  # monotonic_ns after which the owed rescan waits no longer
         self._unmounted: set[int] = set()
         self._opened: dict[bytes, int] = {}  # watchd's own opens whose open event was read
         self.arrivals = Arrivals(self.table.open_for_writing, self._read_more)
@@ -175,11 +183,12 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         a whole read, and its handling, began after it; or the notifier is at rest, nothing
         read waits to be handled and the kernel holds nothing (an idle notifier takes no
         turns: without this, a caller would wait for events that never come)."""
-        if self.turns >= turn + 2:
+        if self.turns >= turn + 2 and self._rescan_since is None:
             return True
         with self.table.lock:  # no handling is under way meanwhile
             reads = self._reads
-            if reads % 2 or self._eventq or self._scanned or self._moves:
+            if (reads % 2 or self._eventq or self._scanned or self._moves
+                    or self._rescan_since is not None):
                 return False
             return self._queued_bytes() == 0 and self._reads == reads  # none began meanwhile
 
@@ -237,6 +246,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         self.table.lock.let_waiting_first()
         with self.table.lock:
             self._translate_queued()
+            self._rescan_when_read()
             self.turns += 1
         while (self._scanned or self._moves) and not self._stop_event.is_set():
             settled = self._generation
@@ -248,6 +258,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             with self.table.lock:
                 self.read_events()
                 self._translate_queued()
+                self._rescan_when_read()
                 self._settle(settled)
 
     def _read_more(self) -> None:
@@ -466,8 +477,8 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
     # -- recovering from an overflow ----------------------------------------------------------
 
     def _overflowed(self) -> None:
-        """The kernel dropped events: compare every watched directory with its snapshot and
-        report what changed, then watch again whatever is not watched."""
+        """The kernel dropped events: forget what they would have ended, and owe every watched
+        directory a rescan (``_rescan_when_read``); overflows before it share it."""
         self.counters.overflows += 1
         self.table.retired.clear()  # their IN_IGNORED may be among what was lost
         self.table.own_reads.clear()  # and the closes of watchd's own reads
@@ -476,7 +487,20 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         log(logging.WARNING, "inotify queue overflowed: events were lost; rescanning every "
             "watched directory", message_id=MessageId.QUEUE_OVERFLOW,
             overflows=self.counters.overflows)
-        since = self._previous_read_at - _OVERFLOW_MARGIN_NS
+        if self._rescan_since is None:
+            self._rescan_since = self._previous_read_at - _OVERFLOW_MARGIN_NS
+            self._rescan_by = time.monotonic_ns() + _RESCAN_WAIT_NS
+
+    def _rescan_when_read(self) -> None:
+        """Pay an owed rescan once the kernel's queue is read to the end (what is read before
+        is told as read, and kept in the snapshot the rescan compares with), or once it has
+        waited ``_RESCAN_WAIT_NS``: compare every watched directory with its snapshot and
+        report what changed, then watch again whatever is not watched."""
+        if self._rescan_since is None:
+            return
+        if self._queued_bytes() and time.monotonic_ns() < self._rescan_by:
+            return
+        since, self._rescan_since = self._rescan_since, None
         for entry in list(self.table.by_path.values()):
             if self.table.by_path.get(entry.path) is entry:
                 self._rescan(entry, since)
