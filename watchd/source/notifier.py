@@ -70,6 +70,7 @@ from watchd.source.snapshot import (
     Changed,
     Created,
     Deleted,
+    DirState,
     FileState,
     Found,
     diff,
@@ -89,8 +90,10 @@ _OVERFLOW_MARGIN_NS = 1_000_000_000
 # An overflow's rescan waits while the kernel's queue keeps filling: made at once under a
 # burst, it holds the reader back long enough for the queue to overflow again, and every
 # directory is listed again (a 400,000-file burst overflowed five times). It waits until a
-# turn finds the queue read to the end, or this long under a stream that never stops.
+# turn finds the queue read to the end, or this long under a stream that never stops, or
+# until this many names were told meanwhile (each is kept until the rescan: see ``_told``).
 _RESCAN_WAIT_NS = 10_000_000_000
+_RESCAN_WAIT_NAMES = 100_000
 _MOVES = IN_MOVED_FROM | IN_MOVED_TO
 _SNAPSHOT_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
 
@@ -143,6 +146,10 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         # After an overflow: changes since then are owed a rescan (``_rescan_when_read``).
         self._rescan_since: int | None = None
         self._rescan_by = 0  # monotonic_ns after which the owed rescan waits no longer
+        # The names kernel records told of since the last overflow, by watch: none of their
+        # changes since is lost, and the rescan leaves them to the records (a name moved in,
+        # or still being written, would else be told changed by its ctime or its size).
+        self._told: set[tuple[int, bytes]] = set()
         self._unmounted: set[int] = set()
         self._opened: dict[bytes, int] = {}  # watchd's own opens whose open event was read
         self.arrivals = Arrivals(self.table.open_for_writing, self._read_more)
@@ -304,6 +311,8 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         is_dir = bool(mask & IN_ISDIR) or (not name and bool(mask & _SELF_EVENTS))
         state = None
         if name and mask & _SNAPSHOT_EVENTS and entry.files is not None:
+            if self._rescan_since is not None:
+                self._told_while_owed(entry, entry.files, mask, name, is_dir)
             state = _state_after(mask, path, is_dir)
             self.table.remember(entry, name, state)
         if mask & (IN_DELETE | IN_MOVED_FROM) and not is_dir:
@@ -487,27 +496,43 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         log(logging.WARNING, "inotify queue overflowed: events were lost; rescanning every "
             "watched directory", message_id=MessageId.QUEUE_OVERFLOW,
             overflows=self.counters.overflows)
+        self._told.clear()  # what was told before may have changed during the loss
         if self._rescan_since is None:
             self._rescan_since = self._previous_read_at - _OVERFLOW_MARGIN_NS
             self._rescan_by = time.monotonic_ns() + _RESCAN_WAIT_NS
+
+    def _told_while_owed(self, entry: WatchedDir, files: DirState, mask: int, name: bytes,
+                         is_dir: bool) -> None:
+        """A record read while a rescan is owed, about a name it will leave to the records. A
+        name the snapshot does not know, closed, deleted or moved away, had its create lost:
+        it is told now, as the rescan would have told it had it not been left out."""
+        self._told.add((entry.wd, name))
+        if not mask & (IN_CREATE | IN_MOVED_TO) and name not in files:
+            path = entry.path + b"/" + name
+            self._emit(entry, FileEvent(path, "create", IN_CREATE, is_dir, synthetic=True))
 
     def _rescan_when_read(self) -> None:
         """Pay an owed rescan once the kernel's queue is read to the end (what is read before
         is told as read, and kept in the snapshot the rescan compares with), or once it has
         waited ``_RESCAN_WAIT_NS``: compare every watched directory with its snapshot and
         report what changed, then watch again whatever is not watched."""
-        if self._rescan_since is None:
+        since = self._rescan_since
+        if since is None:
             return
-        if self._queued_bytes() and time.monotonic_ns() < self._rescan_by:
+        if (self._queued_bytes() and time.monotonic_ns() < self._rescan_by
+                and len(self._told) < _RESCAN_WAIT_NAMES):
             return
-        since, self._rescan_since = self._rescan_since, None
-        for entry in list(self.table.by_path.values()):
-            if self.table.by_path.get(entry.path) is entry:
-                self._rescan(entry, since)
-        for root in self.table.ruleset.roots:
-            self.table.establish(root, report=False)
-        if self.table.links:
-            self.table.on_link_change()  # a swap of a symlink may be among the lost events
+        try:
+            for entry in list(self.table.by_path.values()):
+                if self.table.by_path.get(entry.path) is entry:
+                    self._rescan(entry, since)
+            for root in self.table.ruleset.roots:
+                self.table.establish(root, report=False)
+            if self.table.links:
+                self.table.on_link_change()  # a swap of a symlink may be among the lost events
+        finally:  # only now: ``drained`` is false until the rescan has told what it found
+            self._rescan_since = None
+            self._told.clear()
 
     def _rescan(self, entry: WatchedDir, since: int) -> None:
         """Compare one watched directory with its snapshot, and tell and note what changed."""
@@ -520,8 +545,10 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         # No moves are asked for: a rename among the lost events is told as delete and create.
         changes = diff(entry.files, now, since)
         by_name = {found.name: found for found in listing}
+        told = self._told
         for change in changes:
-            self._rescanned(entry, change, by_name)
+            if (entry.wd, change.name) not in told:
+                self._rescanned(entry, change, by_name)
 
     def _found_now(self, entry: WatchedDir,
                    ) -> tuple[list[os.DirEntry[bytes]], dict[bytes, Found]] | None:
