@@ -31,6 +31,7 @@ import fcntl
 import logging
 import os
 import select
+import stat
 import struct
 import termios
 import threading
@@ -446,6 +447,10 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         scanned.names.add(found.name)
         if threading.get_ident() != self.ident:
             self._wakeup.wake()
+        if parent.files is not None and found.name not in parent.files:
+            # Listed after its directory's snapshot was taken: the kernel's create for it is
+            # this listing's to tell, and the next rescan would tell it again.
+            self.table.remember(parent, found.name, state_of(found))
         is_dir = found.is_dir(follow_symlinks=False)
         self._emit(parent, FileEvent(found.path, "create", IN_CREATE, is_dir, synthetic=True))
         if found.is_file(follow_symlinks=False):
@@ -594,11 +599,14 @@ def _state_after(mask: int, path: bytes, is_dir: bool) -> FileState | None:
         return None
     if is_dir:
         return DIRECTORY
-    if mask & IN_CLOSE_WRITE:
-        # The state the file was seen in: a later rescan reports it only if it differs.
+    if mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
+        # The state the file was seen in (one moved in is complete): a later rescan reports
+        # it only if it differs, not by its ctime, which the move made new.
         try:
             info = os.lstat(path)
         except OSError:
             return None
+        if mask & IN_MOVED_TO and not stat.S_ISREG(info.st_mode):
+            return UNSEEN
         return file_state(info)
     return UNSEEN
