@@ -518,9 +518,10 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
 
     def _rescan_when_read(self) -> None:
         """Pay an owed rescan once the kernel's queue is read to the end (what is read before
-        is told as read, and kept in the snapshot the rescan compares with), or once it has
-        waited ``_RESCAN_WAIT_NS``: compare every watched directory with its snapshot and
-        report what changed, then watch again whatever is not watched."""
+        is told as read, and kept in the snapshot the rescan compares with), once it has
+        waited ``_RESCAN_WAIT_NS``, or once ``_RESCAN_WAIT_NAMES`` were told meanwhile:
+        compare every watched directory with its snapshot and report what changed, then
+        watch again whatever is not watched."""
         since = self._rescan_since
         if since is None:
             return
