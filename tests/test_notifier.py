@@ -451,8 +451,8 @@ def test_a_directory_made_during_a_rescan_is_not_told_again_by_the_next(tmp_path
 @pytest.mark.skipif(os.geteuid() != 0, reason="lowering max_queued_events needs root")
 def test_a_file_moved_in_before_an_overflow_is_not_told_changed_by_its_rescan(tmp_path):
     # Kept in the snapshot as never looked at, it was told changed by its ctime (which the
-    # move makes new): every file moved in within a second before an overflow got a
-    # close_write nobody made (all 235 to 252 of a stress run's).
+    # move makes new): a file moved in within a second before an overflow got a close_write
+    # nobody made.
     root = tmp_path / "root"
     with turn_by_turn(tmp_path, root) as harness:
         notifier = harness.notifier
