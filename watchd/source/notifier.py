@@ -580,8 +580,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             return
         found = listing[change.name]
         if isinstance(change, Created):
-            self.table.remember(entry, found.name, state_of(found))
-            self._report_found(entry, found, by_rescan=True)
+            self._report_found(entry, found, by_rescan=True)  # which notes it in the snapshot
             if change.is_dir:
                 self._arrived(entry, found.name, found.path, True, b"")
             return
