@@ -326,6 +326,8 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             old = self.arrivals.created(path, wd, name, self._eventq)
             if old is not None:  # a rename by link() and unlink(): an arrival
                 mask, src_path = mask & ~IN_CREATE | IN_MOVED_TO, old
+                if entry.files is not None:  # seen complete, as one moved in is
+                    self.table.remember(entry, name, _state_after(mask, path, False))
         if self._news(mask, name, path) and mask & entry.scope.mask:
             event = FileEvent(path, event_name(mask), mask & ALL_EVENTS, is_dir, src_path,
                               state=state if mask & IN_CLOSE_WRITE else None)
