@@ -62,3 +62,27 @@ def test_a_path_that_is_gone_is_released_at_once(tmp_path, write_rules, daemon):
     (watched / "x").write_bytes(b"x")
     os.unlink(watched / "x")
     wait_for(lambda: out.exists() and out.read_text().strip() == str(watched / "x"))
+
+
+def test_a_path_settling_at_a_stop_settles_again_after_the_start(tmp_path, write_rules, daemon):
+    # Held at the stop, its job waited in the ledger and was run at once at the next start:
+    # an upload still being written was acted on half-written.
+    watched, out = tmp_path / "in", tmp_path / "out"
+    watched.mkdir()
+    config = size_rule(write_rules, watched, out, settle="3s")
+    process = daemon(config)
+    with open(watched / "upload.bin", "wb") as upload:
+        upload.write(b"a" * 1000)
+        upload.flush()
+        wait_for(lambda: "settling=1" in counters_line(process), what="the upload settling")
+        assert process.stop() == 0
+        assert "1 job(s) wait in the ledger" in process.log()
+        process = daemon(config)
+        upload.write(b"b" * 1000)  # the client goes on while the daemon starts again
+    wait_for(lambda: sizes(out))
+    assert sizes(out) == [2000]
+    assert "settling=0" in counters_line(process)
+    # The upload's new event took the place of the job the ledger held, and ended it.
+    assert process.stop() == 0
+    assert "from the ledger queued" not in daemon(config).log()
+    assert sizes(out) == [2000]

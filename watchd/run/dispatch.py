@@ -79,6 +79,13 @@ class Dispatcher:
         else:
             self._offered(job, self.settler.offer(job), SETTLING)
 
+    def resume(self, job: Job) -> None:
+        """Queue a job the ledger held at start. One of a rule with ``settle`` waits for its
+        path to settle again: it may have been settling at the stop, and its writer may have
+        gone on while the daemon was down. (A batch, whole, is queued as it is.)"""
+        if job.rule.settle is None or job.batch or not self.settler.offer(job):
+            self.queue(job)
+
     def collect(self, job: Job) -> None:
         """Queue the job, or add it to its rule's batch."""
         if job.rule.batch is None:

@@ -16,6 +16,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 from watchd.core.job import Job, JobKey
 from watchd.run.deadlines import Deadlines
@@ -46,6 +47,8 @@ class Settler(Deadlines[JobKey]):
         with self._changed:
             held = self._pending.get(key)
             if held is not None:
+                if held[0].id and not job.id:  # one the ledger holds: it ends when this runs
+                    job = replace(job, id=held[0].id)
                 self._pending[key] = (job, held[1], held[2])  # the latest event, same look
                 return True
             if len(self._pending) >= self.limit or self._stopping:

@@ -159,14 +159,14 @@ class Daemon:
         own_writes = OwnWrites()
         self.jobs = JobQueue(ruleset.settings.queue_size,
                              on_restart=lambda key: self.workers.restart(key), ledger=self.ledger)
+        self.dispatcher = Dispatcher(self.jobs, self.counters,
+                                     functools.partial(self._wake, _DROPS), own_writes)
         # Before any event: what a stop or a crash left runs first, in its order.
         self._resume(unfinished)
         self.ledger.on_found = self._resume
         self.workers = WorkerPool(self.jobs, self.counters, self.deliveries.deliver, own_writes,
                                   status_changed, self.ledger)
         self.workers.resize(ruleset.settings.workers)
-        self.dispatcher = Dispatcher(self.jobs, self.counters,
-                                     functools.partial(self._wake, _DROPS), own_writes)
         self.notifier = Notifier.watching(ruleset, self.dispatcher, self.counters,
                                           functools.partial(self._wake, _LINKS))
         self.table = self.notifier.table
@@ -253,10 +253,11 @@ class Daemon:
                     rule=row.rule, path=row.path, job=row.id)
             elif row.state == RETRYING and row.next_at:
                 self.jobs.later(job, max(0.0, row.next_at - now))
-            else:
-                if row.state == REQUESTED:
-                    self.ledger.keep(row_of(job, QUEUED))
+            elif row.state == REQUESTED:  # asked for by an admin: run now
+                self.ledger.keep(row_of(job, QUEUED))
                 self.jobs.put(job)
+            else:
+                self.dispatcher.resume(job)
         if rows:
             log(logging.INFO, f"{len(rows)} job(s) from the ledger queued", jobs=len(rows))
 
