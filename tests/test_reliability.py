@@ -180,6 +180,57 @@ def test_directories_refused_by_the_watch_limit_are_polled_and_watched_when_it_r
     assert env_of(records(out)[-1])["WATCHD_EVENT"] == b"close_write"
 
 
+def sizes_rule(tree: Path, out: Path) -> str:
+    """Polled every second when out of watches; each run appends its file's name and size."""
+    script = f'echo "$1 $(wc -c < "$0")" >> {out}'
+    return ("settings: {degraded_poll: 1s}\n"
+            f"rules: [{{name: tree, paths: [{tree}], recursive: true, "
+            f"actions: [{{command: [/bin/sh, -c, '{script}', '{{path}}', '{{name}}']}}]}}]\n")
+
+
+def sizes_told(out: Path) -> list[str]:
+    return out.read_text().splitlines() if out.exists() else []
+
+
+@ROOT_ONLY
+def test_what_is_made_in_a_directory_the_watch_limit_refuses_is_acted_on(tmp_path, write_rules,
+                                                                       daemon):
+    # Its first listing, to know what it held, was taken as the state to compare with: what
+    # was made in it before was never told (a directory made while out of watches).
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    tree.mkdir()
+    with inotify_limit("max_user_watches", root_inotify_usage()[1] + 2):  # its root, its state
+        process = daemon(write_rules(sizes_rule(tree, out)))
+        (tree / "new" / "sub").mkdir(parents=True)
+        (tree / "new" / "f").write_bytes(b"x")
+        (tree / "new" / "sub" / "g").write_bytes(b"yy")
+        process.wait_log("inotify watch limit reached")
+        wait_for(lambda: len(sizes_told(out)) >= 2, what="the degraded poll's runs")
+        assert sorted(sizes_told(out)) == ["f 1", "g 2"]
+
+
+@ROOT_ONLY
+def test_the_degraded_poll_tells_a_file_closed_once_its_writer_has_closed_it(
+        tmp_path, write_rules, daemon):
+    # A file still open for writing was told close_write, and again once it was written.
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    (tree / "unwatched").mkdir(parents=True)
+    with inotify_limit("max_user_watches", root_inotify_usage()[1] + 2):
+        process = daemon(write_rules(sizes_rule(tree, out)))
+        process.wait_log("inotify watch limit reached")
+        wait_for(lambda: counters(process)["degraded_polled"] == 1, what="the tree listed")
+        with open(tree / "unwatched" / "upload", "wb") as upload:
+            upload.write(b"half")
+            upload.flush()
+            # A poll found it (its create was told), and left its close_write to the close.
+            wait_for(lambda: counters(process)["polled"] >= 1, what="a poll finding it")
+            upload.write(b"rest")
+        (tree / "unwatched" / "after").write_bytes(b"x")  # told by a poll after the close
+        wait_for(lambda: "after 1" in sizes_told(out) and counters(process)["running"] == 0
+                 and counters(process)["queued"] == 0, what="the polls after the close")
+        assert sorted(sizes_told(out)) == ["after 1", "upload 8"]
+
+
 @ROOT_ONLY
 def test_no_inotify_instance_left_is_a_clear_fatal_error(tmp_path, write_rules, daemon):
     config = write_rules(f"rules: [{{name: x, paths: [{tmp_path}], actions: "

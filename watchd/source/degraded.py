@@ -3,13 +3,16 @@ once watches are to be had.
 
 The watch table notes each directory the kernel refused a watch for (ENOSPC: the limit,
 ``fs.inotify.max_user_watches``), with the scope it would have had; below it nothing is
-watched either. Soon after a refusal its tree is listed, to know what is there; then every
-``settings.degraded_poll`` seconds each such tree is first offered a watch again (the limit
-may have been raised, or watches freed by a tree that went), then listed and compared with
-what was there (``watchd.source.snapshot.compare``): each difference is told as the event
-inotify would have told (``create``, and ``close_write`` for a regular file; ``close_write``
-for a changed one; ``delete``), marked found by scan. A tree watched again is compared one
-last time, after its watches are in place, and left to inotify.
+watched either. Soon after a refusal its tree is listed, to know what is there (for a
+directory that appeared while the daemon ran, what it holds is told, as a watched new
+directory's would be); then every ``settings.degraded_poll`` seconds each such tree is first
+offered a watch again (the limit may have been raised, or watches freed by a tree that
+went), then listed and compared with what was there (``watchd.source.snapshot.compare``):
+each difference is told as the event inotify would have told (``create``, and
+``close_write`` for a regular file; ``close_write`` for a changed one; ``delete``), marked
+found by scan. A file someone still has open for writing is told closed by the first poll
+after its writer closed it. A tree watched again is compared one last time, after its
+watches are in place, and left to inotify.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from watchd.core.rules import EMPTY_SCOPE, EventSink, RuleSet, Scope
 from watchd.core.stats import Count, Counters
 from watchd.source.snapshot import (
     DIRECTORY,
+    UNSEEN,
     Changed,
     Created,
     Deleted,
@@ -94,10 +98,13 @@ class DegradedPoll:
     def _turn(self) -> None:
         with self.table.lock:
             refused = dict(self.table.refused)
+            new, self.table.refused_new = self.table.refused_new, set()
             self._trees = {path: tree for path, tree in self._trees.items() if path in refused}
         for path, scope in refused.items():
             if path not in self._trees:
-                self._trees[path] = dict(self._listed(path, scope, {}, tell=False))
+                # What was there at start is not news (the catch-up's to tell); what is in a
+                # directory that appeared while running is, as a watched one's would be.
+                self._trees[path] = dict(self._listed(path, scope, {}, tell=path in new))
         if time.monotonic() < self._next_poll:
             return
         self._next_poll = time.monotonic() + self.interval
@@ -167,8 +174,9 @@ class DegradedPoll:
                 state[change.name] = found
                 if tell and isinstance(change, Created):
                     self._tell(path, "create", found == DIRECTORY, here)
-                if tell and found != DIRECTORY and isinstance(change, Created | Changed):
-                    self._tell(path, "close_write", False, here)
+                if (tell and found != DIRECTORY and isinstance(change, Created | Changed)
+                        and not self._tell(path, "close_write", False, here)):
+                    state[change.name] = UNSEEN  # still being written: looked at next time
             for entry in entries:
                 if below is not EMPTY_SCOPE and entry.is_dir(follow_symlinks=False):
                     stack.append((entry.path, below))
@@ -181,13 +189,18 @@ class DegradedPoll:
             for name, state in before[directory].items():
                 self._tell(directory + b"/" + name, "delete", state == DIRECTORY, below)
 
-    def _tell(self, path: bytes, event: str, is_dir: bool, scope: Scope) -> None:
+    def _tell(self, path: bytes, event: str, is_dir: bool, scope: Scope) -> bool:
+        """Tell the event; False for a close_write of a file someone still has open for
+        writing (inotify would tell it at the close, which the next poll finds)."""
         if scope is EMPTY_SCOPE:
-            return
-        self._told += 1
-        self.counters.add(Count.POLLED)
+            return True
         with self.table.lock:  # matching runs one thread at a time
+            if event == "close_write" and self.table.open_for_writing(path):
+                return False
+            self._told += 1
+            self.counters.add(Count.POLLED)
             self.counters.events += 1
             self.counters.found_by_scan += 1
             self.sink.submit(FileEvent(path, event, EVENT_BITS[event], is_dir, synthetic=True),
                              scope)
+        return True

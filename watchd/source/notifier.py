@@ -432,7 +432,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             return
         scope = self.table.child_scope(entry, path)
         if scope is not EMPTY_SCOPE:
-            for parent, found in self.table.walk(path, scope):
+            for parent, found in self.table.walk(path, scope, new=True):
                 self._report_found(parent, found)
 
     def _report_found(self, parent: WatchedDir, found: os.DirEntry[bytes],

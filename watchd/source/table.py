@@ -131,6 +131,9 @@ class WatchTable:
         # Directories not watched for want of inotify watches, with the scope each would have
         # had: polled meanwhile, and watched once watches are to be had (watchd.source.degraded).
         self.refused: dict[bytes, Scope] = {}
+        # Those of them that appeared while the daemon ran: their first listing tells what
+        # they hold, as a new directory's does (taken by the degraded poll).
+        self.refused_new: set[bytes] = set()
         self.on_refused: Callable[[], None] = lambda: None  # told of each (never waits)
         self.snapshot_size = 0  # names held by every directory's snapshot
         self._walked: set[int] | None = None  # during a rewatch: the descriptors its walk got
@@ -343,7 +346,8 @@ class WatchTable:
             self._wait_for(root)
             return
         if stat.S_ISDIR(mode):
-            for directory, found in self.walk(root.path, self.scope_for(root.path), report):
+            for directory, found in self.walk(root.path, self.scope_for(root.path), report,
+                                              new=report):
                 if report:
                     self.report(directory, found)
             return
@@ -467,16 +471,16 @@ class WatchTable:
     # -- walking ---------------------------------------------------------------------------
 
     def walk(
-        self, top: bytes, scope: Scope, every_entry: bool = False
+        self, top: bytes, scope: Scope, every_entry: bool = False, new: bool = False
     ) -> Iterator[tuple[WatchedDir, os.DirEntry[bytes]]]:
         """Watch ``top`` and, where its scope is recursive, every directory below it.
 
         Each directory is watched before it is listed, so nothing created in it is
         missed; each entry found is yielded with the watched directory it is in
         (with ``every_entry``, also the entries of directories not recursed into).
-        Symlinks are never followed.
+        Symlinks are never followed. ``new``: the tree appeared while the daemon ran.
         """
-        first = self.watch(top, scope)
+        first = self._watch_walked(top, scope, new)
         pending = [first] if first is not None else []
         while pending:
             parent = pending.pop()
@@ -488,10 +492,16 @@ class WatchTable:
                 if entry.is_dir(follow_symlinks=False):
                     child_scope = self.child_scope(parent, entry.path)
                     if child_scope is not EMPTY_SCOPE:
-                        child = self.watch(entry.path, child_scope)
+                        child = self._watch_walked(entry.path, child_scope, new)
                         if child is not None:
                             pending.append(child)
                 yield parent, entry
+
+    def _watch_walked(self, path: bytes, scope: Scope, new: bool) -> WatchedDir | None:
+        watched = self.watch(path, scope)
+        if watched is None and new and path in self.refused:
+            self.refused_new.add(path)  # what it holds appeared while running: it is news
+        return watched
 
     def reading(self, path: bytes) -> None:
         """watchd is about to open ``path`` (a directory to list, a file to look at): what
