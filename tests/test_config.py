@@ -121,6 +121,9 @@ BAD_FILES = [
     pytest.param(GOOD_RULE.replace("[/bin/true]", "[/bin/echo, '--in={dir}']")
                  + "    batch: {window: 2s}\n", 5, 30, "{dir} names one event's path",
                  id="batch-dir-placeholder"),
+    pytest.param(GOOD_RULE.replace("[/bin/true]", "[/bin/sh, -c, 'cp \"$@\"', sh, '{paths}', "
+                                   "'{paths}']") + "    batch: {}\n", 5, 58,
+                 "{paths} may be in a command once", id="batch-paths-twice"),
     pytest.param(GOOD_RULE.replace("[/bin/true]", "[/bin/echo, '--files={paths}']"), 5, 30,
                  "{paths} must be an argument of its own", id="paths-inside-an-argument"),
     pytest.param(GOOD_RULE + "        user: '@owner'\n    batch: {}\n", 6, 15,

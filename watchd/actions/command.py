@@ -558,12 +558,20 @@ def checks(model: CommandAction, batch: bool) -> Iterator[Finding]:
         yield Finding(("command", arg), message, Severity.WARNING)
     if not batch:
         return
-    for place, written in enumerate(model.command):
-        named = [part for part in parse_template(written) if part in ONE_EVENT]
+    templates = [parse_template(written) for written in model.command]
+    for place, template in enumerate(templates):
+        named = [part for part in template if part in ONE_EVENT]
         if named:
             yield Finding(("command", place), f"{{{named[0]}}} names one event's path, and a "
                           "batch rule runs once for many: use {paths} (an argument of its own: "
                           "one argument per path) or stdin: paths", Severity.ERROR)
+    repeats = [place for place, template in enumerate(templates) if template == PATHS_ALONE][1:]
+    if repeats:
+        # A batch is cut to what one argv can carry with its paths in it once: twice, the
+        # exec would be refused (E2BIG), and every retry with it.
+        yield Finding(("command", repeats[0]), "{paths} may be in a command once: a batch is "
+                      "split so that its paths fit in one argv once (for more, use stdin: paths)",
+                      Severity.ERROR)
     if model.user == OWNER:
         yield Finding(("user",), "user: '@owner' runs as the owner of the one file an event "
                       "is about, and a batch has many: name a user", Severity.ERROR)
