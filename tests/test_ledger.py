@@ -32,7 +32,7 @@ from watchd.outbox.spool import Delivery, Spool
 from watchd.run.queue import JobQueue
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-LEDGER_FILES = {"ledger.db", "ledger.db-wal", "ledger.db-shm"}
+LEDGER_FILES = {"ledger.db", "ledger.db-wal", "ledger.db-shm", "lock"}
 DEGRADED = "DEGRADED: "
 RECOVERED = "the ledger can be written again"
 BURST = 20
@@ -401,6 +401,27 @@ def test_a_dead_letter_outlives_a_start_on_a_read_only_ledger(
     assert_recovers(process, watched, out, tmpfs_state, kept=kept)
 
 
+def test_a_second_daemon_on_the_same_state_directory_is_refused(tmp_path, write_rules, daemon):
+    # Both ran: every event was acted on twice, and each start ran again every job the
+    # ledger held unfinished.
+    state = tmp_path / "state"
+    first, watched, out = start_on(write_rules, daemon, tmp_path, state)
+    second = daemon(first.config, wait=False)
+    assert second.process.wait(15) == 3
+    assert (f"cannot start: another watchd (pid {first.process.pid}) uses the state directory "
+            f"{state}: give each instance a settings.state_dir of its own") in second.log()
+    (watched / "one").write_bytes(b"x")
+    wait_for(lambda: records(out))
+    wait_for(lambda: not ledger_jobs(state), what="its job ended in the ledger")
+    first.process.kill()  # the lock goes with the process, however it ends
+    first.process.wait()
+    third = daemon(first.config)
+    (watched / "two").write_bytes(b"x")
+    wait_for(lambda: "two" in runs_by_name(out))
+    assert {name: len(runs) for name, runs in runs_by_name(out).items()} == {"one": 1, "two": 1}
+    assert third.stop() == 0
+
+
 @pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
 def test_a_locked_ledger_degrades_and_recovers_when_released(tmp_path, write_rules, daemon):
     state = tmp_path / "state"
@@ -435,7 +456,7 @@ def test_a_corrupt_ledger_is_kept_aside_and_a_new_one_begun(tmp_path, write_rule
     wait_for(lambda: len(records(out)) == BURST)
     wait_for(lambda: not ledger_jobs(state))
     assert first.stop() == 0
-    assert set(os.listdir(state)) == {"ledger.db"}, os.listdir(state)
+    assert set(os.listdir(state)) == {"ledger.db", "lock"}, os.listdir(state)
     spoil(state / "ledger.db")
     second = daemon(first.config)
     (line,) = log_lines(second, "the ledger is corrupt")

@@ -214,8 +214,10 @@ class Settings(Strict):
     state_dir: AbsolutePath = Field(default=PACKAGED_STATE_DIR, description="where "
                                     "the ledger (`ledger.db`: jobs until they end, dead letters, "
                                     "what each rule last saw) and webhook deliveries are kept; "
-                                    "read at start. Unset: `$STATE_DIRECTORY` (set by the unit's "
-                                    "`StateDirectory=`), else `/var/lib/watchd`")
+                                    "read at start; one daemon's (it holds `lock` there: a "
+                                    "second one started on it is refused). Unset: "
+                                    "`$STATE_DIRECTORY` (set by the unit's `StateDirectory=`), "
+                                    "else `/var/lib/watchd`")
     snapshot_limit: int = Field(default=500_000, ge=0, le=100_000_000, description="names kept "
                                 "(about 150 bytes each) to report what changed during an "
                                 "inotify queue overflow; past it, files deleted during an "

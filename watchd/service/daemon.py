@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import queue
 import select
 import signal
@@ -34,6 +35,7 @@ from watchd.core.rules import Root, RuleSet
 from watchd.core.stats import DROP_REPORT_INTERVAL, Counters
 from watchd.core.trace import tracing
 from watchd.core.wakeup import Doorbell
+from watchd.ledger import owner
 from watchd.ledger.others import OthersWrites
 from watchd.ledger.rows import job_of, row_of
 from watchd.ledger.store import DEAD, QUEUED, REQUESTED, RETRYING, JobRow
@@ -104,6 +106,7 @@ class Daemon:
         self.service = ServiceManager()
         self.control: ControlServer | None = None
         self.metrics: Metrics | None = None
+        self._owns_state_dir: int | None = None  # the state directory's lock (ledger.owner)
 
     def run(self) -> int:
         try:
@@ -125,6 +128,8 @@ class Daemon:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             signal.set_wakeup_fd(previous_wakeup)
+            if self._owns_state_dir is not None:
+                os.close(self._owns_state_dir)  # last: the ledger is closed
 
     def _serve(self, ruleset: RuleSet) -> int:
         try:
@@ -149,6 +154,7 @@ class Daemon:
     def _start(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
         state_dir = Path(ruleset.settings.state_dir)
+        self._owns_state_dir = owner.claim(state_dir)  # before the ledger is read
         status_changed = functools.partial(self._wake, _STATUS)
         self.ledger = Ledger(state_dir, self.counters, status_changed)
         self.ledger.prepare(ruleset)()
