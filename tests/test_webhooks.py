@@ -347,11 +347,8 @@ def test_an_unwritable_state_directory_degrades_and_loses_nothing(tmp_path, writ
     assert "Traceback" not in log
 
 
-def test_deliveries_of_the_0_1_spool_are_imported_once(tmp_path, write_rules, daemon, receiver,
-                                                       watched):
-    """watchd 0.1 kept each delivery as a JSON file: the first start sends what waited there,
-    keeps its dead letters, and removes the files."""
-    state = tmp_path / "state"
+def spool_of_0_1(state: Path, watched: Path) -> None:
+    """What watchd 0.1 left in ``state``: a delivery waiting, and a dead letter."""
     waiting, dead = state / "spool" / "hook" / "1", state / "dead"
     waiting.mkdir(parents=True)
     dead.mkdir()
@@ -362,6 +359,14 @@ def test_deliveries_of_the_0_1_spool_are_imported_once(tmp_path, write_rules, da
             "id": delivery_id, "rule": "hook", "action": 1, "event": "close_write",
             "path_b64": base64.b64encode(os.fsencode(watched / name)).decode(),
             "body": body.decode(), "created": 1.0, "attempts": 1, "last_error": "HTTP 503"}))
+
+
+def test_deliveries_of_the_0_1_spool_are_imported_once(tmp_path, write_rules, daemon, receiver,
+                                                       watched):
+    """watchd 0.1 kept each delivery as a JSON file: the first start sends what waited there,
+    keeps its dead letters, and removes the files."""
+    state = tmp_path / "state"
+    spool_of_0_1(state, watched)
     config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook"))
     process = daemon(config)
     process.wait_log("webhook delivered")
@@ -371,6 +376,27 @@ def test_deliveries_of_the_0_1_spool_are_imported_once(tmp_path, write_rules, da
     wait_for(lambda: kept(tmp_path, dead=True) == 1)
     process.stop()
     assert daemon(config).log().count("imported") == 0
+
+
+def test_a_0_1_spool_that_cannot_be_imported_yet_waits_in_its_files(tmp_path, write_rules,
+                                                                      daemon, receiver, watched):
+    # The import's error (a ledger locked, read-only or full) ended the start in a traceback.
+    state = tmp_path / "state"
+    spool_of_0_1(state, watched)
+    with contextlib.closing(sqlite3.connect(state / "ledger.db", isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            process = daemon(write_rules(webhook_rules(tmp_path, watched,
+                                                       f"{receiver.url}/hook")))
+            process.wait_log("cannot be imported into the ledger now")
+        finally:
+            other.execute("ROLLBACK")
+    assert "Traceback" not in process.log()
+    assert (state / "spool").exists() and not receiver.to("/hook")
+    process.signal(signal.SIGHUP)  # the ledger free again: the reload imports and sends
+    process.wait_log("webhook delivered")
+    assert "imported 2 webhook deliveries of watchd 0.1" in process.log()
+    assert [json.loads(r["body"])["id"] for r in receiver.to("/hook")] == ["msg_old1"]
 
 
 def test_deliveries_keep_the_order_of_events_with_many_workers(tmp_path, write_rules, daemon,

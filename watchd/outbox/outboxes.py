@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -67,6 +68,12 @@ class Outbox:
         they were accepted once)."""
         self._waiting.extend(waiting)
         self.thread.start()
+
+    def take(self, waiting: list[Delivery]) -> None:
+        """Send these too, after what waits (on disk already, as ``start``'s)."""
+        with self._ready:
+            self._waiting.extend(waiting)
+            self._ready.notify()
 
     def accept(self, make: Callable[[], Delivery]) -> Delivery | None:
         """Keep a new delivery in the ledger, then queue it; None if the backlog is full."""
@@ -185,14 +192,33 @@ class Deliveries:
         after importing what watchd 0.1 left in files). The commit starts outboxes for new
         webhook actions, updates kept ones, stops gone ones, and makes dead letters of
         deliveries waiting for an action that no longer exists."""
-        if not self._imported:
-            self.spool.import_legacy()
-            self._imported = True
+        imported = [] if self._imported else self._import_legacy()
         wanted = webhooks_of(ruleset)
         orphaned = sorted(set(self.spool.outboxes()) - wanted.keys())
         waiting = {key: self.spool.load(*key) for key in wanted.keys() - self._outboxes.keys()}
+        # Imported at a reload (the ledger could not be written at the start): outboxes that
+        # run already get theirs too.
+        for delivery in imported:
+            key = (delivery.rule, delivery.action)
+            if key in self._outboxes:
+                waiting.setdefault(key, []).append(delivery)
         return functools.partial(self._commit, wanted, waiting, orphaned,
                                  ruleset.settings.webhook_backlog)
+
+    def _import_legacy(self) -> list[Delivery]:
+        """Import watchd 0.1's spool once (the deliveries that wait to be sent); a ledger that
+        cannot be written now (read-only, full, locked) leaves the files where they are, for
+        the next reload or start."""
+        try:
+            imported = self.spool.import_legacy()
+        except (OSError, sqlite3.Error) as error:
+            log(logging.ERROR, f"the webhook deliveries watchd 0.1 left in {self.state_dir} "
+                f"cannot be imported into the ledger now ({error}): they stay in their files, "
+                "and are imported at the next reload or start",
+                message_id=MessageId.LEDGER_DEGRADED, path=str(self.state_dir))
+            return []
+        self._imported = True
+        return imported
 
     def _commit(self, wanted: dict[OutboxKey, Webhook], waiting: dict[OutboxKey, list[Delivery]],
                 orphaned: list[OutboxKey], backlog: int) -> None:
@@ -204,6 +230,8 @@ class Deliveries:
                 outbox = self._outboxes[key] = Outbox(key, webhook, backlog, self.spool,
                                                       self.counters)
                 outbox.start(waiting[key])
+            elif key in waiting:
+                outbox.take(waiting[key])
             outbox.webhook, outbox.backlog = webhook, backlog
         for key in orphaned:
             self._orphaned(key)

@@ -131,13 +131,14 @@ class Spool:
     def dead_letters(self) -> list[Delivery]:
         return self._select("dead=1", ())
 
-    def import_legacy(self) -> None:
+    def import_legacy(self) -> list[Delivery]:
         """Move what watchd 0.1 left in the spool and dead-letter directories into the ledger
-        (one transaction), then remove those files: done once, at the first start."""
+        (one transaction), then remove those files: done once, at the first start. The
+        deliveries imported that wait to be sent."""
         waiting = sorted((self.state_dir / "spool").glob(f"*/*/*{SUFFIX}"))
         dead = sorted((self.state_dir / "dead").glob(f"*{SUFFIX}"))
         if not waiting and not dead:
-            return
+            return []
         found = [(file, delivery) for file, delivery in _legacy(waiting)]
         found += [(file, _buried(delivery)) for file, delivery in _legacy(dead)]
         with (contextlib.closing(store.connect(self.file, create=True)) as connection,
@@ -152,6 +153,7 @@ class Spool:
                     empty.rmdir()
         log(logging.INFO, f"imported {len(found)} webhook deliveries of watchd 0.1 (their files "
             f"in {self.state_dir}) into the ledger", path=str(self.file))
+        return [delivery for _, delivery in found if not delivery.dead]
 
     def _select(self, where: str, parameters: tuple[object, ...]) -> list[Delivery]:
         with self._reading() as connection:
