@@ -134,6 +134,8 @@ BAD_FILES = [
                  id="batch-bad-window"),
     pytest.param(GOOD_RULE + "    batch: {size: 3}\n", 6, 13, "unknown key 'size'",
                  id="batch-unknown-key"),
+    pytest.param(GOOD_RULE + "    catch_up: false\n    existing: process\n", 2, 5,
+                 "existing: process needs catch_up: true", id="existing-without-catch-up"),
     pytest.param(GOOD_RULE + "    batch: {}\n    on_busy: skip\n", 2, 5,
                  "does not apply to a batch rule", id="batch-on-busy"),
     pytest.param(GOOD_RULE + "    settle: a while\n", 6, 13, "invalid duration 'a while'",

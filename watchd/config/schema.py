@@ -160,6 +160,13 @@ class Rule(Strict):
         return self
 
     @model_validator(mode="after")
+    def _existing_is_looked_for(self) -> Rule:
+        if self.existing == "process" and not self.catch_up and self.poll is None:
+            raise ValueError("existing: process needs catch_up: true (or a poll): the files "
+                             "already there are found by the catch-up's walk at the first start")
+        return self
+
+    @model_validator(mode="after")
     def _batch_queues(self) -> Rule:
         if self.batch is not None and self.on_busy != "queue":
             raise ValueError(f"on_busy: {self.on_busy} does not apply to a batch rule: its "
