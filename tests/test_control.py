@@ -232,6 +232,28 @@ def test_jobs_are_read_through_the_running_daemon(rules, daemon, tmp_path):
     assert "1 dead" in watchd("jobs", "--config", str(tmp_path / "none")).stdout
 
 
+def test_a_job_whose_command_runs_is_listed_running(tmp_path, write_rules, daemon):
+    # The ledger writes a first action's run only if it fails: the job was listed queued.
+    watched, started = tmp_path / "in", tmp_path / "started"
+    watched.mkdir()
+    config = write_rules(f"""
+        settings: {{stop_grace: 1s}}
+        rules:
+          - name: slow
+            paths: [{watched}]
+            actions:
+              - command: [/bin/sh, -c, 'touch {started}; exec sleep 60']
+        """)
+    daemon(config)
+    (watched / "f").write_text("x")
+    wait_for(started.exists, what="the command started")
+    answered = watchd("jobs", "list", "--json", "--config", str(config))
+    assert answered.returncode == 0, answered.stderr
+    (job,) = json.loads(answered.stdout)["jobs"]
+    assert job["rule"] == "slow" and job["state"] == "running"
+    assert "1 running" in watchd("jobs", "--config", str(config)).stdout
+
+
 def trace_lines(process: subprocess.Popen[str], until, timeout: float = 15) -> list[dict]:
     """Trace records as they come, until ``until(records)`` holds."""
     found: list[dict] = []

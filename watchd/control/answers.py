@@ -35,6 +35,11 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
         rows = _read(daemon.ledger.file, lambda connection: store.jobs(connection, states))
         if rows is None:
             raise ProtocolError(f"cannot read the ledger {daemon.ledger.file}")
+        # The ledger keeps a first action's run unwritten (a crash runs it again, as queued):
+        # the daemon knows which run now.
+        running = daemon.workers.running_jobs()
+        rows = [row._replace(state=store.RUNNING) if row.id in running and row.state ==
+                store.QUEUED else row for row in rows]
         return {"lines": list(ledger_listing(rows, bool(request.get("json"))))}
 
     def trace_of(request: dict[str, object]) -> object:

@@ -69,7 +69,8 @@ class WorkerPool:
         self.own_writes = own_writes
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._running: dict[threading.Thread, tuple[JobKey, Process]] = {}
+        # Each worker running a process: for which job (its key, its id in the ledger).
+        self._running: dict[threading.Thread, tuple[JobKey, Process, int]] = {}
         self._restarted: set[threading.Thread] = set()
         self._kind_refused: dict[JobKey, None] = {}
         self._programs = ProgramTrust()
@@ -90,6 +91,11 @@ class WorkerPool:
         """Programs that failed their trust check at their last run, and why."""
         with self._lock:
             return list(self._untrusted_programs.items())
+
+    def running_jobs(self) -> set[int]:
+        """The ledger's ids of the jobs whose process runs now."""
+        with self._lock:
+            return {job_id for _, _, job_id in self._running.values() if job_id}
 
     def stats(self) -> dict[str, int]:
         return {"running": len(self._running),
@@ -119,7 +125,7 @@ class WorkerPool:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or hurry(min(remaining, HURRY_TURN)):
                 with self._lock:
-                    for _, command in self._running.values():
+                    for _, command, _ in self._running.values():
                         command.kill()
                 self._join(grace)
                 break
@@ -129,7 +135,7 @@ class WorkerPool:
     def restart(self, key: JobKey) -> None:
         """Stop the command running for ``key`` (a newer event came; on_busy: restart)."""
         with self._lock:
-            for thread, (running_key, command) in self._running.items():
+            for thread, (running_key, command, _) in self._running.items():
                 if running_key == key and thread not in self._restarted:
                     self._restarted.add(thread)
                     command.kill(signal.SIGTERM)
@@ -352,7 +358,7 @@ class WorkerPool:
             self.ledger.wait_durable(job.id)
         me = threading.current_thread()
         with self._lock:
-            self._running[me] = (job.key, process)
+            self._running[me] = (job.key, process, job.id)
         try:
             result = process.run()
             self._last_result.result = result
