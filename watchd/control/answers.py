@@ -38,8 +38,8 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
         # The ledger keeps a first action's run unwritten (a crash runs it again, as queued):
         # the daemon knows which run now.
         running = daemon.workers.running_jobs()
-        rows = [row._replace(state=store.RUNNING) if row.id in running and row.state ==
-                store.QUEUED else row for row in rows]
+        rows = [row._replace(state=store.RUNNING)
+                if row.state == store.QUEUED and row.id in running else row for row in rows]
         return {"lines": list(ledger_listing(rows, bool(request.get("json"))))}
 
     def trace_of(request: dict[str, object]) -> object:

@@ -69,8 +69,7 @@ class WorkerPool:
         self.own_writes = own_writes
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        # Each worker running a process: for which job (its key, its id in the ledger).
-        self._running: dict[threading.Thread, tuple[JobKey, Process, int]] = {}
+        self._running: dict[threading.Thread, tuple[Job, Process]] = {}  # each worker's process
         self._restarted: set[threading.Thread] = set()
         self._kind_refused: dict[JobKey, None] = {}
         self._programs = ProgramTrust()
@@ -95,7 +94,7 @@ class WorkerPool:
     def running_jobs(self) -> set[int]:
         """The ledger's ids of the jobs whose process runs now."""
         with self._lock:
-            return {job_id for _, _, job_id in self._running.values() if job_id}
+            return {job.id for job, _ in self._running.values() if job.id}
 
     def stats(self) -> dict[str, int]:
         return {"running": len(self._running),
@@ -125,7 +124,7 @@ class WorkerPool:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or hurry(min(remaining, HURRY_TURN)):
                 with self._lock:
-                    for _, command, _ in self._running.values():
+                    for _, command in self._running.values():
                         command.kill()
                 self._join(grace)
                 break
@@ -135,8 +134,8 @@ class WorkerPool:
     def restart(self, key: JobKey) -> None:
         """Stop the command running for ``key`` (a newer event came; on_busy: restart)."""
         with self._lock:
-            for thread, (running_key, command, _) in self._running.items():
-                if running_key == key and thread not in self._restarted:
+            for thread, (job, command) in self._running.items():
+                if job.key == key and thread not in self._restarted:
                     self._restarted.add(thread)
                     command.kill(signal.SIGTERM)
                     threading.Timer(RESTART_GRACE, command.kill).start()
@@ -358,7 +357,7 @@ class WorkerPool:
             self.ledger.wait_durable(job.id)
         me = threading.current_thread()
         with self._lock:
-            self._running[me] = (job.key, process, job.id)
+            self._running[me] = (job, process)
         try:
             result = process.run()
             self._last_result.result = result

@@ -130,6 +130,7 @@ class Daemon:
             signal.set_wakeup_fd(previous_wakeup)
             if self._owns_state_dir is not None:
                 os.close(self._owns_state_dir)  # last: the ledger is closed
+                self._owns_state_dir = None
 
     def _serve(self, ruleset: RuleSet) -> int:
         try:
