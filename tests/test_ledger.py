@@ -192,7 +192,7 @@ def slow_then_burst(write_rules, daemon, tmp_path: Path, **settings: object):
     make_files(watched, ["slow"])
     wait_for(lambda: "slow" in runs_by_name(out))
     make_files(watched, burst_names())
-    state = tmp_path / "state"
+    state = Path(str(settings.get("state_dir", tmp_path / "state")))
     wait_for(lambda: len(ledger_jobs(state)) == BURST + 1, what="every job in the ledger")
     assert not set(runs_by_name(out)) & set(burst_names())
     return process, config, out, gate
@@ -399,6 +399,37 @@ def test_a_dead_letter_outlives_a_start_on_a_read_only_ledger(
     ran = {env["WATCHD_JOB"] for runs in runs_by_name(out).values() for env in runs}
     assert str(kept[0]["id"]).encode() not in ran  # ids are never given twice
     assert_recovers(process, watched, out, tmpfs_state, kept=kept)
+
+
+@pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
+@ROOT_ONLY
+@pytest.mark.parametrize("end", ["stop", "kill"])  # kill -9 leaves the WAL to read as well
+def test_jobs_a_stop_left_run_from_a_read_only_ledger_and_only_once(
+        tmpfs_state, tmp_path, write_rules, daemon, end):
+    # They waited until the ledger could be written again: the writer read them only over a
+    # connection it could write with, which a read-only mount refuses.
+    first, config, out, gate = slow_then_burst(write_rules, daemon, tmp_path, stop_grace="0.2s",
+                                               state_dir=str(tmpfs_state))
+    if end == "stop":
+        assert first.stop() == 0
+    else:
+        first.kill()
+    gate.touch()
+    with read_only(tmpfs_state):
+        second = daemon(config)
+        second.wait_log(f"{BURST + 1} job(s) from the ledger queued")
+        wait_for(lambda: set(runs_by_name(out)) == {"slow", *burst_names()},
+                 what="every job the stop left run, from memory")
+        assert log_lines(second, DEGRADED)
+    # Once it can be opened, they are not found unfinished and run again.
+    second.wait_log(RECOVERED, timeout=15)
+    wait_for(lambda: not ledger_jobs(tmpfs_state), what="their ends written")
+    make_files(tmp_path / "in", ["after"])
+    wait_for(lambda: "after" in runs_by_name(out))
+    runs = runs_by_name(out)
+    assert len(runs.pop("slow")) == 2  # cut short by the stop or kill, then run at the start
+    assert all(len(envs) == 1 for envs in runs.values()), runs
+    assert_clean(second, tmpfs_state)
 
 
 def test_a_second_daemon_on_the_same_state_directory_is_refused(tmp_path, write_rules, daemon):

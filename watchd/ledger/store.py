@@ -166,6 +166,21 @@ def connect(file: Path, *, create: bool) -> sqlite3.Connection:
     return connection
 
 
+def read_only(file: Path) -> sqlite3.Connection:
+    """A connection that only reads, for a ledger the daemon cannot write (a read-only mount,
+    a full disk). SQLite reads a WAL database read-only only with its ``-shm`` file there (a
+    crash leaves it); without it, and with no WAL to read, the file itself is read as
+    immutable: the daemon that would write it is this one, which cannot."""
+    try:
+        connection = sqlite3.connect(f"file:{file}?mode=ro", uri=True, isolation_level=None)
+        connection.execute("SELECT count(*) FROM jobs WHERE id < 0").fetchone()
+        return connection
+    except sqlite3.OperationalError:
+        if os.path.exists(f"{file}-wal"):
+            raise
+    return sqlite3.connect(f"file:{file}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+
 def _create(connection: sqlite3.Connection) -> None:
     for statement in filter(str.strip, _SCHEMA.split(";")):
         connection.execute(statement)

@@ -17,6 +17,7 @@ jobs themselves are also in the queue, which is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import sqlite3
@@ -76,6 +77,9 @@ class Ledger:
         self._data_version: int | None = None
         self._look = False  # another process changed the ledger: look for what it asked
         self._dir_ids: dict[tuple[str, bytes], int] = {}
+        # The jobs of a ledger read while it could not be written, run from memory then: not
+        # again once it can be opened, when their ends are written.
+        self._run_from_memory: set[int] = set()
         # Each directory's records' version: the number of the commit that last changed them
         # (a directory not changed since the database was opened: that of the opening).
         self._commits = 0
@@ -96,6 +100,8 @@ class Ledger:
             # Ids given before the ledger can be read must not be those of the jobs in it:
             # these start past any it can hold (microseconds since the epoch).
             self._last_id = self._committed = time.time_ns() // 1000
+            rows = self._read_unfinished()
+            self._run_from_memory = {row.id for row in rows}
         self._thread.start()
         return rows
 
@@ -267,6 +273,15 @@ class Ledger:
             self._opened_at, self._versions = self._commits, {}
         return rows
 
+    def _read_unfinished(self) -> list[JobRow]:
+        """The jobs left unfinished, read from a ledger that cannot be written: they run from
+        memory, as the jobs queued while it cannot be, rather than wait for it."""
+        try:
+            with contextlib.closing(store.read_only(self.file)) as connection:
+                return store.jobs(connection, store.UNFINISHED)
+        except (OSError, sqlite3.Error):
+            return []  # found once the ledger can be opened
+
     def _connect(self) -> sqlite3.Connection:
         try:
             return store.connect(self.file, create=True)
@@ -302,7 +317,7 @@ class Ledger:
                 upto = self._last_id if not self._pending else _highest_job(batch, self._committed)
                 closing = self._closing
             if self._connection is None:
-                found = self._try_open()
+                found = [row for row in self._try_open() if row.id not in self._run_from_memory]
                 if found:
                     self.on_found(found)
             written = self._write(batch, upto) if self._connection is not None else False
