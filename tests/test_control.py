@@ -232,6 +232,28 @@ def test_jobs_are_read_through_the_running_daemon(rules, daemon, tmp_path):
     assert "1 dead" in watchd("jobs", "--config", str(tmp_path / "none")).stdout
 
 
+def test_dead_letters_are_retried_and_dropped_through_the_running_daemon(
+        rules, daemon, tmp_path, control_socket):
+    # retry and drop took no --socket (SPEC: jobs takes it), and changed only the ledger of
+    # the rules file named: the daemon's, found through its socket, is changed now.
+    watched, _, config = rules
+    daemon(config)
+    (watched / "y.bad").write_text("x")
+    wait_for(lambda: status()["ledger"]["dead_letters"] == 1)
+    (job,) = json.loads(watchd("jobs", "list", "--dead", "--json").stdout)["jobs"]
+    elsewhere = ("--config", str(tmp_path / "none"), "--socket", str(control_socket))
+    retried = watchd("jobs", "retry", str(job["id"]), *elsewhere)
+    assert (retried.returncode, retried.stdout) == (0, f"{job['id']}: queued again\n")
+    # It runs again at once (the command fails again: a dead letter again, tried anew).
+    wait_for(lambda: rule_of(status(), "broken")["actions_failed"] == 2,
+             what="the dead letter run again")
+    wait_for(lambda: status()["ledger"]["dead_letters"] == 1)
+    unknown = watchd("jobs", "drop", str(job["id"]), "999999", *elsewhere)
+    assert (unknown.returncode, unknown.stdout, unknown.stderr) == (
+        1, f"{job['id']}: dropped\n", "999999: no such dead letter\n")
+    assert status()["ledger"]["dead_letters"] == 0
+
+
 def test_a_job_whose_command_runs_is_listed_running(tmp_path, write_rules, daemon):
     # The ledger writes a first action's run only if it fails: the job was listed queued.
     watched, started = tmp_path / "in", tmp_path / "started"

@@ -467,6 +467,56 @@ def test_a_locked_ledger_degrades_and_recovers_when_released(tmp_path, write_rul
     assert_recovers(process, watched, out, state)
 
 
+@pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
+def test_jobs_held_while_the_ledger_cannot_be_written_are_listed_through_the_daemon(
+        tmp_path, write_rules, daemon):
+    # The listing read the ledger only: jobs queued since it could not be written were missing.
+    watched, out, gate = tmp_path / "in", tmp_path / "out.jsonl", tmp_path / "gate"
+    watched.mkdir()
+    config = one_rule(write_rules, watched, gated(out, gate), settings={"workers": 1})
+    process = daemon(config)
+    make_files(watched, ["slow"])
+    wait_for(lambda: "slow" in runs_by_name(out))
+    state = tmp_path / "state"
+    with contextlib.closing(sqlite3.connect(state / "ledger.db", isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            make_files(watched, burst_names())
+            process.wait_log(DEGRADED)
+            answered = jobs_cli(config, "list", "--json")
+            assert answered.returncode == 0, answered.stderr
+            assert "the ledger cannot be written (" in answered.stderr
+            states = [(job["path"].rsplit("/", 1)[1], job["state"])
+                      for job in json.loads(answered.stdout)["jobs"]]
+            assert states == [("slow", "running")] + [(name, "queued") for name in burst_names()]
+        finally:
+            other.execute("ROLLBACK")
+    gate.touch()
+    assert_recovers(process, watched, out, state)
+
+
+def test_jobs_are_listed_through_the_daemon_while_the_ledger_cannot_be_read(
+        tmp_path, write_rules, daemon):
+    # The listing failed: "the daemon refused: cannot read the ledger".
+    _, config, out, gate = slow_then_burst(write_rules, daemon, tmp_path)
+    ledger = tmp_path / "state" / "ledger.db"
+    files = [ledger.with_name(ledger.name + suffix) for suffix in ("", "-wal", "-shm")]
+    for file in files:  # the daemon writes on in them, renamed
+        file.rename(file.with_name("kept" + file.name))
+    try:
+        garbage(ledger)
+        answered = jobs_cli(config, "list", "--json")
+        assert answered.returncode == 0, answered.stderr
+        assert f"the ledger {ledger} cannot be read: the jobs the daemon holds" in answered.stderr
+        states = [job["state"] for job in json.loads(answered.stdout)["jobs"]]
+        assert states == ["running"] + ["queued"] * BURST
+    finally:
+        for file in files:
+            file.with_name("kept" + file.name).replace(file)
+    gate.touch()
+    assert_all_run_once(out, tmp_path / "state")
+
+
 # -- a corrupt ledger --------------------------------------------------------------------------
 
 def garbage(ledger: Path) -> None:

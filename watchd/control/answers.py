@@ -15,7 +15,8 @@ from watchd.control.server import Answer
 from watchd.control.status import Daemon
 from watchd.core.trace import Tracer
 from watchd.ledger import store
-from watchd.outbox.deadletters import ledger_listing
+from watchd.ledger.rows import as_held
+from watchd.outbox.deadletters import change_dead_letters, ledger_listing
 
 T = TypeVar("T")
 
@@ -31,16 +32,17 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
         return document(daemon)
 
     def jobs_of(request: dict[str, object]) -> object:
-        states = (store.DEAD,) if request.get("dead") else (*store.UNFINISHED, store.DEAD)
-        rows = _read(daemon.ledger.file, lambda connection: store.jobs(connection, states))
-        if rows is None:
-            raise ProtocolError(f"cannot read the ledger {daemon.ledger.file}")
-        # The ledger keeps a first action's run unwritten (a crash runs it again, as queued):
-        # the daemon knows which run now.
-        running = daemon.workers.running_jobs()
-        rows = [row._replace(state=store.RUNNING)
-                if row.state == store.QUEUED and row.id in running else row for row in rows]
-        return {"lines": list(ledger_listing(rows, bool(request.get("json"))))}
+        change = request.get("change")
+        if change in ("retry", "drop"):
+            return _changed(daemon, str(change), _ids(request.get("ids")))
+        if request.get("dead"):
+            on_disk = _read(daemon.ledger.file, lambda c: store.jobs(c, (store.DEAD,)))
+            return _listing(on_disk or [], request, _unread(daemon, on_disk))
+        on_disk = _read(daemon.ledger.file, store.jobs)
+        notes = _unread(daemon, on_disk) or ([
+            f"the ledger cannot be written ({daemon.ledger.problem}): jobs are listed as the "
+            "daemon holds them"] if daemon.ledger.problem else [])
+        return _listing(as_held(on_disk or [], daemon.jobs.held()), request, notes)
 
     def trace_of(request: dict[str, object]) -> object:
         rules = _strings(request.get("rules"), "rules")
@@ -55,6 +57,41 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
     return {"status": status_of, "jobs": jobs_of, "trace": trace_of}
 
 
+def _listing(rows: list[store.JobRow], request: dict[str, object],
+             notes: list[str]) -> dict[str, list[str]]:
+    return {"lines": list(ledger_listing(rows, bool(request.get("json")))), "stderr": notes}
+
+
+def _unread(daemon: Daemon, on_disk: object) -> list[str]:
+    if on_disk is not None:
+        return []
+    return [f"the ledger {daemon.ledger.file} cannot be read: the jobs the daemon holds are "
+            "listed, not the dead letters"]
+
+
+def _changed(daemon: Daemon, command: str, ids: list[int] | None) -> dict[str, list[str]]:
+    """``watchd jobs retry|drop`` on the daemon's ledger, which looks for the dead letters
+    asked for again at once."""
+    try:
+        with contextlib.closing(store.connect(daemon.ledger.file, create=False)) as connection:
+            done, unknown = change_dead_letters(connection, command, ids)
+    except FileNotFoundError:
+        done, unknown = change_dead_letters(None, command, ids)
+    except (OSError, sqlite3.Error) as error:
+        raise ProtocolError(f"cannot change the ledger {daemon.ledger.file}: {error}") from None
+    if command == "retry" and done:
+        daemon.ledger.look()
+    return {"lines": done, "stderr": unknown}
+
+
+def _ids(value: object) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(type(item) is int for item in value):
+        raise ProtocolError("ids is a list of integers, or null for every dead letter")
+    return value
+
+
 def _strings(value: object, name: str) -> list[str]:
     if value is None:
         return []
@@ -66,7 +103,7 @@ def _strings(value: object, name: str) -> list[str]:
 def _read(file: Path, query: Callable[[sqlite3.Connection], T]) -> T | None:
     """``query`` on a connection of this thread's own; None if there is no ledger to read."""
     try:
-        with contextlib.closing(store.connect(file, create=False)) as connection:
+        with contextlib.closing(store.read_only(file)) as connection:
             return query(connection)
     except (OSError, sqlite3.Error):
         return None

@@ -19,6 +19,7 @@ from watchd.core.rules import RuleSet
 from watchd.core.stats import Counters
 from watchd.ledger.writer import Ledger
 from watchd.run.dispatch import Dispatcher
+from watchd.run.queue import JobQueue
 from watchd.run.workers import WorkerPool
 from watchd.source.table import WatchTable
 
@@ -37,6 +38,7 @@ class Daemon(Protocol):
     counters: Counters
     dispatcher: Dispatcher
     workers: WorkerPool
+    jobs: JobQueue
     ledger: Ledger
     table: WatchTable
 

@@ -31,6 +31,17 @@ def row_of(job: Job, state: str, failure: Failure | None = None,
                         status=failure.status, error=failure.error, stderr=failure.stderr)
 
 
+def as_held(on_disk: list[JobRow], held: list[tuple[str, Job, float | None]]) -> list[JobRow]:
+    """The ledger's rows with what the daemon holds now (``JobQueue.held``): each job in
+    the state it is in, and those not written yet (the ledger cannot be written) as well."""
+    rows = {row.id: row for row in on_disk}
+    for state, job, next_at in held:
+        row = rows.get(job.id)
+        rows[job.id] = (row._replace(state=state, next_at=next_at) if row is not None
+                        else row_of(job, state, next_at=next_at))
+    return sorted(rows.values())
+
+
 def queued_row(job: Job, job_id: int) -> JobRow:
     """A new job's row, under the id it is given: made for every job queued, so kept short."""
     event = job.event

@@ -167,18 +167,28 @@ def connect(file: Path, *, create: bool) -> sqlite3.Connection:
 
 
 def read_only(file: Path) -> sqlite3.Connection:
-    """A connection that only reads, for a ledger the daemon cannot write (a read-only mount,
-    a full disk). SQLite reads a WAL database read-only only with its ``-shm`` file there (a
-    crash leaves it); without it, and with no WAL to read, the file itself is read as
-    immutable: the daemon that would write it is this one, which cannot."""
+    """A connection that only reads, beside the daemon's writer or where it cannot write (a
+    read-only mount, a full disk). SQLite reads a WAL database read-only only with its
+    ``-shm`` there (a writer, or a crash, leaves it). With no WAL either, nothing is being
+    written to the file, and it is read as immutable (a writer that begins then writes its
+    WAL, not the file). Raises ``sqlite3.Error`` as ``connect``."""
     try:
-        connection = sqlite3.connect(f"file:{file}?mode=ro", uri=True, isolation_level=None)
-        connection.execute("SELECT count(*) FROM jobs WHERE id < 0").fetchone()
-        return connection
+        return _reading(f"file:{file}?mode=ro")
     except sqlite3.OperationalError:
         if os.path.exists(f"{file}-wal"):
             raise
-    return sqlite3.connect(f"file:{file}?mode=ro&immutable=1", uri=True, isolation_level=None)
+    return _reading(f"file:{file}?mode=ro&immutable=1")
+
+
+def _reading(uri: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                 timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    try:
+        connection.execute("SELECT count(*) FROM jobs WHERE id < 0").fetchone()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def _create(connection: sqlite3.Connection) -> None:

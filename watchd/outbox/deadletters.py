@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import marshal
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from watchd.actions.webhook import Endpoint, Webhook, attempt
 from watchd.core.logs import escape
 from watchd.core.rules import RuleSet
+from watchd.ledger import store
 from watchd.ledger.store import JobRow
 from watchd.outbox.outboxes import OutboxKey, webhooks_of
 from watchd.outbox.spool import Delivery, Spool
@@ -45,6 +47,18 @@ def ledger_listing(rows: list[JobRow], as_json: bool) -> Iterator[str]:
             yield f"      {row.action}: {row.error}"
         if row.stderr:
             yield f"      stderr: {escape(row.stderr.strip()[-200:])}"
+
+
+def change_dead_letters(connection: sqlite3.Connection | None, command: str,
+                        ids: list[int] | None) -> tuple[list[str], list[str]]:
+    """``watchd jobs retry|drop`` of the dead letters ``ids`` (all, for None), by this
+    command or by the daemon: what was done, a line each, and the ids that are none."""
+    change = store.request_retry if command == "retry" else store.drop
+    done = change(connection, ids) if connection is not None else []
+    verb = "queued again" if command == "retry" else "dropped"
+    unknown = sorted(set(ids or ()) - set(done))
+    return ([f"{job_id}: {verb}" for job_id in done],
+            [f"{job_id}: no such dead letter" for job_id in unknown])
 
 
 def describe(delivery: Delivery) -> str:

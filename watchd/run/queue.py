@@ -18,6 +18,7 @@ from dataclasses import replace
 from watchd.core.job import Job, JobKey
 from watchd.core.logs import LOGGER, log
 from watchd.core.trace import QUEUED, SKIPPED, tracing
+from watchd.ledger import store
 from watchd.ledger.writer import Ledger
 
 
@@ -57,7 +58,7 @@ class JobQueue:
         self._count = 0
         self._order = itertools.count()
         self._running: dict[str, int] = {}
-        self._busy: set[JobKey] = set()
+        self._busy: dict[JobKey, Job] = {}  # each path whose job a worker took: that job
         self._follow_ups: dict[JobKey, _Waiting] = {}
         self._ready = threading.Condition(threading.Lock())
         self._retiring = 0
@@ -186,7 +187,7 @@ class JobQueue:
         if self._follow_ups.get(key) is waiting:
             del self._follow_ups[key]
         self._running[name] = self._running.get(name, 0) + 1
-        self._busy.add(key)
+        self._busy[key] = job
         return job
 
     def done(self, job: Job) -> None:
@@ -196,7 +197,7 @@ class JobQueue:
             self._running[name] -= 1
             if not self._running[name]:
                 del self._running[name]
-            self._busy.discard(job.key)
+            self._busy.pop(job.key, None)
             # What it frees (a place of its rule, its path) lets one more job run at the most:
             # one worker is woken for it, not all of them to find nothing and wait again.
             if self._next() is not None:
@@ -222,6 +223,20 @@ class JobQueue:
                 rule = figures.setdefault(job.rule.name, {})
                 rule["retrying"] = rule.get("retrying", 0) + 1
             return figures
+
+    def held(self) -> list[tuple[str, Job, float | None]]:
+        """Each job the queue holds now, in the ledger's state for it: queued, running (a
+        worker took it), retrying (with when, in seconds since the epoch). For ``watchd jobs
+        list``: the ledger writes a first action's run only if it fails, and late while it
+        cannot be written."""
+        with self._ready:
+            since = time.time() - time.monotonic()
+            held: list[tuple[str, Job, float | None]] = [
+                (store.QUEUED, waiting.job, None)
+                for queue in self._rules.values() for waiting in queue]
+            held.extend((store.RUNNING, job, None) for job in self._busy.values())
+            held.extend((store.RETRYING, job, since + when) for when, _, job in self._retries)
+        return held
 
     def close(self) -> int:
         with self._ready:

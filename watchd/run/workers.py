@@ -91,11 +91,6 @@ class WorkerPool:
         with self._lock:
             return list(self._untrusted_programs.items())
 
-    def running_jobs(self) -> set[int]:
-        """The ledger's ids of the jobs whose process runs now."""
-        with self._lock:
-            return {job.id for job, _ in self._running.values() if job.id}
-
     def stats(self) -> dict[str, int]:
         return {"running": len(self._running),
                 "workers": sum(thread.is_alive() for thread in self._threads)}

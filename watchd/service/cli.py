@@ -26,7 +26,7 @@ from watchd.core.events import event_mask
 from watchd.core.logs import escape
 from watchd.core.problems import ConfigError
 from watchd.ledger import store
-from watchd.outbox.deadletters import ledger_listing, listing, replay
+from watchd.outbox.deadletters import change_dead_letters, ledger_listing, listing, replay
 from watchd.outbox.spool import DirectWriter, Spool
 from watchd.service.daemon import Daemon
 from watchd.service.explain import explain, resolve
@@ -104,7 +104,7 @@ def _jobs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     with_socket(with_config(jobs))
     for name, what in (("retry", "run dead letters again, from the action that failed"),
                        ("drop", "forget dead letters")):
-        sub = with_config(job_commands.add_parser(name, help=what))
+        sub = with_socket(with_config(job_commands.add_parser(name, help=what)))
         chosen = sub.add_mutually_exclusive_group(required=True)
         chosen.add_argument("ids", nargs="*", default=[], type=int, metavar="ID",
                             help="the dead letters' ids")
@@ -306,26 +306,45 @@ def _trace_line(message: dict[str, object]) -> str:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    """``watchd jobs``: the ledger read through the running daemon, else directly (or its
-    dead letters changed by this command, whether the daemon runs or not: a running daemon
-    picks up what ``retry`` asked for within a second)."""
-    if (args.jobs_command or "list") == "list":
-        with contextlib.suppress(NoDaemon):  # then read directly, below
-            answered = ask(socket_path(args.socket), "jobs", dead=args.dead, json=args.json)
-            for line in answered["lines"]:  # type: ignore[index]
-                print(line)
-            return 0
+    """``watchd jobs``: through the running daemon (which lists the jobs as it holds them,
+    and runs a dead letter asked for again at once), else on the ledger directly (a daemon
+    started later runs what ``retry`` asked for)."""
+    command = args.jobs_command or "list"
+    listing_only = command == "list"
+    if not listing_only and not args.ids and not args.all:
+        print("name the dead letters, or --all", file=sys.stderr)
+        return 2
+    ids = None if listing_only or args.all else args.ids
+    dead, as_json = listing_only and args.dead, listing_only and args.json
+    with contextlib.suppress(NoDaemon):  # then on the ledger directly, below
+        answered = ask(socket_path(args.socket), "jobs", dead=dead, json=as_json,
+                       change=None if command == "list" else command, ids=ids)
+        return _said(command, answered["lines"], answered["stderr"])  # type: ignore[index]
     try:
         ruleset = read_rules(args.config)
     except ConfigError as error:
         _print_problems(error)
         return 1
     try:
-        return _job_command(args, _open_ledger(Path(ruleset.settings.state_dir)))
+        connection = _open_ledger(Path(ruleset.settings.state_dir))
+        if listing_only:
+            rows = store.jobs(connection, (store.DEAD,) if dead else
+                              (*store.UNFINISHED, store.DEAD)) if connection else []
+            return _said(command, list(ledger_listing(rows, as_json)), [])
+        return _said(command, *change_dead_letters(connection, command, ids))
     except sqlite3.Error as error:
         print(f"watchd: cannot read the ledger in {ruleset.settings.state_dir}: {error}",
               file=sys.stderr)
         return 1
+
+
+def _said(command: str, lines: list[str], problems: list[str]) -> int:
+    """Print what ``watchd jobs`` answered; 1 for a dead letter asked for that is none."""
+    for line in lines:
+        print(line)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems and command != "list" else 0
 
 
 def _open_ledger(state_dir: Path) -> sqlite3.Connection | None:
@@ -334,29 +353,6 @@ def _open_ledger(state_dir: Path) -> sqlite3.Connection | None:
         return store.connect(store.path_in(state_dir), create=False)
     except FileNotFoundError:
         return None
-
-
-def _job_command(args: argparse.Namespace, connection: sqlite3.Connection | None) -> int:
-    command = args.jobs_command or "list"
-    if command == "list":
-        rows = store.jobs(connection, (store.DEAD,) if args.dead else
-                          (*store.UNFINISHED, store.DEAD)) if connection else []
-        for line in ledger_listing(rows, args.json):
-            print(line)
-        return 0
-    if not args.ids and not args.all:
-        print("name the dead letters, or --all", file=sys.stderr)
-        return 2
-    wanted = None if args.all else args.ids
-    change = store.request_retry if command == "retry" else store.drop
-    done = change(connection, wanted) if connection else []
-    verb = "queued again" if command == "retry" else "dropped"
-    for job_id in done:
-        print(f"{job_id}: {verb}")
-    unknown = sorted(set(args.ids) - set(done))
-    for job_id in unknown:
-        print(f"{job_id}: no such dead letter", file=sys.stderr)
-    return 1 if unknown else 0
 
 
 def _print_problems(error: ConfigError) -> None:
