@@ -193,6 +193,79 @@ def test_an_endpoint_that_never_answers_ends_as_a_dead_letter_that_can_be_replay
     assert "dead letters: 0" in capsys.readouterr().out
 
 
+def jobs(*args: str) -> subprocess.CompletedProcess[str]:
+    """``watchd jobs ARGS``, as an admin runs it (through the daemon when one answers)."""
+    return subprocess.run([PYTHON, "-m", "watchd", "jobs", *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+def dead_letters(config: Path) -> list[dict]:
+    answered = jobs("list", "--dead", "--json", "--config", str(config))
+    assert answered.returncode == 0, answered.stderr
+    return json.loads(answered.stdout)["jobs"]
+
+
+def a_dead_delivery(tmp_path, write_rules, daemon, receiver, watched, name: str):
+    """A daemon whose webhook the receiver refuses for good (HTTP 404) for file ``name``: the
+    daemon, its rules, and the dead letter as ``watchd jobs list --dead --json`` shows it."""
+    receiver.script["/hook"] = [404]
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook"))
+    process = daemon(config)
+    (watched / name).write_bytes(b"x")
+    process.wait_log("dead letter")
+    (dead,) = dead_letters(config)
+    delivery_id = json.loads(receiver.to("/hook")[0]["body"])["id"]
+    assert (dead["delivery"], dead["state"], dead["rule"], dead["step"], dead["tries"]) == (
+        delivery_id, "dead", "hook", 1, 1)
+    assert dead["error"].startswith("HTTP 404") and dead["path"] == str(watched / name)
+    assert delivery_id == f"msg_{delivery_id.split('_')[1]}_{dead['id']}_1"  # its job's id
+    return process, config, dead
+
+
+def test_a_dead_webhook_is_a_dead_letter_of_its_job_that_watchd_jobs_retries(
+        tmp_path, write_rules, daemon, receiver, watched):
+    # It was a dead delivery only: watchd jobs list --dead showed nothing, the status counted
+    # no dead letter, and watchd jobs retry knew no such id.
+    process, config, dead = a_dead_delivery(tmp_path, write_rules, daemon, receiver, watched,
+                                            "f")
+    listed = jobs("list", "--dead").stdout
+    assert "jobs: 1 dead" in listed and f"webhook {dead['delivery']}: HTTP 404" in listed
+    document = json.loads(subprocess.run([PYTHON, "-m", "watchd", "status", "--json"],
+                                          capture_output=True, text=True, timeout=30).stdout)
+    assert document["ledger"]["dead_letters"] == 1
+    retried = jobs("retry", str(dead["id"]))
+    assert (retried.returncode, retried.stdout) == (0, f"{dead['delivery']}: queued again\n")
+    # Sent again at once, under the same id, and gone once acknowledged.
+    wait_for(lambda: len(receiver.to("/hook")) == 2, what="the delivery sent again")
+    assert json.loads(receiver.to("/hook")[1]["body"])["id"] == dead["delivery"]
+    wait_for(lambda: kept(tmp_path) == 0 and kept(tmp_path, dead=True) == 0)
+    assert not dead_letters(config)
+    # Another one, dropped by its delivery's id; an id that names none fails.
+    receiver.script["/hook"] = [404]
+    (watched / "g").write_bytes(b"x")
+    process.wait_log("dead letter", count=2)
+    (second,) = dead_letters(config)
+    dropped = jobs("drop", second["delivery"], "msg_nope")
+    assert (dropped.returncode, dropped.stdout, dropped.stderr) == (
+        1, f"{second['delivery']}: dropped\n", "msg_nope: no such dead letter\n")
+    assert not dead_letters(config) and kept(tmp_path, dead=True) == 0
+    assert process.stop() == 0
+
+
+def test_a_dead_webhook_retried_while_the_daemon_is_stopped_is_sent_at_its_start(
+        tmp_path, write_rules, daemon, receiver, watched, capsys):
+    process, config, dead = a_dead_delivery(tmp_path, write_rules, daemon, receiver, watched,
+                                            "f")
+    assert process.stop() == 0
+    retried = jobs("retry", dead["delivery"], "--config", str(config))
+    assert (retried.returncode, retried.stdout) == (0, f"{dead['delivery']}: queued again\n")
+    assert main(["webhooks", "list", "--config", str(config)]) == 0
+    assert "waiting: 1" in capsys.readouterr().out
+    daemon(config)
+    wait_for(lambda: len(receiver.to("/hook")) == 2, what="the delivery sent at the start")
+    wait_for(lambda: kept(tmp_path) == 0 and kept(tmp_path, dead=True) == 0)
+
+
 def test_replay_of_an_unknown_id_fails(tmp_path, write_rules, receiver, watched, capsys):
     config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook"))
     assert main(["webhooks", "replay", "msg_nope", "--config", str(config)]) == 1

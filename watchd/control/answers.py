@@ -16,7 +16,12 @@ from watchd.control.status import Daemon
 from watchd.core.trace import Tracer
 from watchd.ledger import store
 from watchd.ledger.rows import as_held
-from watchd.outbox.deadletters import change_dead_letters, ledger_listing
+from watchd.outbox.deadletters import (
+    DeadDelivery,
+    change_dead_letters,
+    dead_deliveries,
+    ledger_listing,
+)
 
 T = TypeVar("T")
 
@@ -35,14 +40,17 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
         change = request.get("change")
         if change in ("retry", "drop"):
             return _changed(daemon, str(change), _ids(request.get("ids")))
-        if request.get("dead"):
-            on_disk = _read(daemon.ledger.file, lambda c: store.jobs(c, (store.DEAD,)))
-            return _listing(on_disk or [], request, _unread(daemon, on_disk))
-        on_disk = _read(daemon.ledger.file, store.jobs)
-        notes = _unread(daemon, on_disk) or ([
-            f"the ledger cannot be written ({daemon.ledger.problem}): jobs are listed as the "
-            "daemon holds them"] if daemon.ledger.problem else [])
-        return _listing(as_held(on_disk or [], daemon.jobs.held()), request, notes)
+        dead_only = bool(request.get("dead"))
+        on_disk = _read(daemon.ledger.file, _dead_letters if dead_only else _jobs)
+        rows, deliveries = on_disk or ([], [])
+        notes = _unread(daemon, on_disk)
+        if not dead_only:
+            rows = as_held(rows, daemon.jobs.held())
+            if daemon.ledger.problem and not notes:
+                notes = [f"the ledger cannot be written ({daemon.ledger.problem}): jobs are "
+                         "listed as the daemon holds them"]
+        return {"lines": list(ledger_listing(rows, deliveries, bool(request.get("json")))),
+                "stderr": notes}
 
     def trace_of(request: dict[str, object]) -> object:
         rules = _strings(request.get("rules"), "rules")
@@ -57,9 +65,13 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
     return {"status": status_of, "jobs": jobs_of, "trace": trace_of}
 
 
-def _listing(rows: list[store.JobRow], request: dict[str, object],
-             notes: list[str]) -> dict[str, list[str]]:
-    return {"lines": list(ledger_listing(rows, bool(request.get("json")))), "stderr": notes}
+def _jobs(connection: sqlite3.Connection) -> tuple[list[store.JobRow], list[DeadDelivery]]:
+    return store.jobs(connection), dead_deliveries(connection)
+
+
+def _dead_letters(connection: sqlite3.Connection,
+                  ) -> tuple[list[store.JobRow], list[DeadDelivery]]:
+    return store.jobs(connection, (store.DEAD,)), dead_deliveries(connection)
 
 
 def _unread(daemon: Daemon, on_disk: object) -> list[str]:
@@ -69,7 +81,8 @@ def _unread(daemon: Daemon, on_disk: object) -> list[str]:
             "listed, not the dead letters"]
 
 
-def _changed(daemon: Daemon, command: str, ids: list[int] | None) -> dict[str, list[str]]:
+def _changed(daemon: Daemon, command: str,
+             ids: list[store.DeadLetterId] | None) -> dict[str, list[str]]:
     """``watchd jobs retry|drop`` on the daemon's ledger, which looks for the dead letters
     asked for again at once."""
     try:
@@ -84,11 +97,12 @@ def _changed(daemon: Daemon, command: str, ids: list[int] | None) -> dict[str, l
     return {"lines": done, "stderr": unknown}
 
 
-def _ids(value: object) -> list[int] | None:
+def _ids(value: object) -> list[store.DeadLetterId] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not all(type(item) is int for item in value):
-        raise ProtocolError("ids is a list of integers, or null for every dead letter")
+    if not isinstance(value, list) or not all(type(item) in (int, str) for item in value):
+        raise ProtocolError("ids is a list of job ids and delivery ids, or null for every "
+                            "dead letter")
     return value
 
 

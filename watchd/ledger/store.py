@@ -297,27 +297,86 @@ def packed_jobs(connection: sqlite3.Connection) -> Iterator[tuple[int, JobRow]]:
                                           caught_up=bool(row.caught_up))
 
 
-def request_retry(connection: sqlite3.Connection, ids: list[int] | None) -> list[int]:
-    """Mark dead letters (all, for None) to be run again; the ids that were."""
+# A delivery's ``dead``: waiting, a dead letter, or a dead letter asked for again (``watchd jobs
+# retry``) that the daemon has not taken back into its outbox yet.
+WAITING, BURIED, ASKED = 0, 1, 2
+
+DeadLetterId = int | str  # a job's id, or a webhook delivery's
+
+
+def request_retry(connection: sqlite3.Connection, ids: list[DeadLetterId] | None,
+                  ) -> tuple[list[DeadLetterId], list[DeadLetterId]]:
+    """Mark dead letters (all, for None) to be run again; those that were, and the ids asked
+    for that name none. See ``_change_dead``."""
     return _change_dead(connection, ids, "UPDATE jobs SET state=?, tries=0, next_at=NULL, "
                         "updated=? WHERE id=?",
-                        lambda job_id: (REQUESTED, time.time(), job_id))
+                        lambda job_id: (REQUESTED, time.time(), job_id),
+                        f"UPDATE deliveries SET dead={ASKED}, attempts=0 WHERE id=?")
 
 
-def drop(connection: sqlite3.Connection, ids: list[int] | None) -> list[int]:
-    """Forget dead letters (all, for None); the ids that were."""
-    return _change_dead(connection, ids, "DELETE FROM jobs WHERE id=?", lambda job_id: (job_id,))
+def drop(connection: sqlite3.Connection, ids: list[DeadLetterId] | None,
+         ) -> tuple[list[DeadLetterId], list[DeadLetterId]]:
+    """Forget dead letters (all, for None), as ``request_retry``."""
+    return _change_dead(connection, ids, "DELETE FROM jobs WHERE id=?", lambda job_id: (job_id,),
+                        "DELETE FROM deliveries WHERE id=?")
 
 
-def _change_dead(connection: sqlite3.Connection, ids: list[int] | None, statement: str,
-                 parameters: Callable[[int], tuple[object, ...]]) -> list[int]:
+def _change_dead(connection: sqlite3.Connection, ids: list[DeadLetterId] | None,
+                 job_statement: str, job_parameters: Callable[[int], tuple[object, ...]],
+                 delivery_statement: str) -> tuple[list[DeadLetterId], list[DeadLetterId]]:
+    """A job's dead letter is named by its id; a webhook delivery's by its own id, or by its
+    job's (which names each dead delivery the job made, besides the job's own dead letter)."""
     with transaction(connection):
-        found = [row.id for row in jobs(connection, (DEAD,), ids)]
-        connection.executemany(statement, [parameters(job_id) for job_id in found])
-    return found
+        job_ids = None if ids is None else [job_id for job_id in ids if isinstance(job_id, int)]
+        found_jobs = [row.id for row in jobs(connection, (DEAD,), job_ids)]
+        connection.executemany(job_statement, [job_parameters(job_id) for job_id in found_jobs])
+        ledger = instance(connection)
+        found_deliveries = [
+            (delivery_id, job_of_delivery(delivery_id, ledger)) for (delivery_id,) in
+            connection.execute(f"SELECT id FROM deliveries WHERE dead={BURIED} ORDER BY seq")]
+        if ids is not None:
+            found_deliveries = [(delivery_id, job) for delivery_id, job in found_deliveries
+                                if delivery_id in ids or job in ids]
+        connection.executemany(delivery_statement,
+                               [(delivery_id,) for delivery_id, _ in found_deliveries])
+    named = {*found_jobs, *(job for _, job in found_deliveries),
+             *(delivery_id for delivery_id, _ in found_deliveries)}
+    return ([*found_jobs, *(delivery_id for delivery_id, _ in found_deliveries)],
+            [asked for asked in ids or () if asked not in named])
+
+
+def job_of_delivery(delivery_id: str, ledger: str) -> int | None:
+    """The id of the job whose webhook made a delivery (``msg_<ledger>_<job>_<action>``); None
+    for one another ledger made (0.1's, imported)."""
+    prefix = f"msg_{ledger}_"
+    if not delivery_id.startswith(prefix):
+        return None
+    job, _, place = delivery_id[len(prefix):].partition("_")
+    return int(job) if job.isdigit() and place.isdigit() else None
+
+
+def dead_deliveries(connection: sqlite3.Connection) -> list[tuple[object, ...]]:
+    """The webhook deliveries that are dead letters, as ``DELIVERY_COLUMNS``, oldest first."""
+    return connection.execute(f"SELECT {','.join(DELIVERY_COLUMNS)} FROM deliveries "
+                              f"WHERE dead={BURIED} ORDER BY seq").fetchall()
+
+
+def take_asked_deliveries(connection: sqlite3.Connection) -> list[tuple[object, ...]]:
+    """The dead deliveries asked for again, made waiting: the daemon's to send (it takes them
+    at its start from those waiting, and later from what this returns)."""
+    with transaction(connection):
+        rows = connection.execute(f"SELECT {','.join(DELIVERY_COLUMNS)} FROM deliveries "
+                                  f"WHERE dead={ASKED} ORDER BY seq").fetchall()
+        if rows:
+            connection.execute(f"UPDATE deliveries SET dead={WAITING} WHERE dead={ASKED}")
+    return [(*row[:-1], WAITING) for row in rows]
 
 
 def dead_by_rule(connection: sqlite3.Connection) -> dict[str, int]:
-    """How many dead letters each rule has in the ledger."""
-    return {str(rule): int(count) for rule, count in connection.execute(
-        "SELECT rule, count(*) FROM jobs WHERE state='dead' GROUP BY rule")}
+    """How many dead letters each rule has in the ledger: of jobs, and of webhook deliveries."""
+    counts: dict[str, int] = {}
+    for rule, count in connection.execute(
+            "SELECT rule, count(*) FROM jobs WHERE state='dead' GROUP BY rule UNION ALL "
+            f"SELECT rule, count(*) FROM deliveries WHERE dead={BURIED} GROUP BY rule"):
+        counts[str(rule)] = counts.get(str(rule), 0) + int(count)
+    return counts

@@ -57,6 +57,9 @@ class Ledger:
         self.on_status_change = on_status_change
         # Dead letters asked for again, or jobs found once the database could be opened late.
         self.on_found: Callable[[list[JobRow]], None] = lambda rows: None
+        # Dead webhook deliveries asked for again (``store.take_asked_deliveries``), later than
+        # the start: theirs to send anew.
+        self.on_asked: Callable[[list[tuple[object, ...]]], None] = lambda rows: None
         self.on_commit: Callable[[float], None] = lambda seconds: None  # each commit's time
         self.dead_letters = 10_000  # kept at most, of jobs and of deliveries each
         self._connection: sqlite3.Connection | None = None
@@ -95,7 +98,7 @@ class Ledger:
         """Open (or make) the database; the jobs a stop or a crash left unfinished. A file
         SQLite cannot read is put aside and a new ledger begun; one that cannot be opened
         (read-only, full, locked) leaves the ledger degraded, tried again in the background."""
-        rows = self._try_open()
+        rows, _ = self._try_open()  # the deliveries asked for are waiting ones, at a start
         if self._connection is None:
             # Ids given before the ledger can be read must not be those of the jobs in it:
             # these start past any it can hold (microseconds since the epoch).
@@ -253,16 +256,18 @@ class Ledger:
             elif len(self._pending) == 1:  # else the writer was woken already
                 self._changed.notify()
 
-    def _try_open(self) -> list[JobRow]:
+    def _try_open(self) -> tuple[list[JobRow], list[tuple[object, ...]]]:
+        """The jobs left unfinished, and the dead deliveries asked for again (made waiting)."""
         try:
             connection = self._connect()
             rows = store.jobs(connection, store.UNFINISHED)
+            asked = store.take_asked_deliveries(connection)
             self._chunks.load(connection)
             first = store.next_id(connection)
             self._instance = store.instance(connection)
         except (OSError, sqlite3.Error) as error:
             self._failed(f"cannot open {self.file}: {_reason(error)}")
-            return []
+            return [], []
         with self._changed:
             self._connection = connection
             # Ids go on from the highest ever given, and past those given while degraded.
@@ -271,7 +276,7 @@ class Ledger:
             self._data_version = None
             self._commits += 1  # a database begun again reuses the directories' ids
             self._opened_at, self._versions = self._commits, {}
-        return rows
+        return rows, asked
 
     def _read_unfinished(self) -> list[JobRow]:
         """The jobs left unfinished, read from a ledger that cannot be written: they run from
@@ -317,9 +322,12 @@ class Ledger:
                 upto = self._last_id if not self._pending else _highest_job(batch, self._committed)
                 closing = self._closing
             if self._connection is None:
-                found = [row for row in self._try_open() if row.id not in self._run_from_memory]
+                found, asked = self._try_open()
+                found = [row for row in found if row.id not in self._run_from_memory]
                 if found:
                     self.on_found(found)
+                if asked:
+                    self.on_asked(asked)
             written = self._write(batch, upto) if self._connection is not None else False
             if written:
                 with self._changed:
@@ -401,7 +409,7 @@ class Ledger:
 
     def _look_for_requests(self) -> None:
         """Dead letters ``watchd jobs retry`` marked since the last look (another process's
-        commit changes ``data_version``)."""
+        commit changes ``data_version``): jobs, and webhook deliveries."""
         assert self._connection is not None
         try:
             version = self._connection.execute("PRAGMA data_version").fetchone()[0]
@@ -409,10 +417,13 @@ class Ledger:
                 return
             self._data_version = version
             rows = store.jobs(self._connection, (store.REQUESTED,))
+            asked = store.take_asked_deliveries(self._connection)
         except sqlite3.Error:
             return  # looked at again next time
         if rows:
             self.on_found(rows)
+        if asked:
+            self.on_asked(asked)
 
 
 def _has_urgent(operations: list[Operation]) -> bool:

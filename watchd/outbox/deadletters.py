@@ -21,44 +21,73 @@ from watchd.core.rules import RuleSet
 from watchd.ledger import store
 from watchd.ledger.store import JobRow
 from watchd.outbox.outboxes import OutboxKey, webhooks_of
-from watchd.outbox.spool import Delivery, Spool
+from watchd.outbox.spool import Delivery, Spool, delivery_of
 
 
 def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def ledger_listing(rows: list[JobRow], as_json: bool) -> Iterator[str]:
+# A webhook delivery that is a dead letter, with the id of the job that made it (None: one of
+# 0.1's, imported): ``watchd jobs`` shows it as a dead letter of that job.
+DeadDelivery = tuple[int | None, Delivery]
+
+
+def dead_deliveries(connection: sqlite3.Connection) -> list[DeadDelivery]:
+    ledger = store.instance(connection)
+    return [(store.job_of_delivery(delivery.id, ledger), delivery)
+            for delivery in map(delivery_of, store.dead_deliveries(connection))]
+
+
+def ledger_listing(rows: list[JobRow], deliveries: list[DeadDelivery],
+                   as_json: bool) -> Iterator[str]:
     """``watchd jobs list``: a count by state, then a line for each job (and for a dead
-    letter what failed); or one JSON document of them all."""
+    letter what failed), a dead webhook delivery as a dead letter of its job; or one JSON
+    document of them all."""
+    shown = [*((row, None) for row in rows),
+             *((_as_row(job, delivery), delivery.id) for job, delivery in deliveries)]
     if as_json:
-        yield json.dumps({"jobs": [row.as_json() for row in rows]}, indent=1)
+        yield json.dumps({"jobs": [_as_json(row, delivery_id) for row, delivery_id in shown]},
+                         indent=1)
         return
-    states = Counter(row.state for row in rows)
+    states = Counter(row.state for row, _ in shown)
     yield "jobs: " + (", ".join(f"{count} {state}" for state, count in sorted(states.items()))
                       or "none")
-    for row in rows:
+    for row, delivery_id in shown:
         what = f"event={row.event}  {escape(row.path)}"
         if row.batch is not None:
             what = f"batch of {len(marshal.loads(row.batch))}, the last {escape(row.path)}"
-        yield (f"  {row.id}  {row.state}  {_when(row.created)}  rule={row.rule} step={row.step} "
-               f"tries={row.tries} {what}")
+        yield (f"  {row.id or delivery_id}  {row.state}  {_when(row.created)}  rule={row.rule} "
+               f"step={row.step} tries={row.tries} {what}")
         if row.error:
             yield f"      {row.action}: {row.error}"
         if row.stderr:
             yield f"      stderr: {escape(row.stderr.strip()[-200:])}"
 
 
+def _as_row(job: int | None, delivery: Delivery) -> JobRow:
+    return JobRow(job or 0, store.DEAD, delivery.rule, b"", delivery.path, delivery.event, False,
+                  b"", False, delivery.action, delivery.attempts, delivery.created,
+                  delivery.created, action=f"webhook {delivery.id}",
+                  error=delivery.last_error or "-")
+
+
+def _as_json(row: JobRow, delivery_id: str | None) -> dict[str, object]:
+    document = row.as_json()
+    if delivery_id is not None:
+        document.update(id=row.id or None, delivery=delivery_id)
+    return document
+
+
 def change_dead_letters(connection: sqlite3.Connection | None, command: str,
-                        ids: list[int] | None) -> tuple[list[str], list[str]]:
+                        ids: list[store.DeadLetterId] | None) -> tuple[list[str], list[str]]:
     """``watchd jobs retry|drop`` of the dead letters ``ids`` (all, for None), by this
-    command or by the daemon: what was done, a line each, and the ids that are none."""
+    command or by the daemon: what was done, a line each, and the ids that name none."""
     change = store.request_retry if command == "retry" else store.drop
-    done = change(connection, ids) if connection is not None else []
+    done, unknown = change(connection, ids) if connection is not None else ([], ids or [])
     verb = "queued again" if command == "retry" else "dropped"
-    unknown = sorted(set(ids or ()) - set(done))
-    return ([f"{job_id}: {verb}" for job_id in done],
-            [f"{job_id}: no such dead letter" for job_id in unknown])
+    return ([f"{dead_letter}: {verb}" for dead_letter in done],
+            [f"{asked}: no such dead letter" for asked in unknown])
 
 
 def describe(delivery: Delivery) -> str:

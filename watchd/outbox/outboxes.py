@@ -33,7 +33,7 @@ from watchd.core.logs import log
 from watchd.core.rules import RuleSet
 from watchd.core.stats import DROP_REPORT_INTERVAL, Count, Counters
 from watchd.ledger.writer import Ledger
-from watchd.outbox.spool import Delivery, Spool
+from watchd.outbox.spool import Delivery, Spool, delivery_of
 
 OutboxKey = tuple[str, int]  # a rule's name, and the action's place in it from 1
 
@@ -153,7 +153,7 @@ class Outbox:
         self.counters.add(Count.WEBHOOKS_FAILED, delivery.rule)
         why = "retries exhausted" if exhausted else "not retried"
         log(logging.ERROR, f"action failed: webhook: {delivery.last_error} ({why}); kept as a "
-            f"dead letter: watchd webhooks replay {delivery.id}",
+            f"dead letter: watchd jobs retry {delivery.id}",
             message_id=MessageId.ACTION_FAILED, dead_letter=str(grave), fields=fields)
 
     def _dropped(self) -> None:
@@ -246,11 +246,28 @@ class Deliveries:
 
     def _orphaned(self, key: OutboxKey) -> None:
         for delivery in self.spool.load(*key):
-            delivery.last_error = f"its rule {key[0]!r} has no webhook as action {key[1]} any more"
-            grave = self.spool.bury_later(delivery)
-            self.counters.add(Count.WEBHOOKS_FAILED, key[0])
-            log(logging.WARNING, f"webhook delivery kept as a dead letter: {delivery.last_error}",
-                rule=key[0], path=delivery.path, delivery=delivery.id, dead_letter=str(grave))
+            self._bury_orphan(delivery)
+
+    def _bury_orphan(self, delivery: Delivery) -> None:
+        delivery.last_error = (f"its rule {delivery.rule!r} has no webhook as action "
+                               f"{delivery.action} any more")
+        grave = self.spool.bury_later(delivery)
+        self.counters.add(Count.WEBHOOKS_FAILED, delivery.rule)
+        log(logging.WARNING, f"webhook delivery kept as a dead letter: {delivery.last_error}",
+            rule=delivery.rule, path=delivery.path, delivery=delivery.id, dead_letter=str(grave))
+
+    def take_asked(self, rows: list[tuple[object, ...]]) -> None:
+        """Dead deliveries ``watchd jobs retry`` asked for again (on the ledger's thread): each
+        sent anew by its outbox, its retries from the first; one whose webhook is gone is a
+        dead letter again, saying why."""
+        for delivery in map(delivery_of, rows):
+            outbox = self._outboxes.get((delivery.rule, delivery.action))
+            if outbox is None:
+                self._bury_orphan(delivery)
+            else:
+                outbox.take([delivery])
+        log(logging.INFO, f"{len(rows)} webhook delivery(ies) asked for again queued",
+            deliveries=len(rows))
 
     def deliver(self, job: Job, place: int) -> bool:
         """Keep and queue the webhook at ``place`` of the job's rule; False if it was not

@@ -118,7 +118,7 @@ class Spool:
 
     def load(self, rule: str, action: int) -> list[Delivery]:
         """The deliveries waiting in one outbox, oldest first."""
-        return self._select("dead=0 AND rule=? AND action=?", (rule, action))
+        return self._select(f"dead!={store.BURIED} AND rule=? AND action=?", (rule, action))
 
     def outboxes(self) -> list[tuple[str, int]]:
         """Every (rule, action) with deliveries waiting."""
@@ -126,10 +126,11 @@ class Spool:
             if connection is None:
                 return []
             return [(rule, action) for rule, action in connection.execute(
-                "SELECT DISTINCT rule, action FROM deliveries WHERE dead=0 ORDER BY rule, action")]
+                f"SELECT DISTINCT rule, action FROM deliveries WHERE dead!={store.BURIED} "
+                "ORDER BY rule, action")]
 
     def dead_letters(self) -> list[Delivery]:
-        return self._select("dead=1", ())
+        return self._select(f"dead={store.BURIED}", ())
 
     def import_legacy(self) -> list[Delivery]:
         """Move what watchd 0.1 left in the spool and dead-letter directories into the ledger
@@ -162,7 +163,7 @@ class Spool:
             rows = connection.execute(
                 f"SELECT {','.join(store.DELIVERY_COLUMNS)} FROM deliveries WHERE {where} "
                 "ORDER BY seq", parameters).fetchall()
-        return [_delivery(row) for row in rows]
+        return [delivery_of(row) for row in rows]
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection | None]:
@@ -179,9 +180,10 @@ class Spool:
             connection.close()
 
 
-def _delivery(row: tuple[object, ...]) -> Delivery:
+def delivery_of(row: tuple[object, ...]) -> Delivery:
+    """A delivery from its row (``store.DELIVERY_COLUMNS``)."""
     data = dict(zip(store.DELIVERY_COLUMNS, row, strict=True))
-    data["dead"] = bool(data["dead"])
+    data["dead"] = data["dead"] == store.BURIED
     return Delivery(**data)  # type: ignore[arg-type]
 
 

@@ -26,7 +26,13 @@ from watchd.core.events import event_mask
 from watchd.core.logs import escape
 from watchd.core.problems import ConfigError
 from watchd.ledger import store
-from watchd.outbox.deadletters import change_dead_letters, ledger_listing, listing, replay
+from watchd.outbox.deadletters import (
+    change_dead_letters,
+    dead_deliveries,
+    ledger_listing,
+    listing,
+    replay,
+)
 from watchd.outbox.spool import DirectWriter, Spool
 from watchd.service.daemon import Daemon
 from watchd.service.explain import explain, resolve
@@ -106,9 +112,14 @@ def _jobs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                        ("drop", "forget dead letters")):
         sub = with_socket(with_config(job_commands.add_parser(name, help=what)))
         chosen = sub.add_mutually_exclusive_group(required=True)
-        chosen.add_argument("ids", nargs="*", default=[], type=int, metavar="ID",
-                            help="the dead letters' ids")
+        chosen.add_argument("ids", nargs="*", default=[], type=_dead_letter_id, metavar="ID",
+                            help="the dead letters' ids: a job's (each dead letter of the "
+                                 "job), or a webhook delivery's")
         chosen.add_argument("--all", action="store_true", help="every dead letter")
+
+
+def _dead_letter_id(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
 
 
 def _event_name(name: str) -> str:
@@ -330,7 +341,8 @@ def _jobs(args: argparse.Namespace) -> int:
         if listing_only:
             rows = store.jobs(connection, (store.DEAD,) if dead else
                               (*store.UNFINISHED, store.DEAD)) if connection else []
-            return _said(command, list(ledger_listing(rows, as_json)), [])
+            deliveries = dead_deliveries(connection) if connection else []
+            return _said(command, list(ledger_listing(rows, deliveries, as_json)), [])
         return _said(command, *change_dead_letters(connection, command, ids))
     except sqlite3.Error as error:
         print(f"watchd: cannot read the ledger in {ruleset.settings.state_dir}: {error}",

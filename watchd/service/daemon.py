@@ -163,6 +163,7 @@ class Daemon:
         self.others = OthersWrites(state_dir)
         self.deliveries = Deliveries(state_dir, self.counters, self.ledger)
         self.deliveries.prepare(ruleset)()
+        self.ledger.on_asked = self.deliveries.take_asked
         own_writes = OwnWrites()
         self.jobs = JobQueue(ruleset.settings.queue_size,
                              on_restart=lambda key: self.workers.restart(key), ledger=self.ledger)
