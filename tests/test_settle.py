@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from conftest import counters_line, wait_for
 
 
@@ -64,6 +65,7 @@ def test_a_path_that_is_gone_is_released_at_once(tmp_path, write_rules, daemon):
     wait_for(lambda: out.exists() and out.read_text().strip() == str(watched / "x"))
 
 
+@pytest.mark.slow  # two starts and two settle periods: make test runs it, make check does not
 def test_a_path_settling_at_a_stop_settles_again_after_the_start(tmp_path, write_rules, daemon):
     # Held at the stop, its job waited in the ledger and was run at once at the next start:
     # an upload still being written was acted on half-written.

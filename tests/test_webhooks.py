@@ -451,6 +451,7 @@ def test_deliveries_of_the_0_1_spool_are_imported_once(tmp_path, write_rules, da
     assert daemon(config).log().count("imported") == 0
 
 
+@pytest.mark.slow  # waits for the ledger's next try: make test runs it, make check does not
 def test_a_0_1_spool_that_cannot_be_imported_yet_waits_in_its_files(tmp_path, write_rules,
                                                                       daemon, receiver, watched):
     # The import's error (a ledger locked, read-only or full) ended the start in a traceback.
