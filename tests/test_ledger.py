@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +22,7 @@ from conftest import Daemon, counters, env_of, recorder, records, wait_for
 
 from watchd.config.compile import compile_rules
 from watchd.config.loader import load
+from watchd.core.actions import MAX_BACKOFF, retry_delay
 from watchd.core.events import FileEvent
 from watchd.core.job import Job
 from watchd.core.stats import Counters
@@ -273,6 +275,16 @@ def test_a_failed_command_is_retried_with_backoff_until_it_succeeds(
     seen = counters(process)
     assert seen["retried"] == 2 and seen["dead_letters"] == 0
     assert seen["queued"] == seen["retrying"] == 0
+
+
+def test_a_retry_waits_at_least_its_backoff_doubled_and_at_most_ten_minutes():
+    # The jitter went downward: a first retry could come after half of the backoff asked for.
+    random.seed(17)
+    for retry, least in ((1, 10.0), (2, 20.0), (3, 40.0)):
+        delays = [retry_delay(10.0, retry) for _ in range(1000)]
+        assert least <= min(delays) and max(delays) <= least * 1.25
+        assert len(set(delays)) > 900  # spread, not one moment for all
+    assert {retry_delay(10.0, 20) for _ in range(100)} == {MAX_BACKOFF}
 
 
 def dead_letters_of(write_rules, daemon, tmp_path: Path, names: list[str],

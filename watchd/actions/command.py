@@ -89,7 +89,8 @@ class CommandAction(Strict):
                          "(a non-zero exit, a signal, a timeout, a start that failed); after the "
                          "last, the job is kept as a dead letter (`watchd jobs list --dead`)")
     backoff: Duration = Field(default=1.0, description="the wait before the first retry, "
-                              "doubled for each next one (at most 10 minutes), with jitter")
+                              "doubled for each next one, plus up to a quarter (jitter), at most "
+                              "10 minutes")
     stdin: Literal["none", "paths", "json"] = Field(
         default="none", description="what the command reads on stdin: `none` (/dev/null), "
         "`paths` (each path of the job, a batch's every path, followed by a NUL: `xargs -0`, "

@@ -105,7 +105,8 @@ class WebhookModel(Strict):
                          "first, on no answer, a timeout, 429 or 5xx; never on another 4xx or "
                          "a 3xx")
     backoff: Duration = Field(default=1.0, description="the wait before the first retry, "
-                              "doubled for each next one (at most 10 minutes), with jitter; "
+                              "doubled for each next one, plus up to a quarter (jitter), at most "
+                              "10 minutes; "
                               "never shorter than the server's `Retry-After`")
     headers: dict[Annotated[str, AfterValidator(_header_name)],
                   Annotated[str, AfterValidator(_header_value)]] = Field(

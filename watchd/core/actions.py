@@ -24,10 +24,11 @@ MAX_BACKOFF = 600.0  # seconds: the longest wait between two tries that a backof
 
 def retry_delay(backoff: float, retry: int) -> float:
     """Seconds before retry number ``retry`` (1 for the first): ``backoff`` doubled for each
-    retry after the first, at most ``MAX_BACKOFF``, and between half of that and all of it
-    (jitter: many jobs that failed together do not all retry together)."""
-    ceiling = min(MAX_BACKOFF, backoff * 2.0 ** (retry - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    retry after the first, and up to a quarter more (jitter: many jobs that failed together do
+    not all retry together; the spread adds up from one retry to the next), at most
+    ``MAX_BACKOFF``. Never less: ``backoff`` is the first wait an admin asked for."""
+    least = backoff * 2.0 ** (retry - 1)
+    return min(MAX_BACKOFF, least * random.uniform(1.0, 1.25))
 
 
 class Outcome(enum.Enum):
