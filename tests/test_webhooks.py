@@ -266,6 +266,18 @@ def test_a_dead_webhook_retried_while_the_daemon_is_stopped_is_sent_at_its_start
     wait_for(lambda: kept(tmp_path) == 0 and kept(tmp_path, dead=True) == 0)
 
 
+def test_watchd_webhooks_on_a_corrupt_ledger_says_so_without_a_traceback(
+        tmp_path, write_rules, receiver, watched, capsys):
+    # The list said "dead letters: 0" and exited 0.
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook"))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "ledger.db").write_bytes(b"this is not an SQLite database\n" * 1000)
+    for args in (["list"], ["replay", "--all"]):
+        assert main(["webhooks", *args, "--config", str(config)]) == 1
+        said = capsys.readouterr()
+        assert "cannot read the ledger" in said.err and not said.out
+
+
 def test_replay_of_an_unknown_id_fails(tmp_path, write_rules, receiver, watched, capsys):
     config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook"))
     assert main(["webhooks", "replay", "msg_nope", "--config", str(config)]) == 1

@@ -170,7 +170,7 @@ class Spool:
         """A connection to read with; None where there is no ledger that can be read (then
         nothing waits: the daemon says why the ledger cannot be had)."""
         try:
-            connection = store.connect(self.file, create=False)
+            connection = store.read_only(self.file)
         except (OSError, sqlite3.Error):
             yield None
             return

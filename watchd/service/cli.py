@@ -232,11 +232,7 @@ def _webhooks(args: argparse.Namespace) -> int:
         _print_problems(error)
         return 1
     state_dir = Path(ruleset.settings.state_dir)
-    if args.webhooks_command == "list":
-        for line in listing(Spool(state_dir)):
-            print(line)
-        return 0
-    if not args.ids and not args.all:
+    if args.webhooks_command != "list" and not args.ids and not args.all:
         print("name the dead letters to send, or --all", file=sys.stderr)
         return 2
     try:
@@ -244,6 +240,12 @@ def _webhooks(args: argparse.Namespace) -> int:
     except sqlite3.Error as error:
         print(f"watchd: cannot read the ledger in {state_dir}: {error}", file=sys.stderr)
         return 1
+    if args.webhooks_command == "list":
+        if connection is not None:
+            connection.close()
+        for line in listing(Spool(state_dir)):
+            print(line)
+        return 0
     failed = 0
     spool = Spool(state_dir, DirectWriter(connection) if connection else None)
     for sent, line in replay(spool, ruleset, args.ids):
