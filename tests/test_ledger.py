@@ -444,6 +444,34 @@ def test_jobs_a_stop_left_run_from_a_read_only_ledger_and_only_once(
     assert_clean(second, tmpfs_state)
 
 
+@pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
+@ROOT_ONLY
+def test_a_delivery_waiting_in_a_read_only_ledger_is_sent_from_the_start(
+        tmpfs_state, tmp_path, write_rules, daemon, receiver):
+    # It waited for a start with the ledger writable: the spool read it only over a
+    # connection it could write with.
+    receiver.script["/hook"] = [503] * 100
+    watched = tmp_path / "in"
+    watched.mkdir()
+    webhook = {"url": f"{receiver.url}/hook", "retries": 100, "backoff": "1h"}
+    config = write_rules(json.dumps({"settings": {"state_dir": str(tmpfs_state)}, "rules": [
+        {"name": "hook", "paths": [str(watched)], "actions": [{"webhook": webhook}]}]}))
+    first = daemon(config)
+    make_files(watched, ["f"])
+    first.wait_log("webhook attempt failed")
+    assert first.stop() == 0
+    receiver.script["/hook"] = []
+    with read_only(tmpfs_state):
+        second = daemon(config)
+        second.wait_log("webhook delivered")
+        assert log_lines(second, DEGRADED)
+    second.wait_log(RECOVERED, timeout=15)
+    wait_for(lambda: not on_disk(tmpfs_state, "SELECT id FROM deliveries"),
+             what="its end written")
+    assert len(receiver.to("/hook")) == 2
+    assert_clean(second, tmpfs_state)
+
+
 def test_a_second_daemon_on_the_same_state_directory_is_refused(tmp_path, write_rules, daemon):
     # Both ran: every event was acted on twice, and each start ran again every job the
     # ledger held unfinished.
