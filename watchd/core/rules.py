@@ -164,7 +164,8 @@ EMPTY_SCOPE = Scope.of(())
 class EventSink(Protocol):
     """Where the event source hands each event, with the scope of its directory."""
 
-    def submit(self, event: FileEvent, scope: Scope) -> None: ...
+    def submit(self, event: FileEvent, scope: Scope) -> bool:
+        """Whether a rule matched the event."""
 
 
 @dataclass(frozen=True)

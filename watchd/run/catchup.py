@@ -379,10 +379,12 @@ class Walk:
             if not self.up.overlap.claim((self.rule.name, path), state, self.acting):
                 return False
             if self.acting:
-                self.told[name] += 1
                 event = FileEvent(path, name, EVENT_BITS[name], is_dir, src_path,
                                   caught_up=True)
-                self.up.sink.submit(event, self.scope)
+                # Counted if the rule acts on it: not a create it does not ask for, nor a
+                # file its patterns leave out.
+                if self.up.sink.submit(event, self.scope):
+                    self.told[name] += 1
         return True
 
     def _wait_for_room(self) -> None:

@@ -51,10 +51,13 @@ class Dispatcher:
         # While a catch-up runs: what it and the live events told (watchd.run.overlap).
         self.overlap: Overlap | None = None
 
-    def submit(self, event: FileEvent, scope: Scope) -> None:
+    def submit(self, event: FileEvent, scope: Scope) -> bool:
+        """Offer ``event`` to the rules of ``scope``; whether one matched it."""
         if tracing.on:
             _trace_match(event, scope)
+        matched = False
         for rule, root in match(scope, event):
+            matched = True
             self.counters.matched_by(rule.name)
             job = Job(rule, root, event)
             overlap = self.overlap
@@ -71,6 +74,7 @@ class Dispatcher:
                 self._offered(job, self.debouncer.offer(job), DEBOUNCED)
             else:
                 self.settle(job)
+        return matched
 
     def settle(self, job: Job) -> None:
         """Hold the job until its path has settled, if its rule asks; then collect it."""
