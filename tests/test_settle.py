@@ -14,8 +14,9 @@ from conftest import counters_line, wait_for
 
 def size_rule(write_rules, watched: Path, out: Path, **keys: object) -> Path:
     """A rule that appends the size the file has when its action runs."""
+    path = "{paths}" if "batch" in keys else "{path}"  # a batch's command names its paths
     rule = {"name": "upload", "paths": [str(watched)], "events": ["create", "modify"],
-            "actions": [{"command": ["/bin/sh", "-c", f'wc -c < "$0" >> {out}', "{path}"]}],
+            "actions": [{"command": ["/bin/sh", "-c", f'wc -c < "$0" >> {out}', path]}],
             **keys}
     return write_rules(json.dumps({"rules": [rule]}))
 
@@ -66,12 +67,15 @@ def test_a_path_that_is_gone_is_released_at_once(tmp_path, write_rules, daemon):
 
 
 @pytest.mark.slow  # two starts and two settle periods: make test runs it, make check does not
-def test_a_path_settling_at_a_stop_settles_again_after_the_start(tmp_path, write_rules, daemon):
+@pytest.mark.parametrize("shape", [{}, {"batch": {"window": "100ms"}}], ids=["job", "batch"])
+def test_a_path_settling_at_a_stop_settles_again_after_the_start(tmp_path, write_rules, daemon,
+                                                                 shape):
     # Held at the stop, its job waited in the ledger and was run at once at the next start:
-    # an upload still being written was acted on half-written.
+    # an upload still being written was acted on half-written. A batch rule's path came back
+    # as a batch of one, run at once the same way.
     watched, out = tmp_path / "in", tmp_path / "out"
     watched.mkdir()
-    config = size_rule(write_rules, watched, out, settle="3s")
+    config = size_rule(write_rules, watched, out, settle="3s", **shape)
     process = daemon(config)
     with open(watched / "upload.bin", "wb") as upload:
         upload.write(b"a" * 1000)

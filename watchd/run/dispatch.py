@@ -11,6 +11,7 @@ mtime stay the same), ``batch`` (collected with others), then the queue. A rule 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from watchd.core.events import FileEvent
 from watchd.core.job import Job
@@ -86,14 +87,19 @@ class Dispatcher:
     def resume(self, job: Job) -> None:
         """Queue a job the ledger held at start. One of a rule with ``settle`` waits for its
         path to settle again: it may have been settling at the stop, and its writer may have
-        gone on while the daemon was down. (A batch, whole, is queued as it is.)"""
-        if job.rule.settle is None or job.batch or not self.settler.offer(job):
+        gone on while the daemon was down. So does a batch of one (a batch rule's path held
+        at the stop is one); a larger batch, settled already, is queued whole."""
+        if (job.rule.settle is None or len(job.batch) > 1
+                or not self.settler.offer(replace(job, batch=()))):
             self.queue(job)
 
     def collect(self, job: Job) -> None:
-        """Queue the job, or add it to its rule's batch."""
+        """Queue the job, or add it to its rule's batch; one the ledger holds (resumed, and
+        settled again) is a batch of its own, whose end ends its row."""
         if job.rule.batch is None:
             self.queue(job)
+        elif job.id:
+            self.queue(as_batch(job))
         else:
             self._offered(job, self.batcher.offer(job), BATCHED)
 
