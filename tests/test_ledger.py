@@ -444,6 +444,42 @@ def test_jobs_a_stop_left_run_from_a_read_only_ledger_and_only_once(
     assert_clean(second, tmpfs_state)
 
 
+def webhook_rule(write_rules, tmp_path: Path, receiver, state: Path) -> tuple[Path, Path]:
+    """A rule posting each file of ``tmp_path/in`` to the receiver's ``/hook``, retried for
+    an hour, with its ledger in ``state``: the directory, and the rules."""
+    watched = tmp_path / "in"
+    watched.mkdir()
+    webhook = {"url": f"{receiver.url}/hook", "retries": 100, "backoff": "1h"}
+    return watched, write_rules(json.dumps({"settings": {"state_dir": str(state)}, "rules": [
+        {"name": "hook", "paths": [str(watched)], "actions": [{"webhook": webhook}]}]}))
+
+
+@pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
+@ROOT_ONLY
+def test_a_dead_delivery_asked_for_again_is_sent_once_after_a_start_on_a_read_only_ledger(
+        tmpfs_state, tmp_path, write_rules, daemon, receiver):
+    # The start read it as waiting from the read-only ledger and sent it; the ledger, once
+    # writable, took it as asked for and sent it again.
+    receiver.script["/hook"] = [404]
+    watched, config = webhook_rule(write_rules, tmp_path, receiver, tmpfs_state)
+    first = daemon(config)
+    make_files(watched, ["f"])
+    first.wait_log("dead letter")
+    assert first.stop() == 0
+    retried = jobs_cli(config, "retry", "--all")
+    assert retried.returncode == 0 and "queued again" in retried.stdout, retried
+    with read_only(tmpfs_state):
+        second = daemon(config)
+        second.wait_log(DEGRADED)
+    second.wait_log(RECOVERED, timeout=15)
+    second.wait_log("webhook delivered")
+    wait_for(lambda: not on_disk(tmpfs_state, "SELECT id FROM deliveries"),
+             what="its end written")
+    assert second.stop() == 0
+    assert len(receiver.to("/hook")) == 2, receiver.to("/hook")
+    assert second.log().count("webhook delivered") == 1
+
+
 @pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
 @ROOT_ONLY
 def test_a_delivery_waiting_in_a_read_only_ledger_is_sent_from_the_start(
@@ -451,11 +487,7 @@ def test_a_delivery_waiting_in_a_read_only_ledger_is_sent_from_the_start(
     # It waited for a start with the ledger writable: the spool read it only over a
     # connection it could write with.
     receiver.script["/hook"] = [503] * 100
-    watched = tmp_path / "in"
-    watched.mkdir()
-    webhook = {"url": f"{receiver.url}/hook", "retries": 100, "backoff": "1h"}
-    config = write_rules(json.dumps({"settings": {"state_dir": str(tmpfs_state)}, "rules": [
-        {"name": "hook", "paths": [str(watched)], "actions": [{"webhook": webhook}]}]}))
+    watched, config = webhook_rule(write_rules, tmp_path, receiver, tmpfs_state)
     first = daemon(config)
     make_files(watched, ["f"])
     first.wait_log("webhook attempt failed")

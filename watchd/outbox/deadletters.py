@@ -97,8 +97,7 @@ def describe(delivery: Delivery) -> str:
 
 
 def listing(spool: Spool) -> Iterator[str]:
-    outboxes = spool.outboxes()
-    waiting = {key: len(spool.load(*key)) for key in outboxes}
+    waiting = spool.waiting(asked=True)
     yield f"waiting: {sum(waiting.values())}"
     for (rule, action), count in waiting.items():
         yield f"  rule={rule} action={action}: {count}"

@@ -117,17 +117,24 @@ class Spool:
         return str(self.file)
 
     def load(self, rule: str, action: int) -> list[Delivery]:
-        """The deliveries waiting in one outbox, oldest first."""
-        return self._select(f"dead!={store.BURIED} AND rule=? AND action=?", (rule, action))
+        """The deliveries waiting in one outbox, oldest first (not the dead letters asked for
+        again: the ledger hands those over once it takes them, ``take_asked_deliveries``)."""
+        return self._select(f"dead={store.WAITING} AND rule=? AND action=?", (rule, action))
 
     def outboxes(self) -> list[tuple[str, int]]:
         """Every (rule, action) with deliveries waiting."""
+        return list(self.waiting().keys())
+
+    def waiting(self, asked: bool = False) -> dict[tuple[str, int], int]:
+        """How many deliveries wait in each outbox (with ``asked``: the dead letters asked for
+        again as well, which wait for the daemon to take them)."""
+        wanted = f"({store.WAITING},{store.ASKED})" if asked else f"({store.WAITING})"
         with self._reading() as connection:
             if connection is None:
-                return []
-            return [(rule, action) for rule, action in connection.execute(
-                f"SELECT DISTINCT rule, action FROM deliveries WHERE dead!={store.BURIED} "
-                "ORDER BY rule, action")]
+                return {}
+            return {(rule, action): count for rule, action, count in connection.execute(
+                f"SELECT rule, action, count(*) FROM deliveries WHERE dead IN {wanted} "
+                "GROUP BY rule, action ORDER BY rule, action")}
 
     def dead_letters(self) -> list[Delivery]:
         return self._select(f"dead={store.BURIED}", ())
