@@ -254,6 +254,36 @@ def test_dead_letters_are_retried_and_dropped_through_the_running_daemon(
     assert status()["ledger"]["dead_letters"] == 0
 
 
+def test_jobs_with_a_daemon_older_than_the_command_lists_and_changes_the_ledger_itself(
+        tmp_path, write_rules, control_socket):
+    # A daemon of before retry and drop went through it answers every jobs request with a
+    # listing and no "stderr": the command ended in a KeyError traceback, and did nothing.
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(control_socket))
+    server.listen()
+
+    def answer_as_before() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b'{"version": 1, "ok": true, "result": '
+                                   b'{"lines": ["jobs: none"]}}\n')
+
+    threading.Thread(target=answer_as_before, daemon=True).start()
+    config = write_rules(f"settings: {{state_dir: {tmp_path / 'state'}}}\nrules: []\n")
+    try:
+        listed = watchd("jobs", "list")
+        assert (listed.returncode, listed.stdout, listed.stderr) == (0, "jobs: none\n", "")
+        retried = watchd("jobs", "retry", "5", "--config", str(config))
+        assert (retried.returncode, retried.stderr) == (1, "5: no such dead letter\n")
+    finally:
+        server.close()
+
+
 def test_a_job_whose_command_runs_is_listed_running(tmp_path, write_rules, daemon):
     # The ledger writes a first action's run only if it fails: the job was listed queued.
     watched, started = tmp_path / "in", tmp_path / "started"

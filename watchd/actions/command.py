@@ -90,7 +90,7 @@ class CommandAction(Strict):
                          "last, the job is kept as a dead letter (`watchd jobs list --dead`)")
     backoff: Duration = Field(default=1.0, description="the wait before the first retry, "
                               "doubled for each next one, plus up to a quarter (jitter), at most "
-                              "10 minutes")
+                              "10 minutes (there, 8 to 10)")
     stdin: Literal["none", "paths", "json"] = Field(
         default="none", description="what the command reads on stdin: `none` (/dev/null), "
         "`paths` (each path of the job, a batch's every path, followed by a NUL: `xargs -0`, "

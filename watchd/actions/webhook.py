@@ -106,7 +106,7 @@ class WebhookModel(Strict):
                          "a 3xx")
     backoff: Duration = Field(default=1.0, description="the wait before the first retry, "
                               "doubled for each next one, plus up to a quarter (jitter), at most "
-                              "10 minutes; "
+                              "10 minutes (there, 8 to 10); "
                               "never shorter than the server's `Retry-After`")
     headers: dict[Annotated[str, AfterValidator(_header_name)],
                   Annotated[str, AfterValidator(_header_value)]] = Field(

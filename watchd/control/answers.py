@@ -43,8 +43,11 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
         dead_only = bool(request.get("dead"))
         on_disk = _read(daemon.ledger.file, _dead_letters if dead_only else _jobs)
         rows, deliveries = on_disk or ([], [])
+        rows = daemon.ledger.with_pending(rows)
         notes = _unread(daemon, on_disk)
-        if not dead_only:
+        if dead_only:
+            rows = [row for row in rows if row.state == store.DEAD]
+        else:
             rows = as_held(rows, daemon.jobs.held())
             if daemon.ledger.problem and not notes:
                 notes = [f"the ledger cannot be written ({daemon.ledger.problem}): jobs are "
@@ -82,7 +85,7 @@ def _unread(daemon: Daemon, on_disk: object) -> list[str]:
 
 
 def _changed(daemon: Daemon, command: str,
-             ids: list[store.DeadLetterId] | None) -> dict[str, list[str]]:
+             ids: list[store.DeadLetterId] | None) -> dict[str, object]:
     """``watchd jobs retry|drop`` on the daemon's ledger, which looks for the dead letters
     asked for again at once."""
     try:
@@ -94,7 +97,7 @@ def _changed(daemon: Daemon, command: str,
         raise ProtocolError(f"cannot change the ledger {daemon.ledger.file}: {error}") from None
     if command == "retry" and done:
         daemon.ledger.look()
-    return {"lines": done, "stderr": unknown}
+    return {"change": command, "lines": done, "stderr": unknown}
 
 
 def _ids(value: object) -> list[store.DeadLetterId] | None:

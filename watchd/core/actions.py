@@ -25,10 +25,12 @@ MAX_BACKOFF = 600.0  # seconds: the longest wait between two tries that a backof
 def retry_delay(backoff: float, retry: int) -> float:
     """Seconds before retry number ``retry`` (1 for the first): ``backoff`` doubled for each
     retry after the first, and up to a quarter more (jitter: many jobs that failed together do
-    not all retry together; the spread adds up from one retry to the next), at most
-    ``MAX_BACKOFF``. Never less: ``backoff`` is the first wait an admin asked for."""
+    not all retry together), at most ``MAX_BACKOFF``. Never less (``backoff`` is the first wait
+    an admin asked for) until the doubling reaches the cap: then between 80% of it and all."""
     least = backoff * 2.0 ** (retry - 1)
-    return min(MAX_BACKOFF, least * random.uniform(1.0, 1.25))
+    if least >= MAX_BACKOFF:
+        return random.uniform(0.8 * MAX_BACKOFF, MAX_BACKOFF)
+    return random.uniform(least, min(MAX_BACKOFF, least * 1.25))
 
 
 class Outcome(enum.Enum):

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from watchd.core.job import Job
 from watchd.core.journal import MessageId
@@ -122,6 +123,21 @@ class Ledger:
 
     def stats(self) -> dict[str, int]:
         return {"ledger_pending": len(self._pending)}
+
+    def with_pending(self, rows: list[JobRow]) -> list[JobRow]:
+        """Rows read from the disk as the writer will leave them: what it holds and has not
+        written yet (a moment's worth, or all since the ledger could not be written) applied:
+        jobs ended gone, jobs changed as they are now (a dead letter kept, a retry)."""
+        by_id = {row.id: row for row in rows}
+        with self._changed:
+            pending = list(self._pending)  # copied, not read, under the lock: add never waits
+        for operation in pending:
+            if operation[0] == "end":
+                by_id.pop(cast(int, operation[1]), None)
+            elif operation[0] == "job":
+                row = cast(JobRow, operation[1])
+                by_id[row.id] = row
+        return sorted(by_id.values())
 
     def add(self, job: Job) -> int:
         """Keep a new job, queued; its id. Called from any thread; never waits on the disk.

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from watchd import __version__
 from watchd.config.compile import compile_rules, read_rules, refuse_what_cannot_run_here
@@ -235,12 +236,13 @@ def _webhooks(args: argparse.Namespace) -> int:
     if args.webhooks_command != "list" and not args.ids and not args.all:
         print("name the dead letters to send, or --all", file=sys.stderr)
         return 2
+    listing_only = args.webhooks_command == "list"
     try:
-        connection = _open_ledger(state_dir)
+        connection = _open_ledger(state_dir, writable=not listing_only)
     except sqlite3.Error as error:
         print(f"watchd: cannot read the ledger in {state_dir}: {error}", file=sys.stderr)
         return 1
-    if args.webhooks_command == "list":
+    if listing_only:
         if connection is not None:
             connection.close()
         for line in listing(Spool(state_dir)):
@@ -330,16 +332,19 @@ def _jobs(args: argparse.Namespace) -> int:
     ids = None if listing_only or args.all else args.ids
     dead, as_json = listing_only and args.dead, listing_only and args.json
     with contextlib.suppress(NoDaemon):  # then on the ledger directly, below
-        answered = ask(socket_path(args.socket), "jobs", dead=dead, json=as_json,
-                       change=None if command == "list" else command, ids=ids)
-        return _said(command, answered["lines"], answered["stderr"])  # type: ignore[index]
+        answered = cast(dict[str, Any], ask(
+            socket_path(args.socket), "jobs", dead=dead, json=as_json,
+            change=None if listing_only else command, ids=ids))
+        # A daemon older than this command lists where asked to change: it is done here.
+        if listing_only or answered.get("change") == command:
+            return _said(command, answered["lines"], answered.get("stderr", []))
     try:
         ruleset = read_rules(args.config)
     except ConfigError as error:
         _print_problems(error)
         return 1
     try:
-        connection = _open_ledger(Path(ruleset.settings.state_dir))
+        connection = _open_ledger(Path(ruleset.settings.state_dir), writable=not listing_only)
         if listing_only:
             rows = store.jobs(connection, (store.DEAD,) if dead else
                               (*store.UNFINISHED, store.DEAD)) if connection else []
@@ -361,12 +366,13 @@ def _said(command: str, lines: list[str], problems: list[str]) -> int:
     return 1 if problems and command != "list" else 0
 
 
-def _open_ledger(state_dir: Path) -> sqlite3.Connection | None:
-    """The ledger, to read and change; None if there is none (nothing was ever queued)."""
-    try:
-        return store.connect(store.path_in(state_dir), create=False)
-    except FileNotFoundError:
+def _open_ledger(state_dir: Path, writable: bool = True) -> sqlite3.Connection | None:
+    """The ledger, to change (or only to read: also on a read-only file system); None if
+    there is none (nothing was ever queued)."""
+    file = store.path_in(state_dir)
+    if not file.exists():
         return None
+    return store.connect(file, create=False) if writable else store.read_only(file)
 
 
 def _print_problems(error: ConfigError) -> None:
