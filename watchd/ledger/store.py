@@ -342,7 +342,7 @@ def _change_dead(connection: sqlite3.Connection, ids: list[DeadLetterId] | None,
     named = {*found_jobs, *(job for _, job in found_deliveries),
              *(delivery_id for delivery_id, _ in found_deliveries)}
     return ([*found_jobs, *(delivery_id for delivery_id, _ in found_deliveries)],
-            [asked for asked in ids or () if asked not in named])
+            [asked for asked in dict.fromkeys(ids or ()) if asked not in named])
 
 
 def job_of_delivery(delivery_id: str, ledger: str) -> int | None:

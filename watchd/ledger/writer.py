@@ -277,10 +277,10 @@ class Ledger:
         try:
             connection = self._connect()
             rows = store.jobs(connection, store.UNFINISHED)
-            asked = store.take_asked_deliveries(connection)
             self._chunks.load(connection)
             first = store.next_id(connection)
             self._instance = store.instance(connection)
+            asked = store.take_asked_deliveries(connection)  # last: nothing fails after it
         except (OSError, sqlite3.Error) as error:
             self._failed(f"cannot open {self.file}: {_reason(error)}")
             return [], []
