@@ -277,6 +277,45 @@ def test_a_failed_command_is_retried_with_backoff_until_it_succeeds(
     assert seen["queued"] == seen["retrying"] == 0
 
 
+def two_actions(write_rules, watched: Path, first: dict, second: dict) -> Path:
+    rule = {"name": "job", "paths": [str(watched)], "actions": [first, second]}
+    return write_rules(json.dumps({"rules": [rule]}))
+
+
+def test_a_second_action_that_fails_is_retried_alone_with_its_own_retries(
+        tmp_path, write_rules, daemon):
+    # The retry ran from the first action, with the first action's retries: what had
+    # succeeded ran again, and the action that failed was tried as often as the first allows.
+    watched, first, second = tmp_path / "in", tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    watched.mkdir()
+    daemon(two_actions(write_rules, watched, {"command": recorder(first)},
+                       {"command": failing_until(tmp_path / "counter", 3, second),
+                        "retries": 2, "backoff": "50ms"}))
+    make_files(watched, ["f"])
+    wait_for(lambda: records(second), what="the second action's third try")
+    wait_for(lambda: not ledger_jobs(tmp_path / "state"), what="the job ended")
+    assert len(records(first)) == 1
+    assert [env_of(record)["WATCHD_TRY"] for record in records(second)] == [b"3"]
+
+
+def test_a_dead_letter_of_a_second_action_keeps_its_step_and_retries_it_alone(
+        tmp_path, write_rules, daemon):
+    watched, first, second = tmp_path / "in", tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    watched.mkdir()
+    config = two_actions(write_rules, watched, {"command": recorder(first), "retries": 2,
+                                                "backoff": "50ms"},
+                         {"command": failing_until(tmp_path / "counter", 2, second)})
+    process = daemon(config)
+    make_files(watched, ["f"])
+    process.wait_log("job kept as a dead letter after 1 tries")
+    (dead,) = listed(config, "--dead")
+    assert (dead["step"], dead["tries"]) == (2, 1)
+    assert jobs_cli(config, "retry", str(dead["id"])).returncode == 0
+    wait_for(lambda: records(second), what="the second action run again")
+    wait_for(lambda: not ledger_jobs(tmp_path / "state"), what="the job ended")
+    assert len(records(first)) == 1
+
+
 def test_a_retry_waits_at_least_its_backoff_doubled_and_at_most_ten_minutes():
     # The jitter went downward: a first retry could come after half of the backoff asked for.
     random.seed(17)

@@ -56,6 +56,18 @@ class _Left:
 LEFT = _Left()
 
 
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """The job at the action that failed (its step and try), and how it failed: what is
+    retried, or kept as a dead letter, is that action."""
+
+    job: Job
+    failure: Failure
+
+
+End = Job | _Failed | _Left | None
+
+
 class WorkerPool:
     def __init__(self, jobs: JobQueue, counters: Counters, deliver: Callable[[Job, int], bool],
                  own_writes: OwnWrites, on_status_change: Callable[[], None] = lambda: None,
@@ -155,7 +167,8 @@ class WorkerPool:
                 self.counters.add(Count.ACTIONS_FAILED, job.rule.name)
                 log(logging.ERROR, "action failed: internal error", exc_info=True,
                     rule=job.rule.name, path=job.event.path, job=job.id or None)
-                end = Failure(job.rule.actions[job.step - 1].kind, "internal error")
+                end = _Failed(job, Failure(job.rule.actions[job.step - 1].kind,
+                                           "internal error"))
             finally:
                 if guarded:
                     self.own_writes.finished(job)
@@ -168,9 +181,9 @@ class WorkerPool:
         fails: a job cut short by a crash is run again as it was queued (at least once)."""
         return replace(job, tries=job.tries + 1)
 
-    def _run_actions(self, job: Job) -> Job | Failure | _Left | None:
+    def _run_actions(self, job: Job) -> End:
         """Perform the job's actions from its step on. None: it ended (ok, skipped, refused,
-        restarted); a ``Failure``: the action at the job's step failed; the job at its next
+        restarted); ``_Failed``: an action failed (the job at its step); the job at its next
         step: it was stopped between two actions (``LEFT`` before the first)."""
         # Once, before the first action: later ones may move the file on purpose.
         checked = self._rechecked(job)
@@ -195,7 +208,7 @@ class WorkerPool:
                 self.counters.add(Count.ACTIONS_OK, job.rule.name)
             elif outcome is Outcome.FAILED:
                 self.counters.add(Count.ACTIONS_FAILED, job.rule.name)
-                return self._failure(job)
+                return _Failed(job, self._failure(job))
             elif outcome is Outcome.RESTARTED or outcome is Outcome.SKIPPED:
                 return None  # said why; a restarted run is followed by another
             else:
@@ -252,11 +265,11 @@ class WorkerPool:
         self.last_failures[job.rule.name] = LastFailure(time.time(), job.event.path, failure)
         return failure
 
-    def _ended(self, job: Job, end: Job | Failure | _Left | None) -> None:
+    def _ended(self, job: Job, end: End) -> None:
         """Keep in the ledger what became of the job: ended, retried later, a dead letter, or
         left for the next start (stopped)."""
-        if isinstance(end, Failure):
-            self._failed(job, end)
+        if isinstance(end, _Failed):
+            self._failed(end.job, end.failure)
         elif end is LEFT:
             self._left()
         elif isinstance(end, Job):
