@@ -316,6 +316,34 @@ def test_a_dead_letter_of_a_second_action_keeps_its_step_and_retries_it_alone(
     assert len(records(first)) == 1
 
 
+def test_a_retry_after_a_reload_runs_under_the_rules_fixed_by_it(tmp_path, write_rules, daemon):
+    # The retry kept the rule it was matched under: the failing command ran again, and a
+    # rule the reload had removed ran all the same.
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    process = daemon(one_rule(write_rules, watched, ["/bin/false"], retries=2, backoff="2s"))
+    make_files(watched, ["fixed"])
+    process.wait_log("job retried: try 2 of 3")
+    fix_the_rule(write_rules, watched, out)
+    process.signal(signal.SIGHUP)
+    process.wait_log("reloaded")
+    wait_for(lambda: records(out), what="the retry, under the fixed rule")
+    (run,) = runs_by_name(out)["fixed"]
+    assert run["WATCHD_TRY"] == b"2"
+    # A rule the reload removes: its retry is not run, and is kept as a dead letter, saying why.
+    one_rule(write_rules, watched, ["/bin/false"], retries=2, backoff="2s")
+    process.signal(signal.SIGHUP)
+    process.wait_log("reloaded", count=2)
+    make_files(watched, ["gone"])
+    process.wait_log("job retried: try 2 of 3", count=2)
+    write_rules(json.dumps({"rules": []}))
+    process.signal(signal.SIGHUP)
+    process.wait_log("reloaded", count=3)
+    process.wait_log("job not run: its rule 'job' is gone or disabled; kept as a dead letter")
+    (dead,) = listed(process.config, "--dead")
+    assert dead["path"].endswith("/gone") and "gone or disabled" in dead["error"]
+
+
 def test_a_retry_waits_at_least_its_backoff_doubled_and_at_most_ten_minutes():
     # The jitter went downward: a first retry could come after half of the backoff asked for.
     random.seed(17)

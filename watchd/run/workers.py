@@ -19,10 +19,10 @@ from watchd.core.actions import Outcome, Process, ProcessResult, retry_delay
 from watchd.core.job import Job, JobKey
 from watchd.core.journal import MessageId
 from watchd.core.logs import log
-from watchd.core.rules import RuleSet
+from watchd.core.rules import Rule, RuleSet
 from watchd.core.stats import Count, Counters
 from watchd.core.trace import DEAD_LETTER, RAN, REFUSED, RETRIED, tracing
-from watchd.ledger.rows import Failure, row_of
+from watchd.ledger.rows import Failure, job_of, row_of
 from watchd.ledger.store import DEAD, RETRYING, RUNNING
 from watchd.ledger.writer import Ledger
 from watchd.run.guard import Refused, WrongKind, recheck, recheck_batch
@@ -94,9 +94,30 @@ class WorkerPool:
         # Each rule's last failed run: for ``watchd status``.
         self.last_failures: dict[str, LastFailure] = {}
         self._lock = threading.Lock()
+        # The rules of the last reload (None: those of the start, every job's).
+        self._ruleset: RuleSet | None = None
+        self._rules: dict[str, Rule] = {}
 
     def prepare(self, ruleset: RuleSet) -> Callable[[], None]:
-        return lambda: self.resize(ruleset.settings.workers)
+        def commit() -> None:
+            self._ruleset = ruleset
+            self._rules = {rule.name: rule for rule in ruleset.rules}
+            self.resize(ruleset.settings.workers)
+        return commit
+
+    def _under_current_rules(self, job: Job) -> Job | str:
+        """A job tried already (a retry) under rules a reload has replaced since, under the
+        rules in force now: "fix the rule and reload" reaches its next try. Why not, if it
+        cannot be (its rule, root or action is gone). Others run as they were matched."""
+        if not job.tries or self._ruleset is None or self._rules.get(job.rule.name) is job.rule:
+            return job
+        return job_of(row_of(job, RETRYING), self._ruleset)
+
+    def _not_run(self, job: Job, why: str) -> None:
+        log(logging.WARNING, f"job not run: {why}; kept as a dead letter", rule=job.rule.name,
+            path=job.event.path, job=job.id or None)
+        if self.ledger is not None and job.id:
+            self.ledger.keep(row_of(job, DEAD)._replace(error=why))
 
     def refused_programs(self) -> list[tuple[str, str]]:
         """Programs that failed their trust check at their last run, and why."""
@@ -156,7 +177,12 @@ class WorkerPool:
 
     def _work(self) -> None:
         while (taken := self.jobs.get()) is not None:
-            job = self._started(taken)
+            current = self._under_current_rules(taken)
+            if isinstance(current, str):
+                self.jobs.done(taken)
+                self._not_run(taken, current)
+                continue
+            job = self._started(current)
             guarded = job.rule.ignore_own_writes
             if guarded:
                 self.own_writes.started(job)
