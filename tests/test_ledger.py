@@ -373,6 +373,27 @@ def fix_the_rule(write_rules, watched: Path, out: Path, state: Path | None = Non
     return one_rule(write_rules, watched, recorder(out), settings=state_dir(state))
 
 
+@pytest.mark.parametrize("daemon_runs", [True, False], ids=["through the daemon", "directly"])
+def test_a_dead_letter_whose_rule_is_gone_is_not_queued_again(tmp_path, write_rules, daemon,
+                                                              daemon_runs):
+    # It said "queued again" (exit 0); the daemon then refused it and kept it as a dead
+    # letter again, with its tries set to 0.
+    process, config, watched, out = dead_letters_of(write_rules, daemon, tmp_path, ["f"])
+    (job,) = listed(config, "--dead")
+    write_rules(json.dumps({"rules": [{"name": "renamed", "paths": [str(watched)],
+                                       "actions": [{"command": recorder(out)}]}]}))
+    if daemon_runs:
+        process.signal(signal.SIGHUP)
+        process.wait_log("reloaded")
+    else:
+        assert process.stop() == 0
+    retried = jobs_cli(config, "retry", "--all")
+    assert (retried.returncode, retried.stdout) == (1, "")
+    assert retried.stderr == (f"{job['id']}: not queued: its rule 'job' is gone or disabled "
+                              "(fix the rules, reload, retry)\n")
+    assert listed(config, "--dead") == [job]  # as it was
+
+
 def test_a_dead_letter_is_listed_and_runs_again_when_retried_while_the_daemon_runs(
         tmp_path, write_rules, daemon):
     process, config, watched, out = dead_letters_of(write_rules, daemon, tmp_path, ["f"])

@@ -252,6 +252,21 @@ def test_a_dead_webhook_is_a_dead_letter_of_its_job_that_watchd_jobs_retries(
     assert process.stop() == 0
 
 
+def test_a_dead_webhook_whose_action_a_reload_removed_is_not_queued_again(
+        tmp_path, write_rules, daemon, receiver, watched):
+    process, config, dead = a_dead_delivery(tmp_path, write_rules, daemon, receiver, watched,
+                                            "f")
+    config.write_text(webhook_rules(tmp_path, watched, f"{receiver.url}/hook").replace(
+        f"webhook: {{url: '{receiver.url}/hook', backoff: 50ms}}", "command: [/bin/true]"))
+    process.signal(signal.SIGHUP)
+    process.wait_log("reloaded")
+    retried = jobs("retry", str(dead["id"]))
+    assert (retried.returncode, retried.stdout, retried.stderr) == (
+        1, "", f"{dead['delivery']}: not queued: its rule 'hook' has no webhook as action 1 "
+        "now (fix the rules, reload, retry)\n")
+    assert len(receiver.to("/hook")) == 1 and dead_letters(config) == [dead]
+
+
 def test_a_dead_webhook_retried_while_the_daemon_is_stopped_is_sent_at_its_start(
         tmp_path, write_rules, daemon, receiver, watched, capsys):
     process, config, dead = a_dead_delivery(tmp_path, write_rules, daemon, receiver, watched,

@@ -90,9 +90,9 @@ def _changed(daemon: Daemon, command: str,
     asked for again at once."""
     try:
         with contextlib.closing(store.connect(daemon.ledger.file, create=False)) as connection:
-            done, unknown = change_dead_letters(connection, command, ids)
+            done, unknown = change_dead_letters(connection, command, ids, daemon.ruleset)
     except FileNotFoundError:
-        done, unknown = change_dead_letters(None, command, ids)
+        done, unknown = change_dead_letters(None, command, ids, daemon.ruleset)
     except (OSError, sqlite3.Error) as error:
         raise ProtocolError(f"cannot change the ledger {daemon.ledger.file}: {error}") from None
     if command == "retry" and done:

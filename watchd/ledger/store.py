@@ -304,45 +304,36 @@ WAITING, BURIED, ASKED = 0, 1, 2
 DeadLetterId = int | str  # a job's id, or a webhook delivery's
 
 
-def request_retry(connection: sqlite3.Connection, ids: list[DeadLetterId] | None,
-                  ) -> tuple[list[DeadLetterId], list[DeadLetterId]]:
-    """Mark dead letters (all, for None) to be run again; those that were, and the ids asked
-    for that name none. See ``_change_dead``."""
-    return _change_dead(connection, ids, "UPDATE jobs SET state=?, tries=0, next_at=NULL, "
-                        "updated=? WHERE id=?",
+def request_retry(connection: sqlite3.Connection, job_ids: list[int],
+                  delivery_ids: list[str]) -> list[DeadLetterId]:
+    """Mark these dead letters (of jobs, of webhook deliveries) to be run again; those that
+    were (still dead letters)."""
+    return _change_dead(connection, job_ids, delivery_ids,
+                        "UPDATE jobs SET state=?, tries=0, next_at=NULL, updated=? WHERE id=?",
                         lambda job_id: (REQUESTED, time.time(), job_id),
                         f"UPDATE deliveries SET dead={ASKED}, attempts=0 WHERE id=?")
 
 
-def drop(connection: sqlite3.Connection, ids: list[DeadLetterId] | None,
-         ) -> tuple[list[DeadLetterId], list[DeadLetterId]]:
-    """Forget dead letters (all, for None), as ``request_retry``."""
-    return _change_dead(connection, ids, "DELETE FROM jobs WHERE id=?", lambda job_id: (job_id,),
-                        "DELETE FROM deliveries WHERE id=?")
+def drop(connection: sqlite3.Connection, job_ids: list[int],
+         delivery_ids: list[str]) -> list[DeadLetterId]:
+    """Forget these dead letters, as ``request_retry``."""
+    return _change_dead(connection, job_ids, delivery_ids, "DELETE FROM jobs WHERE id=?",
+                        lambda job_id: (job_id,), "DELETE FROM deliveries WHERE id=?")
 
 
-def _change_dead(connection: sqlite3.Connection, ids: list[DeadLetterId] | None,
+def _change_dead(connection: sqlite3.Connection, job_ids: list[int], delivery_ids: list[str],
                  job_statement: str, job_parameters: Callable[[int], tuple[object, ...]],
-                 delivery_statement: str) -> tuple[list[DeadLetterId], list[DeadLetterId]]:
-    """A job's dead letter is named by its id; a webhook delivery's by its own id, or by its
-    job's (which names each dead delivery the job made, besides the job's own dead letter)."""
+                 delivery_statement: str) -> list[DeadLetterId]:
     with transaction(connection):
-        job_ids = None if ids is None else [job_id for job_id in ids if isinstance(job_id, int)]
         found_jobs = [row.id for row in jobs(connection, (DEAD,), job_ids)]
         connection.executemany(job_statement, [job_parameters(job_id) for job_id in found_jobs])
-        ledger = instance(connection)
-        found_deliveries = [
-            (delivery_id, job_of_delivery(delivery_id, ledger)) for (delivery_id,) in
-            connection.execute(f"SELECT id FROM deliveries WHERE dead={BURIED} ORDER BY seq")]
-        if ids is not None:
-            found_deliveries = [(delivery_id, job) for delivery_id, job in found_deliveries
-                                if delivery_id in ids or job in ids]
+        wanted = set(delivery_ids)
+        found_deliveries = [delivery_id for (delivery_id,) in connection.execute(
+            f"SELECT id FROM deliveries WHERE dead={BURIED} ORDER BY seq")
+            if delivery_id in wanted]
         connection.executemany(delivery_statement,
-                               [(delivery_id,) for delivery_id, _ in found_deliveries])
-    named = {*found_jobs, *(job for _, job in found_deliveries),
-             *(delivery_id for delivery_id, _ in found_deliveries)}
-    return ([*found_jobs, *(delivery_id for delivery_id, _ in found_deliveries)],
-            [asked for asked in dict.fromkeys(ids or ()) if asked not in named])
+                               [(delivery_id,) for delivery_id in found_deliveries])
+    return [*found_jobs, *found_deliveries]
 
 
 def job_of_delivery(delivery_id: str, ledger: str) -> int | None:

@@ -19,6 +19,7 @@ from watchd.actions.webhook import Endpoint, Webhook, attempt
 from watchd.core.logs import escape
 from watchd.core.rules import RuleSet
 from watchd.ledger import store
+from watchd.ledger.rows import job_of
 from watchd.ledger.store import JobRow
 from watchd.outbox.outboxes import OutboxKey, webhooks_of
 from watchd.outbox.spool import Delivery, Spool, delivery_of
@@ -80,14 +81,59 @@ def _as_json(row: JobRow, delivery_id: str | None) -> dict[str, object]:
 
 
 def change_dead_letters(connection: sqlite3.Connection | None, command: str,
-                        ids: list[store.DeadLetterId] | None) -> tuple[list[str], list[str]]:
-    """``watchd jobs retry|drop`` of the dead letters ``ids`` (all, for None), by this
-    command or by the daemon: what was done, a line each, and the ids that name none."""
+                        ids: list[store.DeadLetterId] | None,
+                        ruleset: RuleSet | None) -> tuple[list[str], list[str]]:
+    """``watchd jobs retry|drop`` of the dead letters ``ids`` names (all, for None): a job's
+    id names its dead letter and those of its webhook deliveries, a delivery's id that one.
+    A retry asks only for those the rules in force (``ruleset``) can run. What was done, a
+    line each, and a line for each id that names none, or that cannot be run."""
+    if connection is None:
+        return [], [f"{asked}: no such dead letter" for asked in dict.fromkeys(ids or ())]
+    rows, deliveries, unknown = _named(connection, ids)
+    problems = [f"{asked}: no such dead letter" for asked in unknown]
+    if command == "retry" and ruleset is not None:
+        rows, deliveries, refused = _runnable(rows, deliveries, ruleset)
+        problems += refused
     change = store.request_retry if command == "retry" else store.drop
-    done, unknown = change(connection, ids) if connection is not None else ([], ids or [])
+    done = change(connection, [row.id for row in rows],
+                  [delivery.id for _, delivery in deliveries])
     verb = "queued again" if command == "retry" else "dropped"
-    return ([f"{dead_letter}: {verb}" for dead_letter in done],
-            [f"{asked}: no such dead letter" for asked in unknown])
+    return [f"{dead_letter}: {verb}" for dead_letter in done], problems
+
+
+def _named(connection: sqlite3.Connection, ids: list[store.DeadLetterId] | None,
+           ) -> tuple[list[JobRow], list[DeadDelivery], list[store.DeadLetterId]]:
+    """The dead letters ``ids`` names (all, for None), and the ids that name none."""
+    job_ids = None if ids is None else [asked for asked in ids if isinstance(asked, int)]
+    rows = store.jobs(connection, (store.DEAD,), job_ids)
+    deliveries = [(job, delivery) for job, delivery in dead_deliveries(connection)
+                  if ids is None or delivery.id in ids or job in ids]
+    named = ({row.id for row in rows} | {delivery.id for _, delivery in deliveries}
+             | {job for job, _ in deliveries})
+    return rows, deliveries, [asked for asked in dict.fromkeys(ids or ()) if asked not in named]
+
+
+def _runnable(rows: list[JobRow], deliveries: list[DeadDelivery], ruleset: RuleSet,
+              ) -> tuple[list[JobRow], list[DeadDelivery], list[str]]:
+    """Of these dead letters, those the rules can run now, and why each other cannot."""
+    refused = []
+    runnable_rows = []
+    for row in rows:
+        job = job_of(row, ruleset)
+        if isinstance(job, str):
+            refused.append(f"{row.id}: not queued: {job} (fix the rules, reload, retry)")
+        else:
+            runnable_rows.append(row)
+    webhooks = webhooks_of(ruleset)
+    runnable_deliveries = []
+    for job_id, delivery in deliveries:
+        if (delivery.rule, delivery.action) in webhooks:
+            runnable_deliveries.append((job_id, delivery))
+        else:
+            refused.append(f"{delivery.id}: not queued: its rule {delivery.rule!r} has no "
+                           f"webhook as action {delivery.action} now (fix the rules, reload, "
+                           "retry)")
+    return runnable_rows, runnable_deliveries, refused
 
 
 def describe(delivery: Delivery) -> str:

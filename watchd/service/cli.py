@@ -350,7 +350,7 @@ def _jobs(args: argparse.Namespace) -> int:
                               (*store.UNFINISHED, store.DEAD)) if connection else []
             deliveries = dead_deliveries(connection) if connection else []
             return _said(command, list(ledger_listing(rows, deliveries, as_json)), [])
-        return _said(command, *change_dead_letters(connection, command, ids))
+        return _said(command, *change_dead_letters(connection, command, ids, ruleset))
     except sqlite3.Error as error:
         print(f"watchd: cannot read the ledger in {ruleset.settings.state_dir}: {error}",
               file=sys.stderr)
