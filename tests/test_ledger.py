@@ -749,10 +749,14 @@ def test_dead_letters_past_the_bound_drop_the_oldest_and_say_so(tmp_path, write_
 
 
 def test_a_ledger_of_schema_1_is_upgraded_and_its_jobs_kept(tmp_path):
-    """0.2's first ledgers had no batch column: opened, they get one, and their rows read."""
+    """0.2's first ledgers had no batch column, nor a delivery's url: opened, they get them,
+    and their rows read."""
     file = tmp_path / "ledger.db"
     old = sqlite3.connect(file)
-    old.executescript(store._SCHEMA.replace(", stderr BLOB, batch BLOB)", ", stderr BLOB)"))
+    old.executescript(store._SCHEMA.replace(", stderr BLOB, batch BLOB)", ", stderr BLOB)")
+                      .replace("dead INTEGER NOT NULL, url TEXT)", "dead INTEGER NOT NULL)"))
+    old.execute("INSERT INTO deliveries(id, rule, action, event, path, body, created, attempts, "
+                "dead) VALUES('msg_1', 'r', 1, 'close_write', x'2f61', x'7b7d', 0, 0, 0)")
     old.execute("INSERT INTO meta VALUES('schema', 1)")
     old.execute("INSERT INTO jobs(id, state, rule, root, path, event, is_dir, src_path, "
                 "caught_up, step, tries, created, updated) VALUES(7, 'dead', 'r', x'2f', "
@@ -764,7 +768,8 @@ def test_a_ledger_of_schema_1_is_upgraded_and_its_jobs_kept(tmp_path):
     connection = store.connect(file, create=True)
     rows = store.jobs(connection)
     assert [(row.id, row.path, row.batch) for row in rows] == [(7, b"/a", None), (8, b"/b", None)]
-    assert connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 2
+    assert connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 3
+    assert [delivery.url for delivery in Spool(tmp_path).load("r", 1)] == [None]
 
 
 @contextlib.contextmanager

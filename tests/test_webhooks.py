@@ -267,6 +267,63 @@ def test_a_dead_webhook_whose_action_a_reload_removed_is_not_queued_again(
     assert len(receiver.to("/hook")) == 1 and dead_letters(config) == [dead]
 
 
+@pytest.mark.parametrize("change", ["reload", "restart"])
+def test_a_delivery_whose_webhook_now_posts_elsewhere_is_not_sent_there_unasked(
+        tmp_path, write_rules, daemon, receiver, watched, change):
+    # Outboxes go by the action's place in its rule: with the first of two webhooks removed,
+    # what waited for it was sent to the second one's URL, a second copy under another id.
+    receiver.script["/b"] = [503] * 100
+    hooks = (f"    actions:\n      - webhook: {{url: '{receiver.url}/b', backoff: 1h}}\n"
+             f"      - webhook: {{url: '{receiver.url}/c'}}\n")
+    rules = f"settings: {{state_dir: {tmp_path / 'state'}}}\nrules:\n  - name: two\n" \
+            f"    paths: [{watched}]\n"
+    config = write_rules(rules + hooks)
+    process = daemon(config)
+    (watched / "f").write_bytes(b"x")
+    wait_for(lambda: receiver.to("/b") and receiver.to("/c"), what="an attempt at each")
+    config.write_text(rules + hooks.split("      - webhook: ", 2)[0]
+                      + f"      - webhook: {{url: '{receiver.url}/c'}}\n")
+    if change == "reload":
+        process.signal(signal.SIGHUP)
+        process.wait_log("reloaded")
+    else:
+        assert process.stop() == 0
+        process = daemon(config)
+    process.wait_log("posts to another URL than when it was made; send it there with: "
+                     "watchd jobs retry msg_")
+    (dead,) = dead_letters(config)  # the other, delivered, is none
+    assert dead["delivery"].endswith("_1") and "another URL" in dead["error"]
+    assert len(receiver.to("/c")) == 1  # not a second copy
+    # Asked for, it goes where its action now posts.
+    assert jobs("retry", dead["delivery"], "--config", str(config)).returncode == 0
+    wait_for(lambda: len(receiver.to("/c")) == 2, what="the delivery sent on")
+    assert json.loads(receiver.to("/c")[1]["body"])["id"] == dead["delivery"]
+
+
+@pytest.mark.parametrize("change", ["reload", "restart"])
+def test_a_delivery_waiting_for_a_webhook_action_removed_is_a_dead_letter(
+        tmp_path, write_rules, daemon, receiver, watched, change):
+    receiver.script["/hook"] = [503] * 100
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook",
+                                       extra=", backoff: 1h").replace(", backoff: 50ms", ""))
+    process = daemon(config)
+    (watched / "f").write_bytes(b"x")
+    process.wait_log("webhook attempt failed")
+    config.write_text(config.read_text().replace(
+        f"webhook: {{url: '{receiver.url}/hook', backoff: 1h}}", "command: [/bin/true]"))
+    if change == "reload":
+        process.signal(signal.SIGHUP)
+        process.wait_log("reloaded")
+    else:
+        assert process.stop() == 0
+        process = daemon(config)
+    process.wait_log("webhook delivery kept as a dead letter: its rule 'hook' has no webhook "
+                     "as action 1 any more")
+    (dead,) = dead_letters(config)
+    assert dead["error"] == "its rule 'hook' has no webhook as action 1 any more"
+    assert len(receiver.to("/hook")) == 1 and kept(tmp_path) == 0
+
+
 def test_a_dead_webhook_retried_while_the_daemon_is_stopped_is_sent_at_its_start(
         tmp_path, write_rules, daemon, receiver, watched, capsys):
     process, config, dead = a_dead_delivery(tmp_path, write_rules, daemon, receiver, watched,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 FILE_NAME = "ledger.db"
-SCHEMA_VERSION = 2  # 2: jobs.batch
+SCHEMA_VERSION = 3  # 2: jobs.batch; 3: deliveries.url
 BUSY_TIMEOUT_MS = 2000  # how long a write waits for another process's lock before it fails
 
 # The states of a job row. A job that is running when the daemon dies is queued again at the
@@ -56,15 +56,15 @@ CREATE TABLE IF NOT EXISTS seen(dir INTEGER NOT NULL, name BLOB NOT NULL, ino IN
 CREATE TABLE IF NOT EXISTS deliveries(seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,
     rule TEXT NOT NULL, action INTEGER NOT NULL, event TEXT NOT NULL, path BLOB NOT NULL,
     body BLOB NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
-    dead INTEGER NOT NULL);
+    dead INTEGER NOT NULL, url TEXT);
 """
 DELIVERY_COLUMNS = ("id", "rule", "action", "event", "path", "body", "created", "attempts",
-                    "last_error", "dead")
+                    "last_error", "url", "dead")
 # A delivery, new or as it is now (attempts made, given up on); it keeps its place in order.
 PUT_DELIVERY = (f"INSERT INTO deliveries({','.join(DELIVERY_COLUMNS)}) "
                 f"VALUES({','.join('?' * len(DELIVERY_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
                 "rule=excluded.rule, action=excluded.action, attempts=excluded.attempts, "
-                "last_error=excluded.last_error, dead=excluded.dead")
+                "last_error=excluded.last_error, url=excluded.url, dead=excluded.dead")
 END_DELIVERY = "DELETE FROM deliveries WHERE id=?"
 # The dead letters past the newest N (the parameter), of jobs and of deliveries.
 DROP_OLD_DEAD_JOBS = ("DELETE FROM jobs WHERE state='dead' AND id <= (SELECT id FROM jobs "
@@ -202,11 +202,13 @@ def _create(connection: sqlite3.Connection) -> None:
 
 def _upgrade(connection: sqlite3.Connection) -> None:
     """A ledger of an earlier version, made current: each step adds what it lacks."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
-    if columns and "batch" not in columns:
-        with transaction(connection):
-            connection.execute("ALTER TABLE jobs ADD COLUMN batch BLOB")
-            connection.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
+    for table, column, kind in (("jobs", "batch", "BLOB"), ("deliveries", "url", "TEXT")):
+        columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        if columns and column not in columns:
+            with transaction(connection):
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                connection.execute("UPDATE meta SET value=? WHERE key='schema'",
+                                   (SCHEMA_VERSION,))
 
 
 def instance(connection: sqlite3.Connection) -> str:
@@ -359,8 +361,11 @@ def take_asked_deliveries(connection: sqlite3.Connection) -> list[tuple[object, 
         rows = connection.execute(f"SELECT {','.join(DELIVERY_COLUMNS)} FROM deliveries "
                                   f"WHERE dead={ASKED} ORDER BY seq").fetchall()
         if rows:
-            connection.execute(f"UPDATE deliveries SET dead={WAITING} WHERE dead={ASKED}")
-    return [(*row[:-1], WAITING) for row in rows]
+            # Asked for by an admin: sent to the URL its webhook has now (``url`` is what
+            # keeps a delivery from going anywhere else unasked).
+            connection.execute(f"UPDATE deliveries SET dead={WAITING}, url=NULL "
+                               f"WHERE dead={ASKED}")
+    return [(*row[:-2], None, WAITING) for row in rows]
 
 
 def dead_by_rule(connection: sqlite3.Connection) -> dict[str, int]:

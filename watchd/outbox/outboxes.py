@@ -55,6 +55,7 @@ class Outbox:
         self._waiting: deque[Delivery] = deque()
         self._ready = threading.Condition()
         self._stopping = threading.Event()
+        self._woken = threading.Event()  # ends a wait between attempts: a stop, a new webhook
         self._dropped_unreported = 0
         self._next_drop_report = 0.0
         self.thread = threading.Thread(target=self._run, name=f"watchd-webhook-{key[0]}.{key[1]}",
@@ -68,6 +69,19 @@ class Outbox:
         they were accepted once)."""
         self._waiting.extend(waiting)
         self.thread.start()
+
+    def unsent(self) -> list[Delivery]:
+        """What waits to be sent (the first perhaps being sent now)."""
+        with self._ready:
+            return list(self._waiting)
+
+    def rewire(self, webhook: Webhook, backlog: int) -> None:
+        """A reload's webhook and backlog; a changed webhook (a URL or a key fixed) ends a
+        wait between attempts: the next comes now, with it."""
+        changed = webhook != self.webhook
+        self.webhook, self.backlog = webhook, backlog
+        if changed:
+            self._woken.set()
 
     def take(self, waiting: list[Delivery]) -> None:
         """Send these too, after what waits (on disk already, as ``start``'s)."""
@@ -91,6 +105,7 @@ class Outbox:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._woken.set()
         with self._ready:
             self._ready.notify()
 
@@ -122,6 +137,9 @@ class Outbox:
         """Attempt until acknowledged, refused for good, out of retries, or stopping."""
         while True:
             webhook = self.webhook  # a reload may have changed it since the last attempt
+            if delivery.url is not None and delivery.url != webhook.url:
+                self._elsewhere(delivery)
+                return
             result = attempt(self._endpoint_of(webhook), webhook, delivery.id, delivery.body)
             delivery.attempts += 1
             delivery.last_error = None if result.delivered else result.describe()
@@ -137,7 +155,9 @@ class Outbox:
             delay = delivery_delay(webhook, delivery.attempts, result.retry_after)
             log(logging.WARNING, f"webhook attempt failed: {result.describe()}; retrying in "
                 f"{delay:.1f}s", fields=fields)
-            if self._stopping.wait(delay):
+            self._woken.wait(delay)
+            self._woken.clear()  # a webhook set since is read at the top, before an attempt
+            if self._stopping.is_set():
                 return  # still kept: sent after the next start
 
     def _endpoint_of(self, webhook: Webhook) -> Endpoint:
@@ -155,6 +175,19 @@ class Outbox:
         log(logging.ERROR, f"action failed: webhook: {delivery.last_error} ({why}); kept as a "
             f"dead letter: watchd jobs retry {delivery.id}",
             message_id=MessageId.ACTION_FAILED, dead_letter=str(grave), fields=fields)
+
+    def _elsewhere(self, delivery: Delivery) -> None:
+        """A delivery whose webhook posts elsewhere now (a reload or a restart changed the
+        URL of its rule's action at its place, or moved another action there) is not sent
+        there unasked: it is a dead letter, for an admin to send on or drop."""
+        delivery.last_error = (f"not sent: action {delivery.action} of rule {delivery.rule!r} "
+                               "posts to another URL than when it was made")
+        grave = self.spool.bury(delivery)
+        self.counters.add(Count.WEBHOOKS_FAILED, delivery.rule)
+        log(logging.ERROR, f"webhook delivery kept as a dead letter: {delivery.last_error}; "
+            f"send it there with: watchd jobs retry {delivery.id}",
+            message_id=MessageId.ACTION_FAILED, rule=delivery.rule, path=delivery.path,
+            delivery=delivery.id, dead_letter=str(grave))
 
     def _dropped(self) -> None:
         self.counters.add(Count.WEBHOOKS_DROPPED, self.key[0])
@@ -194,7 +227,10 @@ class Deliveries:
         deliveries waiting for an action that no longer exists."""
         imported = [] if self._imported else self._import_legacy()
         wanted = webhooks_of(ruleset)
-        orphaned = sorted(set(self.spool.outboxes()) - wanted.keys())
+        # Deliveries on disk for a webhook action gone, with no outbox (kept from before the
+        # start); a running outbox's own are what it has not sent (its memory, not the disk,
+        # which may not show yet what it has just sent).
+        orphaned = sorted(set(self.spool.outboxes()) - wanted.keys() - self._outboxes.keys())
         waiting = {key: self.spool.load(*key) for key in wanted.keys() - self._outboxes.keys()}
         # Imported at a reload (the ledger could not be written at the start): outboxes that
         # run already get theirs too.
@@ -223,7 +259,7 @@ class Deliveries:
     def _commit(self, wanted: dict[OutboxKey, Webhook], waiting: dict[OutboxKey, list[Delivery]],
                 orphaned: list[OutboxKey], backlog: int) -> None:
         for key in self._outboxes.keys() - wanted.keys():
-            self._outboxes.pop(key).stop()
+            self._retire(self._outboxes.pop(key))
         for key, webhook in wanted.items():
             outbox = self._outboxes.get(key)
             if outbox is None:
@@ -232,7 +268,7 @@ class Deliveries:
                 outbox.start(waiting[key])
             elif key in waiting:
                 outbox.take(waiting[key])
-            outbox.webhook, outbox.backlog = webhook, backlog
+            outbox.rewire(webhook, backlog)
         for key in orphaned:
             self._orphaned(key)
 
@@ -246,6 +282,13 @@ class Deliveries:
 
     def _orphaned(self, key: OutboxKey) -> None:
         for delivery in self.spool.load(*key):
+            self._bury_orphan(delivery)
+
+    def _retire(self, outbox: Outbox) -> None:
+        """Stop the outbox of a webhook action a reload removed; what it has not sent is a
+        dead letter."""
+        outbox.stop()
+        for delivery in outbox.unsent():
             self._bury_orphan(delivery)
 
     def _bury_orphan(self, delivery: Delivery) -> None:
@@ -284,7 +327,7 @@ class Deliveries:
             delivery_id = (f"msg_{self.ledger.instance}_{job.id}_{place}" if job.id
                            else new_delivery_id())
             return Delivery(delivery_id, job.rule.name, place, job.event.event, job.event.path,
-                            body(job, delivery_id), time.time())
+                            body(job, delivery_id), time.time(), url=outbox.webhook.url)
 
         return outbox.accept(make) is not None
 

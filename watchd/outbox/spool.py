@@ -40,12 +40,13 @@ class Delivery:
     created: float
     attempts: int = 0
     last_error: str | None = None
+    url: str | None = None  # where its webhook posted when it was made; None: anywhere
     dead: bool = False
 
     def values(self) -> tuple[object, ...]:
         """As ``store.DELIVERY_COLUMNS``."""
         return (self.id, self.rule, self.action, self.event, self.path, self.body, self.created,
-                self.attempts, self.last_error, int(self.dead))
+                self.attempts, self.last_error, self.url, int(self.dead))
 
     @classmethod
     def from_legacy_file(cls, file: Path) -> Delivery:
