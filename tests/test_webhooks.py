@@ -267,6 +267,16 @@ def test_a_dead_webhook_whose_action_a_reload_removed_is_not_queued_again(
     assert len(receiver.to("/hook")) == 1 and dead_letters(config) == [dead]
 
 
+def changed_by(change: str, process, daemon, config: Path):
+    """The rules rewritten put in force by a reload, or by a restart: the daemon then."""
+    if change == "reload":
+        process.signal(signal.SIGHUP)
+        process.wait_log("reloaded")
+        return process
+    assert process.stop() == 0
+    return daemon(config)
+
+
 @pytest.mark.parametrize("change", ["reload", "restart"])
 def test_a_delivery_whose_webhook_now_posts_elsewhere_is_not_sent_there_unasked(
         tmp_path, write_rules, daemon, receiver, watched, change):
@@ -283,12 +293,7 @@ def test_a_delivery_whose_webhook_now_posts_elsewhere_is_not_sent_there_unasked(
     wait_for(lambda: receiver.to("/b") and receiver.to("/c"), what="an attempt at each")
     config.write_text(rules + hooks.split("      - webhook: ", 2)[0]
                       + f"      - webhook: {{url: '{receiver.url}/c'}}\n")
-    if change == "reload":
-        process.signal(signal.SIGHUP)
-        process.wait_log("reloaded")
-    else:
-        assert process.stop() == 0
-        process = daemon(config)
+    process = changed_by(change, process, daemon, config)
     process.wait_log("posts to another URL than when it was made; send it there with: "
                      "watchd jobs retry msg_")
     (dead,) = dead_letters(config)  # the other, delivered, is none
@@ -311,12 +316,7 @@ def test_a_delivery_waiting_for_a_webhook_action_removed_is_a_dead_letter(
     process.wait_log("webhook attempt failed")
     config.write_text(config.read_text().replace(
         f"webhook: {{url: '{receiver.url}/hook', backoff: 1h}}", "command: [/bin/true]"))
-    if change == "reload":
-        process.signal(signal.SIGHUP)
-        process.wait_log("reloaded")
-    else:
-        assert process.stop() == 0
-        process = daemon(config)
+    process = changed_by(change, process, daemon, config)
     process.wait_log("webhook delivery kept as a dead letter: its rule 'hook' has no webhook "
                      "as action 1 any more")
     (dead,) = dead_letters(config)
