@@ -435,6 +435,8 @@ def test_a_dead_letter_retried_while_the_daemon_is_stopped_runs_at_the_next_star
     assert (dropped.returncode, dropped.stdout) == (0, f"{second}: dropped\n")
     assert [(job["id"], job["state"]) for job in listed(config)] == [(first, "requested")]
     assert jobs_cli(config, "drop", str(second)).returncode == 1
+    none_left = jobs_cli(config, "drop", "--all")  # it printed nothing
+    assert (none_left.returncode, none_left.stdout) == (0, "no dead letters\n")
     restarted = daemon(fix_the_rule(write_rules, watched, out))
     restarted.wait_log("1 job(s) from the ledger queued")
     wait_for(lambda: not listed(config), what="the retried job ended")

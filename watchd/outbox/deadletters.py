@@ -98,6 +98,8 @@ def change_dead_letters(connection: sqlite3.Connection | None, command: str,
     done = change(connection, [row.id for row in rows],
                   [delivery.id for _, delivery in deliveries])
     verb = "queued again" if command == "retry" else "dropped"
+    if not done and not problems:  # --all, with none: said, not silent
+        return ["no dead letters"], []
     return [f"{dead_letter}: {verb}" for dead_letter in done], problems
 
 
