@@ -344,6 +344,28 @@ def test_a_retry_after_a_reload_runs_under_the_rules_fixed_by_it(tmp_path, write
     assert dead["path"].endswith("/gone") and "gone or disabled" in dead["error"]
 
 
+def test_a_retry_of_a_rule_whose_actions_a_reload_removed_is_a_dead_letter(
+        tmp_path, write_rules, daemon):
+    # Retried by its place, the first action's removal made it run what had been the third.
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    ok, failing = {"command": ["/bin/true"]}, {"command": ["/bin/false"], "retries": 2,
+                                              "backoff": "2s"}
+    third = {"command": recorder(out)}
+    config = write_rules(json.dumps({"rules": [{"name": "job", "paths": [str(watched)],
+                                                "actions": [ok, failing, third]}]}))
+    process = daemon(config)
+    make_files(watched, ["f"])
+    process.wait_log("job retried: try 2 of 3")
+    config.write_text(json.dumps({"rules": [{"name": "job", "paths": [str(watched)],
+                                             "actions": [failing, third]}]}))
+    process.signal(signal.SIGHUP)
+    process.wait_log("reloaded")
+    process.wait_log("job not run: rule 'job' has 2 action(s) now, not 3: action 2 may be "
+                     "another one; kept as a dead letter")
+    assert not records(out)
+
+
 def test_a_retry_waits_at_least_its_backoff_doubled_and_at_most_ten_minutes():
     # The jitter went downward: a first retry could come after half of the backoff asked for.
     random.seed(17)

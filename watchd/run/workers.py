@@ -108,10 +108,16 @@ class WorkerPool:
     def _under_current_rules(self, job: Job) -> Job | str:
         """A job tried already (a retry) under rules a reload has replaced since, under the
         rules in force now: "fix the rule and reload" reaches its next try. Why not, if it
-        cannot be (its rule, root or action is gone). Others run as they were matched."""
+        cannot be (its rule, root or action is gone, or its rule's actions were added or
+        removed: a step is a place). Others run as they were matched."""
         if not job.tries or self._ruleset is None or self._rules.get(job.rule.name) is job.rule:
             return job
-        return job_of(row_of(job, RETRYING), self._ruleset)
+        current = job_of(row_of(job, RETRYING), self._ruleset)
+        if isinstance(current, Job) and len(current.rule.actions) != len(job.rule.actions):
+            # Actions added or removed: the one at the job's step may be another one now.
+            return (f"rule {job.rule.name!r} has {len(current.rule.actions)} action(s) now, "
+                    f"not {len(job.rule.actions)}: action {job.step} may be another one")
+        return current
 
     def _not_run(self, job: Job, why: str) -> None:
         log(logging.WARNING, f"job not run: {why}; kept as a dead letter", rule=job.rule.name,
