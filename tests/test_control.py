@@ -284,6 +284,18 @@ def test_jobs_with_a_daemon_older_than_the_command_lists_and_changes_the_ledger_
         server.close()
 
 
+def test_jobs_with_a_socket_no_daemon_answers_on_says_so_and_reads_the_ledger(
+        tmp_path, write_rules):
+    # It read the ledger of --config with no word: an admin with a wrong socket saw the
+    # ledger of another instance, or a stale one, not knowing it.
+    config = write_rules(f"settings: {{state_dir: {tmp_path / 'state'}}}\nrules: []\n")
+    nowhere = tmp_path / "no-socket"
+    listed = watchd("jobs", "list", "--socket", str(nowhere), "--config", str(config))
+    assert (listed.returncode, listed.stdout) == (0, "jobs: none\n")
+    assert listed.stderr == (f"watchd: no watchd answers on {nowhere}: No such file or "
+                             f"directory; the ledger of {config} is read directly\n")
+
+
 def test_a_job_whose_command_runs_is_listed_running(tmp_path, write_rules, daemon):
     # The ledger writes a first action's run only if it fails: the job was listed queued.
     watched, started = tmp_path / "in", tmp_path / "started"

@@ -4,7 +4,6 @@ jobs``."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -331,13 +330,17 @@ def _jobs(args: argparse.Namespace) -> int:
         return 2
     ids = None if listing_only or args.all else args.ids
     dead, as_json = listing_only and args.dead, listing_only and args.json
-    with contextlib.suppress(NoDaemon):  # then on the ledger directly, below
+    try:
         answered = cast(dict[str, Any], ask(
             socket_path(args.socket), "jobs", dead=dead, json=as_json,
             change=None if listing_only else command, ids=ids))
         # A daemon older than this command lists where asked to change: it is done here.
         if listing_only or answered.get("change") == command:
             return _said(command, answered["lines"], answered.get("stderr", []))
+    except NoDaemon as error:  # then on the ledger directly, below
+        if args.socket:  # a socket named, and no daemon there: said, not silent
+            print(f"watchd: {error}; the ledger of {args.config} is read directly",
+                  file=sys.stderr)
     try:
         ruleset = read_rules(args.config)
     except ConfigError as error:
