@@ -16,12 +16,7 @@ from watchd.control.status import Daemon
 from watchd.core.trace import Tracer
 from watchd.ledger import store
 from watchd.ledger.rows import as_held
-from watchd.outbox.deadletters import (
-    DeadDelivery,
-    change_dead_letters,
-    dead_deliveries,
-    ledger_listing,
-)
+from watchd.outbox.deadletters import change_dead_letters, jobs_on_disk, ledger_listing
 
 T = TypeVar("T")
 
@@ -41,10 +36,10 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
         if change in ("retry", "drop"):
             return _changed(daemon, str(change), _ids(request.get("ids")))
         dead_only = bool(request.get("dead"))
-        on_disk = _read(daemon.ledger.file, _dead_letters if dead_only else _jobs)
-        rows, deliveries = on_disk or ([], [])
+        read = _read(daemon.ledger.file, lambda connection: jobs_on_disk(connection, dead_only))
+        rows, deliveries = read or ([], [])
         rows = daemon.ledger.with_pending(rows)
-        notes = _unread(daemon, on_disk)
+        notes = _unread(daemon, read)
         if dead_only:
             rows = [row for row in rows if row.state == store.DEAD]
         else:
@@ -68,17 +63,8 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
     return {"status": status_of, "jobs": jobs_of, "trace": trace_of}
 
 
-def _jobs(connection: sqlite3.Connection) -> tuple[list[store.JobRow], list[DeadDelivery]]:
-    return store.jobs(connection), dead_deliveries(connection)
-
-
-def _dead_letters(connection: sqlite3.Connection,
-                  ) -> tuple[list[store.JobRow], list[DeadDelivery]]:
-    return store.jobs(connection, (store.DEAD,)), dead_deliveries(connection)
-
-
-def _unread(daemon: Daemon, on_disk: object) -> list[str]:
-    if on_disk is not None:
+def _unread(daemon: Daemon, read: object) -> list[str]:
+    if read is not None:
         return []
     return [f"the ledger {daemon.ledger.file} cannot be read: the jobs the daemon holds are "
             "listed, not the dead letters"]

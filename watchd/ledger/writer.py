@@ -169,6 +169,13 @@ class Ledger:
         """Keep a job's row as it is now (retrying, dead, queued again)."""
         self._append(("job", row), urgent=row.state == store.DEAD)
 
+    def keep_not_run(self, row: JobRow, why: str) -> None:
+        """A job the rules in force cannot run (its rule, root or action gone), kept as a dead
+        letter that says why."""
+        self.keep(row._replace(state=store.DEAD, error=why))
+        log(logging.WARNING, f"job not run: {why}; kept as a dead letter", rule=row.rule,
+            path=row.path, job=row.id)
+
     def keep_dead(self, row: JobRow) -> None:
         """Keep a dead letter, and return once it is on disk (as ``flush``): the log line
         that follows tells an admin to look for it with ``watchd jobs list``, which reads

@@ -40,6 +40,14 @@ def dead_deliveries(connection: sqlite3.Connection) -> list[DeadDelivery]:
             for delivery in map(delivery_of, store.dead_deliveries(connection))]
 
 
+def jobs_on_disk(connection: sqlite3.Connection,
+            dead_only: bool) -> tuple[list[JobRow], list[DeadDelivery]]:
+    """What ``watchd jobs list`` shows of the ledger (its dead letters only): the jobs, and
+    the dead webhook deliveries."""
+    states = (store.DEAD,) if dead_only else (*store.UNFINISHED, store.DEAD)
+    return store.jobs(connection, states), dead_deliveries(connection)
+
+
 def ledger_listing(rows: list[JobRow], deliveries: list[DeadDelivery],
                    as_json: bool) -> Iterator[str]:
     """``watchd jobs list``: a count by state, then a line for each job (and for a dead

@@ -120,10 +120,10 @@ class WorkerPool:
         return current
 
     def _not_run(self, job: Job, why: str) -> None:
-        log(logging.WARNING, f"job not run: {why}; kept as a dead letter", rule=job.rule.name,
-            path=job.event.path, job=job.id or None)
         if self.ledger is not None and job.id:
-            self.ledger.keep(row_of(job, DEAD)._replace(error=why))
+            self.ledger.keep_not_run(row_of(job, DEAD), why)
+        else:  # nowhere to keep it (no ledger)
+            log(logging.WARNING, f"job not run: {why}", rule=job.rule.name, path=job.event.path)
 
     def refused_programs(self) -> list[tuple[str, str]]:
         """Programs that failed their trust check at their last run, and why."""

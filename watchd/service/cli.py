@@ -28,7 +28,7 @@ from watchd.core.problems import ConfigError
 from watchd.ledger import store
 from watchd.outbox.deadletters import (
     change_dead_letters,
-    dead_deliveries,
+    jobs_on_disk,
     ledger_listing,
     listing,
     replay,
@@ -349,9 +349,7 @@ def _jobs(args: argparse.Namespace) -> int:
     try:
         connection = _open_ledger(Path(ruleset.settings.state_dir), writable=not listing_only)
         if listing_only:
-            rows = store.jobs(connection, (store.DEAD,) if dead else
-                              (*store.UNFINISHED, store.DEAD)) if connection else []
-            deliveries = dead_deliveries(connection) if connection else []
+            rows, deliveries = jobs_on_disk(connection, dead) if connection else ([], [])
             return _said(command, list(ledger_listing(rows, deliveries, as_json)), [])
         return _said(command, *change_dead_letters(connection, command, ids, ruleset))
     except sqlite3.Error as error:

@@ -38,7 +38,7 @@ from watchd.core.wakeup import Doorbell
 from watchd.ledger import owner
 from watchd.ledger.others import OthersWrites
 from watchd.ledger.rows import job_of, row_of
-from watchd.ledger.store import DEAD, QUEUED, REQUESTED, RETRYING, JobRow
+from watchd.ledger.store import QUEUED, REQUESTED, RETRYING, JobRow
 from watchd.ledger.writer import Ledger
 from watchd.outbox.outboxes import Deliveries
 from watchd.run.catchup import CatchUp
@@ -256,9 +256,7 @@ class Daemon:
         for row in rows:
             job = job_of(row, self.ruleset)
             if isinstance(job, str):
-                self.ledger.keep(row._replace(state=DEAD, error=job))
-                log(logging.WARNING, f"job not run: {job}; kept as a dead letter",
-                    rule=row.rule, path=row.path, job=row.id)
+                self.ledger.keep_not_run(row, job)
             elif row.state == RETRYING and row.next_at:
                 self.jobs.later(job, max(0.0, row.next_at - now))
             elif row.state == REQUESTED:  # asked for by an admin: run now
