@@ -122,6 +122,37 @@ def test_status_tells_each_rule_its_counts_states_and_last_failure(rules, daemon
     assert "1 dead letter(s)" in human.stdout and "3 held" in human.stdout
 
 
+def test_dead_letters_of_a_rule_a_reload_removed_are_named_in_the_status(tmp_path, write_rules,
+                                                                        daemon):
+    watched = tmp_path / "in"
+    watched.mkdir()
+    config = write_rules(f"""
+        rules:
+          - name: broken
+            paths: [{watched}]
+            actions: [{{command: {json.dumps(FAILING)}}}]
+    """)
+    process = daemon(config)
+    (watched / "x.bad").write_text("data")
+    wait_for(lambda: status()["ledger"]["dead_letters"] == 1, what="the dead letter kept")
+    write_rules(f"""
+        rules:
+          - name: fixed
+            paths: [{watched}]
+            actions: [{{command: ["/bin/true"]}}]
+    """)
+    process.signal(signal.SIGHUP)
+    process.wait_log("reloaded")
+
+    document = status()
+    assert document["ledger"]["dead_letters"] == 1
+    assert document["ledger"]["dead_letters_of_rules_gone"] == {"broken": 1}
+    assert rule_of(document, "fixed")["dead_letters_kept"] == 0
+    human = watchd("status").stdout
+    assert "Dead letters of rules no longer in force: broken 1" in human, human
+    assert "drop: watchd jobs drop ID" in human, human
+
+
 def test_status_says_so_when_no_daemon_answers(control_socket):
     answered = watchd("status")
     assert answered.returncode == 3

@@ -96,7 +96,8 @@ def live(daemon: Daemon) -> dict[str, Any]:
         "actions": {name: stats[f"actions_{name}"] for name in ("ok", "failed", "skipped")},
         "jobs": {state: stats[state] for state in RULE_STATES},
         "ledger": {"file": str(daemon.ledger.file), "pending_writes": stats["ledger_pending"],
-                   "problem": daemon.ledger.problem or None, "dead_letters": None},
+                   "problem": daemon.ledger.problem or None, "dead_letters": None,
+                   "dead_letters_of_rules_gone": None},
         "webhooks": {name: stats[f"webhooks_{name}"]
                      for name in ("ok", "failed", "waiting", "dropped")},
         "workers": stats["workers"],
@@ -111,6 +112,10 @@ def with_ledger(document: dict[str, Any], dead_by_rule: dict[str, int] | None) -
     document["ledger"]["dead_letters"] = sum(dead_by_rule.values())
     for rule in document["rules"]:
         rule["dead_letters_kept"] = dead_by_rule.get(rule["name"], 0)
+    in_force = {rule["name"] for rule in document["rules"]}
+    # A reload that removed a rule leaves its dead letters, which no row of the table shows.
+    document["ledger"]["dead_letters_of_rules_gone"] = {
+        name: count for name, count in sorted(dead_by_rule.items()) if name not in in_force}
     return document
 
 
@@ -166,6 +171,11 @@ def _lines(document: dict[str, Any]) -> Iterator[str]:
     if dead:
         yield ""
         yield "Dead letters: watchd jobs list --dead; run again: watchd jobs retry ID"
+    gone = ledger.get("dead_letters_of_rules_gone")
+    if gone:
+        yield ("Dead letters of rules no longer in force: "
+               + ", ".join(f"{name} {count}" for name, count in gone.items()))
+        yield "  (they cannot run again; drop: watchd jobs drop ID)"
 
 
 _COLUMNS = (("MATCHED", 8), ("OK", 8), ("FAILED", 7), ("RUN", 4), ("QUEUED", 7),
