@@ -298,6 +298,43 @@ def test_a_recursive_rule_catches_up_with_new_and_removed_directories(watched):
     ])
 
 
+def test_a_name_that_holds_another_kind_of_entry_is_told_deleted_then_created(watched):
+    """A file replaced by a directory, a directory by a file, a file by a symlink while down:
+    each old entry deleted and the new one created, in that order, as inotify tells them."""
+    write(watched.dir / "f2d")
+    write(watched.dir / "d2f" / "y")
+    write(watched.dir / "f2s")
+    watched.configure(recursive="true", events="[create, close_write, delete]",
+                      kind="[file, dir, symlink]")
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded")
+    watched.stop()
+    (watched.dir / "f2d").unlink()
+    write(watched.dir / "f2d" / "i")
+    shutil.rmtree(watched.dir / "d2f")
+    write(watched.dir / "d2f")
+    (watched.dir / "f2s").unlink()
+    (watched.dir / "f2s").symlink_to("/etc/hostname")
+    watched.start()
+    watched.caught_up()
+    watched.settle()
+    told = [(run.event, run.path, run.is_dir) for run in watched.runs()]
+    assert sorted(told) == sorted([
+        ("delete", "in/f2d", "0"), ("create", "in/f2d", "1"),
+        ("create", "in/f2d/i", "0"), ("close_write", "in/f2d/i", "0"),
+        ("delete", "in/d2f", "1"), ("delete", "in/d2f/y", "0"),
+        ("create", "in/d2f", "0"), ("close_write", "in/d2f", "0"),
+        ("delete", "in/f2s", "0"), ("create", "in/f2s", "0"),
+    ]), told
+    for path in ("in/f2d", "in/f2s"):
+        assert told.index(("delete", path, "0")) < told.index(next(
+            run for run in told if run[:2] == ("create", path)))
+    assert told.index(("delete", "in/d2f", "1")) < told.index(("create", "in/d2f", "0"))
+    watched.stop()  # and what is there now is recorded: nothing again
+    watched.start()
+    assert watched.caught_up() == {}
+
+
 # -- catch_up: false ---------------------------------------------------------------------------
 
 def test_without_catch_up_changes_made_while_down_are_not_acted_on(watched):

@@ -295,6 +295,9 @@ class Walk:
             changed = True
             path = os.path.join(directory, change.name)
             if isinstance(change, Deleted):
+                if change.replaced:  # told now, before the new entry's create; the record
+                    self._tell("delete", path, change.is_dir, GONE)  # is then the new one's
+                    continue
                 if self._defer(self.gone, state, path):
                     continue
                 if self._tell("delete", path, change.is_dir, GONE):

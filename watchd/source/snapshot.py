@@ -150,10 +150,12 @@ class Changed:
 
 @dataclass(slots=True, unsafe_hash=True)
 class Deleted:
-    """A name that is no longer there."""
+    """A name that is no longer there (``replaced``: it holds another kind of entry now, which
+    a ``Created`` of the name follows)."""
 
     name: bytes
     is_dir: bool
+    replaced: bool = False
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -241,7 +243,9 @@ def compare(before: DirState, looked: Looked) -> Iterator[tuple[Change, FileStat
     """``diff(before, found_in(…), 0)`` for what ``looked_at`` found, each change with the
     entry's state (a deletion's: the state it had): a tree's walk against a record of it,
     where most names are unchanged and nothing is made for them. A regular file gone between
-    the listing and its lstat is left out (whatever removed it is told otherwise)."""
+    the listing and its lstat is left out (whatever removed it is told otherwise). A name that
+    holds another kind of entry than before (a file, a directory, anything else) is the old
+    entry deleted, then the new one created, as inotify tells it."""
     left = dict(before)
     for name, state in looked:
         known = left.pop(name, None)
@@ -249,10 +253,19 @@ def compare(before: DirState, looked: Looked) -> Iterator[tuple[Change, FileStat
             continue
         if known is None:
             yield Created(name, state == DIRECTORY), state
+        elif _kind(state) != _kind(known):
+            yield Deleted(name, known == DIRECTORY, replaced=True), known
+            yield Created(name, state == DIRECTORY), state
         elif state != known and state[1] >= 0:
             yield Changed(name, state), state
     for name, known in left.items():
         yield Deleted(name, known == DIRECTORY), known
+
+
+def _kind(state: FileState) -> int:
+    """The kind of entry a state is of: its marker's size for a directory or anything else,
+    0 for a regular file (looked at or not)."""
+    return state[1] if state[1] in (DIRECTORY[1], OTHER[1]) else 0
 
 
 def _found_changes(before: DirState | None, after: Listing, since_ns: int,
