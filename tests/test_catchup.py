@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import Daemon, Receiver, env_of, recorder, records, wait_for
+from conftest import Daemon, Receiver, counters, env_of, recorder, records, wait_for
 
 from watchd.ledger import store
 
@@ -78,12 +78,17 @@ rules:
         assert self.process is not None
         self.process.kill()
 
-    def caught_up(self) -> dict[str, str]:
-        """The fields of the running daemon's "caught up" line, once it is logged; {} for
-        "caught up: nothing changed"."""
+    def caught_up(self, root: Path | None = None) -> dict[str, str]:
+        """The fields of the running daemon's "caught up" line (of ``root``, if given), once
+        it is logged; {} for "caught up: nothing changed"."""
         assert self.process is not None
-        self.process.wait_log(" caught up")
-        line = next(line for line in self.process.log().splitlines() if " caught up" in line)
+
+        def line_of_root() -> str | None:
+            return next((line for line in self.process.log().splitlines()
+                         if " caught up" in line and (root is None or f"path={root} " in line)),
+                        None)
+
+        line = wait_for(line_of_root, what=f"the caught up line of {root or 'the rule'}")
         if "caught up: nothing changed" in line:
             return {}
         fields = line.split(" caught up ", 1)[1].split()
@@ -357,26 +362,120 @@ def test_without_catch_up_changes_made_while_down_are_not_acted_on(watched):
     assert "first start" not in watched.process.log()
 
 
+def test_a_poll_without_catch_up_does_not_act_on_changes_made_while_down(watched):
+    """``catch_up: false`` with ``poll``: the first poll after a start records what is there
+    (the poll needs a record), it does not act on what changed meanwhile; later ones do."""
+    write(watched.dir / "a")
+    write(watched.dir / "b")
+    watched.configure(catch_up="false", poll="1s", events=CHANGE_EVENTS)
+    watched.start()
+    watched.process.wait_log("first poll: what is there is recorded")
+    watched.stop()
+    append(watched.dir / "a")
+    (watched.dir / "b").unlink()
+    write(watched.dir / "c")
+    watched.start()
+    wait_for(lambda: counters(watched.process)["polls"] >= 2, what="two polls")
+    watched.settle()
+    assert watched.runs() == []
+    watched.stop()  # the changes were recorded: a start with a catch-up would not act either
+    watched.configure(poll="1s", events=CHANGE_EVENTS)
+    watched.start()
+    assert watched.caught_up() == {}
+
+
 # -- a reload adding a path --------------------------------------------------------------------
 
-def test_a_path_a_reload_adds_to_a_rule_is_caught_up_with_as_new(watched):
+def reload_with(w: Watched, paths: list[Path], **keys: str) -> None:
+    w.configure(paths=paths, **keys)
+    reloads = w.process.log().count(" reloaded")
+    w.process.signal(signal.SIGHUP)
+    wait_for(lambda: w.process.log().count(" reloaded") > reloads, what="the reload")
+
+
+def test_a_path_a_reload_adds_to_a_rule_has_what_is_there_recorded_not_acted_on(watched):
+    """A tree the rule never saw is new to it as at its first start (``existing: ignore``):
+    what is there is recorded, and what changes in it while the daemon is down is caught up
+    with at the next start."""
+    added = watched.base / "added"
+    for name in ("p", "sub/q"):
+        write(added / name)
+    watched.configure(recursive="true")
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded")
+    reload_with(watched, [watched.dir, added], recursive="true")
+    watched.process.wait_log(f"a path new to the rule: what is there is recorded, not acted on "
+                             f"(existing: ignore) rule=catch path={added}")
+    watched.settle()
+    assert watched.runs() == []
+    assert " caught up" not in watched.process.log()
+    watched.stop()
+    append(added / "p")
+    watched.start()
+    assert watched.caught_up(added) == {"close_write": "1"}
+    watched.settle()
+    assert watched.told() == {("close_write", "added/p", "", "1")}
+
+
+def test_a_path_a_reload_adds_to_a_rule_with_existing_process_is_acted_on(watched):
     added = watched.base / "added"
     for name in ("p", "q"):
         write(added / name)
-    watched.configure()
+    watched.configure(existing="process")
+    watched.start()
+    watched.caught_up()
+    reload_with(watched, [watched.dir, added], existing="process")
+    wait_for(lambda: watched.told() == {("close_write", "added/p", "", "1"),
+                                        ("close_write", "added/q", "", "1")},
+             what="both files acted on")
+    line = [ln for ln in watched.process.log().splitlines() if " caught up" in ln][-1]
+    assert f"path={added}" in line and "close_write=2" in line
+    watched.settle()
+    assert len(watched.runs()) == 2
+
+
+def test_a_path_a_reload_removed_and_adds_again_is_caught_up_with_at_that_reload(watched):
+    added = watched.base / "added"
+    for name in ("p", "q"):
+        write(added / name)
+    watched.configure(paths=[watched.dir, added], events=CHANGE_EVENTS)
     watched.start()
     watched.process.wait_log("first start: what is there is recorded")
-    watched.configure(paths=[watched.dir, added])
-    watched.process.signal(signal.SIGHUP)
-    watched.process.wait_log("reloaded")
-    assert watched.caught_up() == {"close_write": "2"}
-    line = next(ln for ln in watched.process.log().splitlines() if " caught up" in ln)
-    assert f"path={added}" in line
+    reload_with(watched, [watched.dir], events=CHANGE_EVENTS)
+    append(added / "p")  # while the rule does not watch it
+    (added / "q").unlink()
+    reload_with(watched, [watched.dir, added], events=CHANGE_EVENTS)
+    wait_for(lambda: watched.told() == {("close_write", "added/p", "", "1"),
+                                        ("delete", "added/q", "", "1")},
+             what="what changed while it was not watched acted on")
     watched.settle()
-    assert watched.told() == {("close_write", "added/p", "", "1"),
-                              ("close_write", "added/q", "", "1")}
     assert len(watched.runs()) == 2
-    assert watched.process.log().count("first start") == 1  # the rule's, at start
+    watched.stop()
+    watched.start()
+    assert watched.caught_up() == {}
+
+
+def test_a_rule_whose_first_start_an_older_ledger_kept_without_its_roots_catches_up(watched):
+    """A ledger of before the roots were kept (0.2's first ones): every root its rules have is
+    one they walked, and changes there are caught up with, in each of the rule's trees."""
+    other = watched.base / "other"
+    write(watched.dir / "a")
+    write(other / "b")
+    watched.configure(paths=[watched.dir, other])
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded", count=2)
+    watched.stop()
+    with contextlib.closing(sqlite3.connect(watched.ledger_file)) as connection:
+        assert connection.execute("DELETE FROM roots").rowcount == 2
+        connection.commit()
+    append(watched.dir / "a")
+    append(other / "b")
+    watched.start()
+    assert watched.caught_up(watched.dir) == {"close_write": "1"}
+    assert watched.caught_up(other) == {"close_write": "1"}
+    watched.settle()
+    assert watched.told() == {("close_write", "in/a", "", "1"), ("close_write", "other/b", "", "1")}
+    assert watched.ledger("SELECT count(*) FROM roots") == [(2,)]
 
 
 # -- kill -9 at random moments -----------------------------------------------------------------

@@ -773,12 +773,16 @@ def test_dead_letters_past_the_bound_drop_the_oldest_and_say_so(tmp_path, write_
 
 
 def test_a_ledger_of_schema_1_is_upgraded_and_its_jobs_kept(tmp_path):
-    """0.2's first ledgers had no batch column, nor a delivery's url: opened, they get them,
-    and their rows read."""
+    """0.2's first ledgers had no batch column, nor a delivery's url, nor the roots each rule
+    walked: opened, they get them, and their rows read."""
     file = tmp_path / "ledger.db"
     old = sqlite3.connect(file)
+    roots = "CREATE TABLE IF NOT EXISTS roots(rule TEXT NOT NULL, path BLOB NOT NULL,\n    " \
+        "PRIMARY KEY(rule, path)) WITHOUT ROWID;"
+    assert roots in store._SCHEMA
     old.executescript(store._SCHEMA.replace(", stderr BLOB, batch BLOB)", ", stderr BLOB)")
-                      .replace("dead INTEGER NOT NULL, url TEXT)", "dead INTEGER NOT NULL)"))
+                      .replace("dead INTEGER NOT NULL, url TEXT)", "dead INTEGER NOT NULL)")
+                      .replace(roots, ""))
     old.execute("INSERT INTO deliveries(id, rule, action, event, path, body, created, attempts, "
                 "dead) VALUES('msg_1', 'r', 1, 'close_write', x'2f61', x'7b7d', 0, 0, 0)")
     old.execute("INSERT INTO meta VALUES('schema', 1)")
@@ -792,7 +796,8 @@ def test_a_ledger_of_schema_1_is_upgraded_and_its_jobs_kept(tmp_path):
     connection = store.connect(file, create=True)
     rows = store.jobs(connection)
     assert [(row.id, row.path, row.batch) for row in rows] == [(7, b"/a", None), (8, b"/b", None)]
-    assert connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 3
+    assert connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 4
+    assert connection.execute("SELECT count(*) FROM roots").fetchone() == (0,)
     assert [delivery.url for delivery in Spool(tmp_path).load("r", 1)] == [None]
 
 
@@ -858,7 +863,7 @@ def held_by_another(state: Path) -> Iterator[sqlite3.Connection]:
 
 def first_taken_alone(ledger: Ledger) -> None:
     """One operation, which the writer takes alone (its commit then waits for the other)."""
-    ledger.caught_up("first")
+    ledger.caught_up("first", b"/")
     wait_for(lambda: ledger.stats()["ledger_pending"] == 0, what="the first taken")
 
 
@@ -934,7 +939,7 @@ def test_a_flush_waits_for_all_that_was_handed_before_it_in_more_than_one_batch(
     with running_ledger(tmp_path) as ledger, held_by_another(tmp_path) as other:
         first_taken_alone(ledger)
         for _ in range(BATCH_LIMIT):
-            ledger.caught_up("filler")
+            ledger.caught_up("filler", b"/")
         ledger.record_dir("r", b"/last", [(b"f", (1, 2, 3))], [])
         flushed_once_released(ledger, other)
         assert other.execute("SELECT path FROM dirs").fetchall() == [(b"/last",)]

@@ -121,15 +121,17 @@ class Rule(Strict):
                                     "guard for actions that rewrite their own file; writes to "
                                     "other paths are not covered")
     catch_up: bool = Field(default=True, description="at start, and when a reload adds a "
-                           "path, act once on what changed while the daemon was not running, "
+                           "path back, act once on what changed while the daemon (or the "
+                           "rule, for that path) was not watching, "
                            "as the events it would have seen (`create` and `close_write` for "
                            "a new file, `close_write` for a changed one, `delete`, "
                            "`moved_from`/`moved_to` for a renamed one), with "
                            "`WATCHD_CAUGHT_UP=1`; a file unchanged since it was last acted "
                            "on is not acted on again")
     existing: Literal["ignore", "process"] = Field(
-        default="ignore", description="at a rule's first start (nothing in the ledger for it "
-        "yet), what to do with the files already there: `ignore` them (they are recorded, so "
+        default="ignore", description="when a rule first sees a tree (at its first start, "
+        "nothing in the ledger for it yet, and for a path a reload adds that it never walked), "
+        "what to do with the files already there: `ignore` them (they are recorded, so "
         "that later changes are caught up with) or `process` them as new")
     settle: Duration | None = Field(default=None, description="act on a path only once its "
                                     "size and mtime, looked at with `lstat`, have stayed the "

@@ -33,7 +33,7 @@ _GONE_AFTER = frozenset({"delete", "moved_from", "delete_self", "move_self"})
 # is written with it if the rule catches up: the rule acted on the event there); "job": a
 # job's row as it is now; "end": a job whose actions ended; "dir": a directory's records as
 # a catch-up found it (upserts, deletions); "forget": a directory gone; "caught_up": a rule's
-# first catch-up done; "delivery": a webhook delivery to keep; "delivered": one acknowledged.
+# first walk of a root done; "delivery": a webhook delivery to keep; "delivered": one acknowledged.
 Operation = tuple[object, ...]
 RecordKey = tuple[str, bytes]  # a rule, and a path
 # A record to make from what is at the path when the batch is written (looked at once however
@@ -91,6 +91,8 @@ class Batch:
             elif kind == "caught_up":
                 self.connection.execute("INSERT OR IGNORE INTO rules(name, since) VALUES(?, ?)",
                                         (operation[1], time.time()))
+                self.connection.execute("INSERT OR IGNORE INTO roots VALUES(?, ?)",
+                                        operation[1:3])
             elif kind == "delivery":
                 self._delivery(cast(tuple[object, ...], operation[1]))
             elif kind == "delivered":

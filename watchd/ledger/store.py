@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 FILE_NAME = "ledger.db"
-SCHEMA_VERSION = 3  # 2: jobs.batch; 3: deliveries.url
+SCHEMA_VERSION = 4  # 2: jobs.batch; 3: deliveries.url; 4: roots
 BUSY_TIMEOUT_MS = 2000  # how long a write waits for another process's lock before it fails
 
 # The states of a job row. A job that is running when the daemon dies is queued again at the
@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS queued(first INTEGER PRIMARY KEY, last INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS ended(id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS rules(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL,
     since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS roots(rule TEXT NOT NULL, path BLOB NOT NULL,
+    PRIMARY KEY(rule, path)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dirs(id INTEGER PRIMARY KEY, rule TEXT NOT NULL,
     path BLOB NOT NULL, UNIQUE(rule, path));
 CREATE TABLE IF NOT EXISTS seen(dir INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
@@ -201,14 +203,25 @@ def _create(connection: sqlite3.Connection) -> None:
 
 
 def _upgrade(connection: sqlite3.Connection) -> None:
-    """A ledger of an earlier version, made current: each step adds what it lacks."""
+    """A ledger of an earlier version, made current: each step adds what it lacks (a table
+    it lacks, ``roots``, was made by ``_create``)."""
     for table, column, kind in (("jobs", "batch", "BLOB"), ("deliveries", "url", "TEXT")):
         columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
         if columns and column not in columns:
             with transaction(connection):
                 connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-                connection.execute("UPDATE meta SET value=? WHERE key='schema'",
-                                   (SCHEMA_VERSION,))
+    connection.execute("UPDATE meta SET value=? WHERE key='schema' AND value<?",
+                       (SCHEMA_VERSION, SCHEMA_VERSION))
+
+
+def roots_seen(connection: sqlite3.Connection, rule: str) -> frozenset[bytes] | None:
+    """The roots whose trees ``rule`` has recorded; None for a rule whose first start came
+    before the ledger kept them (every root it has now was seen: what it did before)."""
+    try:
+        rows = connection.execute("SELECT path FROM roots WHERE rule=?", (rule,)).fetchall()
+    except sqlite3.OperationalError:  # a ledger older than the table, opened read-only
+        return None
+    return frozenset(path for path, in rows) or None
 
 
 def instance(connection: sqlite3.Connection) -> str:

@@ -193,8 +193,9 @@ class Ledger:
     def forget_dir(self, rule: str, directory: bytes) -> None:
         self._append(("forget", rule, directory))
 
-    def caught_up(self, rule: str) -> None:
-        self._append(("caught_up", rule))
+    def caught_up(self, rule: str, root: bytes) -> None:
+        """The rule's first walk of the tree at ``root`` is recorded."""
+        self._append(("caught_up", rule, root))
 
     def put_delivery(self, values: tuple[object, ...]) -> None:
         """A webhook delivery, as ``store.DELIVERY_COLUMNS``: new, or as it is now."""

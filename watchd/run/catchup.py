@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from watchd.core.events import EVENT_BITS, FileEvent
 from watchd.core.journal import MessageId
@@ -58,6 +59,19 @@ OVERLAP_GRACE = 2.0  # seconds the end of a catch-up waits at most for live even
 Pair = tuple[Rule, Root]  # a rule, and one of its roots: what one catch-up walks
 
 
+class Seen(NamedTuple):
+    """What the ledger says a rule walked: whether its first start was, and its roots (None:
+    every root it has, for a rule whose first start came before the ledger kept them)."""
+
+    rule: bool
+    roots: frozenset[bytes] | None
+
+
+def _seen(reader: sqlite3.Connection, rule: str) -> Seen:
+    known = reader.execute("SELECT 1 FROM rules WHERE name=?", (rule,)).fetchone() is not None
+    return Seen(known, store.roots_seen(reader, rule))
+
+
 class CatchUp:
     def __init__(self, ledger: Ledger, sink: Dispatcher, jobs: JobQueue, counters: Counters,
                  notifier: Notifier) -> None:
@@ -73,6 +87,9 @@ class CatchUp:
         self.overlap = Overlap()
         self._threads: list[threading.Thread] = []
         self._done: set[tuple[str, bytes]] = set()  # (rule, root) caught up with since start
+        # (rule, root) of a rule without catch_up polled since start: its first poll is the
+        # one that records what is there, whatever changed while the daemon was down.
+        self.polled: set[tuple[str, bytes]] = set()
         self._due: list[Pair] = []
         self._walking = 0
         self._overlapping = 0  # walks (catch-ups and polls) whose live events are noted
@@ -90,11 +107,14 @@ class CatchUp:
         pairs = [(rule, root) for root in ruleset.roots if root.untrusted is None
                  for rule in root.rules if rule.enabled and rule.catch_up
                  and (rule.name, root.path) not in self._done]
+        # A root a reload removes from its rule is caught up with again when one adds it back.
+        kept = {(rule.name, root.path) for root in ruleset.roots for rule in root.rules}
 
         polls = self.poller.prepare(ruleset)
 
         def commit() -> None:
             self.unchanged = {}  # held for directories of this rule set's rules only
+            self._done &= kept
             self._done.update((rule.name, root.path) for rule, root in pairs)
             if pairs:
                 if not self._due:  # the one walk ``begin`` starts for them all ends it
@@ -169,11 +189,13 @@ class CatchUp:
                 message_id=MessageId.LEDGER_DEGRADED, rule=",".join(r.name for r, _ in pairs))
             return
         try:
+            # Read once, before any of these walks records a root it saw for the first time.
+            seen = {rule.name: _seen(reader, rule.name) for rule, _ in pairs}
             for rule, root in pairs:
                 if self.stopping.is_set():
                     return
                 try:
-                    Walk(self, reader, rule, root, polling).run()
+                    Walk(self, reader, rule, root, seen[rule.name], polling).run()
                 except (OSError, sqlite3.Error) as error:
                     log(logging.ERROR, f"catch-up failed: {error}", rule=rule.name,
                         path=root.path)
@@ -199,7 +221,7 @@ class Walk:
     """One catch-up of one rule's tree."""
 
     def __init__(self, catch_up: CatchUp, reader: sqlite3.Connection, rule: Rule,
-                 root: Root, polling: bool = False) -> None:
+                 root: Root, seen: Seen, polling: bool = False) -> None:
         self.up = catch_up
         self.polling = polling
         self.reader = reader
@@ -208,9 +230,14 @@ class Walk:
         # The rule alone, at this root: a catch-up acts for its own rule, never another's.
         alone = dataclasses.replace(root, rules=(rule,), index=None)
         self.scope = Scope.of((alone,))
-        first = reader.execute("SELECT 1 FROM rules WHERE name=?", (rule.name,)).fetchone()
-        self.first = first is None
+        # A tree the rule never walked (at its first start, or a path a reload added) is
+        # recorded, not acted on, unless ``existing: process``.
+        self.new_rule = not seen.rule
+        self.recorded = seen.roots is not None and root.path in seen.roots
+        self.first = self.new_rule or (seen.roots is not None and not self.recorded)
         self.acting = not self.first or rule.existing == "process"
+        if polling and not rule.catch_up and not self._polled_before():
+            self.acting = self.first and rule.existing == "process"
         self.told: Counter[str] = Counter()
         # Regular files found new, and gone, anywhere in the tree, by state: paired into
         # moves at the end. Their records are written once their events are queued (a crash
@@ -232,8 +259,8 @@ class Walk:
         self._moves_and_the_rest()
         for directory in self.vanished:
             self.up.ledger.forget_dir(self.rule.name, directory)
-        if self.first:
-            self.up.ledger.caught_up(self.rule.name)
+        if not self.recorded:
+            self.up.ledger.caught_up(self.rule.name, self.root.path)
         duration_ms = round((time.monotonic() - started) * 1000)
         if self.polling:
             self._polled(duration_ms)
@@ -244,9 +271,17 @@ class Walk:
                 duration_ms=duration_ms,
                 fields={name: self.told[name] for name in sorted(self.told)})
         else:
-            log(logging.INFO, "first start: what is there is recorded, not acted on "
-                "(existing: ignore)", message_id=MessageId.CAUGHT_UP, rule=self.rule.name,
-                path=self.root.path, duration_ms=duration_ms)
+            log(logging.INFO, ("first start" if self.new_rule else "a path new to the rule")
+                + ": what is there is recorded, not acted on (existing: ignore)",
+                message_id=MessageId.CAUGHT_UP, rule=self.rule.name, path=self.root.path,
+                duration_ms=duration_ms)
+
+    def _polled_before(self) -> bool:
+        """Whether this rule's tree was polled since the daemon's start (noting it is)."""
+        key = (self.rule.name, self.root.path)
+        polled = key in self.up.polled
+        self.up.polled.add(key)
+        return polled
 
     def _polled(self, duration_ms: int) -> None:
         """A poll says what it found, only when it found something (it comes again)."""
