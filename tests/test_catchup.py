@@ -205,7 +205,7 @@ def assert_caught_up_once(w: Watched) -> None:
         ("delete", "in/gone", "", "1"),
     }
     assert len(w.runs()) == before + 4, w.runs()[before:]  # once each, "keep" not at all
-    w.process.wait_log(f"caught_up=True job={w.runs()[-1].job}")  # said after its run
+    w.process.wait_log(f"caught_up=1 job={w.runs()[-1].job}")  # said after its run
     sentinel = w.all_runs()[-1]
     assert sentinel.caught_up == "0"  # a live event after the catch-up
     # Nothing changed since: nothing to act on.

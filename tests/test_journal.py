@@ -69,6 +69,14 @@ def test_an_action_failure_as_the_journal_gets_it(captured):
     assert message.startswith("action failed: exited with status rule=ingest ")
 
 
+def test_a_flag_is_1_in_the_journal_and_the_line_as_in_the_environment(captured):
+    """``journalctl WATCHD_CAUGHT_UP=1`` finds what a command saw as WATCHD_CAUGHT_UP=1."""
+    logs.log(logging.INFO, "action ok", rule="r", caught_up=True, found_by_scan=True)
+    entry = entry_of(captured[0])
+    assert (entry["WATCHD_CAUGHT_UP"], entry["WATCHD_FOUND_BY_SCAN"]) == ("1", "1")
+    assert entry["MESSAGE"] == "action ok rule=r caught_up=1 found_by_scan=1"
+
+
 @pytest.mark.parametrize(("name", "shown"), [
     (b"/srv/in/report.csv", "/srv/in/report.csv"),
     ("/srv/in/report.csv", "/srv/in/report.csv"),

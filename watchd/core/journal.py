@@ -44,6 +44,12 @@ def field_name(key: str) -> str:
     return "WATCHD_" + key.upper()
 
 
+def field_text(value: object) -> str:
+    """A field's value that is not a name, as text: a flag is 1 or 0, as in a command's
+    environment (``WATCHD_CAUGHT_UP=1``), not Python's ``True``."""
+    return str(int(value)) if isinstance(value, bool) else str(value)
+
+
 def fields_of(record: logging.LogRecord, message: str) -> dict[str, str | bytes]:
     """The journal entry for ``record``, whose rendered text is ``message``."""
     entry: dict[str, str | bytes] = {
@@ -63,7 +69,7 @@ def fields_of(record: logging.LogRecord, message: str) -> dict[str, str | bytes]
         if isinstance(value, str):
             # A name decoded with surrogateescape goes back to its own bytes.
             value = value.encode("utf-8", "surrogateescape")
-        entry[field_name(key)] = value if isinstance(value, bytes) else str(value)
+        entry[field_name(key)] = value if isinstance(value, bytes) else field_text(value)
     return entry
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from watchd.core.journal import JournalHandler, MessageId
+from watchd.core.journal import JournalHandler, MessageId, field_text
 
 LOGGER = logging.getLogger("watchd")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -60,7 +60,7 @@ def _shown(char: str) -> str:
 
 
 def _quoted(value: object) -> str:
-    text = escape(value) if isinstance(value, bytes | str) else str(value)
+    text = escape(value) if isinstance(value, bytes | str) else field_text(value)
     if not text or " " in text or '"' in text or "=" in text:
         return '"' + text.replace('"', '\\"') + '"'
     return text
