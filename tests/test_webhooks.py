@@ -222,6 +222,35 @@ def a_dead_delivery(tmp_path, write_rules, daemon, receiver, watched, name: str)
     return process, config, dead
 
 
+def test_a_webhook_that_fails_is_in_its_rule_s_figures_in_the_status(
+        tmp_path, write_rules, daemon, receiver, watched):
+    """Its failures, retries, dead letter and last failure, as a command's are: the rule said
+    FAILED 0, retried 0, dead letters made 0 and no last failure, beside DEAD 1."""
+    receiver.script["/hook"] = [500, 500]
+    config = write_rules(webhook_rules(tmp_path, watched, f"{receiver.url}/hook",
+                                       extra=", retries: 1"))
+    daemon(config)
+    (watched / "f").write_bytes(b"x")
+
+    def status() -> dict:
+        answered = subprocess.run([PYTHON, "-m", "watchd", "status", "--json"],
+                                  capture_output=True, text=True, timeout=30)
+        return json.loads(answered.stdout)
+
+    document = wait_for(lambda: d if (d := status())["ledger"]["dead_letters"] == 1 else None,
+                        what="the dead letter kept")
+    (rule,) = document["rules"]
+    assert (rule["webhooks_failed"], rule["retried"], rule["dead_letters"]) == (1, 1, 1)
+    failure = rule["last_failure"]
+    assert failure["path"] == str(watched / "f") and failure["error"].startswith("HTTP 500")
+    assert failure["action"].startswith("webhook msg_")
+    human = subprocess.run([PYTHON, "-m", "watchd", "status"], capture_output=True, text=True,
+                           timeout=30).stdout
+    row = next(line.split() for line in human.splitlines() if line.startswith("hook "))
+    assert row[3] == "1" and row[-1] == "1", human  # FAILED, DEAD
+    assert "last failure" in human and "HTTP 500" in human, human
+
+
 def test_a_dead_webhook_is_a_dead_letter_of_its_job_that_watchd_jobs_retries(
         tmp_path, write_rules, daemon, receiver, watched):
     # It was a dead delivery only: watchd jobs list --dead showed nothing, the status counted

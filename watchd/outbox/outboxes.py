@@ -32,10 +32,20 @@ from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import RuleSet
 from watchd.core.stats import DROP_REPORT_INTERVAL, Count, Counters
+from watchd.ledger.rows import Failure
 from watchd.ledger.writer import Ledger
 from watchd.outbox.spool import Delivery, Spool, delivery_of
 
 OutboxKey = tuple[str, int]  # a rule's name, and the action's place in it from 1
+# Told of each failed delivery attempt: its rule, its path and how it failed (a rule's last
+# failure, in ``watchd status``, as a failed command's is).
+FailureNote = Callable[[str, bytes, Failure], None]
+
+
+def count_dead(counters: Counters, delivery: Delivery) -> None:
+    """A delivery given up on: a failed webhook, and a dead letter of its rule."""
+    counters.add(Count.WEBHOOKS_FAILED, delivery.rule)
+    counters.add(Count.DEAD_LETTERS, delivery.rule)
 
 
 def webhooks_of(ruleset: RuleSet) -> dict[OutboxKey, Webhook]:
@@ -45,12 +55,13 @@ def webhooks_of(ruleset: RuleSet) -> dict[OutboxKey, Webhook]:
 
 class Outbox:
     def __init__(self, key: OutboxKey, webhook: Webhook, backlog: int, spool: Spool,
-                 counters: Counters) -> None:
+                 counters: Counters, note_failure: FailureNote) -> None:
         self.key = key
         self.webhook = webhook
         self.backlog = backlog
         self.spool = spool
         self.counters = counters
+        self.note_failure = note_failure
         self._endpoint: Endpoint | None = None  # the outbox thread's: see ``_endpoint_of``
         self._waiting: deque[Delivery] = deque()
         self._ready = threading.Condition()
@@ -149,9 +160,12 @@ class Outbox:
                 self.counters.add(Count.WEBHOOKS_OK, delivery.rule)
                 log(logging.INFO, "webhook delivered", fields=fields)
                 return
+            self.note_failure(delivery.rule, delivery.path,
+                              Failure(f"webhook {delivery.id}", result.describe()))
             if not result.retryable or delivery.attempts > webhook.retries:
                 self._give_up(delivery, result.retryable, fields)
                 return
+            self.counters.add(Count.RETRIED, delivery.rule)
             delay = delivery_delay(webhook, delivery.attempts, result.retry_after)
             log(logging.WARNING, f"webhook attempt failed: {result.describe()}; retrying in "
                 f"{delay:.1f}s", fields=fields)
@@ -170,7 +184,7 @@ class Outbox:
 
     def _give_up(self, delivery: Delivery, exhausted: bool, fields: dict[str, object]) -> None:
         grave = self.spool.bury(delivery)
-        self.counters.add(Count.WEBHOOKS_FAILED, delivery.rule)
+        count_dead(self.counters, delivery)
         why = "retries exhausted" if exhausted else "not retried"
         log(logging.ERROR, f"action failed: webhook: {delivery.last_error} ({why}); kept as a "
             f"dead letter: watchd jobs retry {delivery.id}",
@@ -183,7 +197,7 @@ class Outbox:
         delivery.last_error = (f"not sent: action {delivery.action} of rule {delivery.rule!r} "
                                "posts to another URL than when it was made")
         grave = self.spool.bury(delivery)
-        self.counters.add(Count.WEBHOOKS_FAILED, delivery.rule)
+        count_dead(self.counters, delivery)
         log(logging.ERROR, f"webhook delivery kept as a dead letter: {delivery.last_error}; "
             f"send it there with: watchd jobs retry {delivery.id}",
             message_id=MessageId.ACTION_FAILED, rule=delivery.rule, path=delivery.path,
@@ -217,6 +231,7 @@ class Deliveries:
         self.spool = Spool(state_dir, ledger)
         self.ledger = ledger
         self.counters = counters
+        self.on_failure: FailureNote = lambda rule, path, failure: None
         self._imported = False
         self._outboxes: dict[OutboxKey, Outbox] = {}
 
@@ -264,7 +279,7 @@ class Deliveries:
             outbox = self._outboxes.get(key)
             if outbox is None:
                 outbox = self._outboxes[key] = Outbox(key, webhook, backlog, self.spool,
-                                                      self.counters)
+                                                      self.counters, self._note_failure)
                 outbox.start(waiting[key])
             elif key in waiting:
                 outbox.take(waiting[key])
@@ -279,6 +294,9 @@ class Deliveries:
 
     def stats(self) -> dict[str, int]:
         return {"webhooks_waiting": self.waiting()}
+
+    def _note_failure(self, rule: str, path: bytes, failure: Failure) -> None:
+        self.on_failure(rule, path, failure)  # as set now (the workers come after the outboxes)
 
     def _orphaned(self, key: OutboxKey) -> None:
         for delivery in self.spool.load(*key):
@@ -295,7 +313,7 @@ class Deliveries:
         delivery.last_error = (f"its rule {delivery.rule!r} has no webhook as action "
                                f"{delivery.action} any more")
         grave = self.spool.bury_later(delivery)
-        self.counters.add(Count.WEBHOOKS_FAILED, delivery.rule)
+        count_dead(self.counters, delivery)
         log(logging.WARNING, f"webhook delivery kept as a dead letter: {delivery.last_error}",
             rule=delivery.rule, path=delivery.path, delivery=delivery.id, dead_letter=str(grave))
 

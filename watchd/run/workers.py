@@ -294,8 +294,12 @@ class WorkerPool:
         else:
             failure = Failure(described, result.describe(), result.status,
                               result.stderr[-STDERR_KEPT:] or None)
-        self.last_failures[job.rule.name] = LastFailure(time.time(), job.event.path, failure)
+        self.note_failure(job.rule.name, job.event.path, failure)
         return failure
+
+    def note_failure(self, rule: str, path: bytes, failure: Failure) -> None:
+        """The rule's last failure, for ``watchd status`` (from any thread)."""
+        self.last_failures[rule] = LastFailure(time.time(), path, failure)
 
     def _ended(self, job: Job, end: End) -> None:
         """Keep in the ledger what became of the job: ended, retried later, a dead letter, or

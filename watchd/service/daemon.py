@@ -175,6 +175,7 @@ class Daemon:
         self.workers = WorkerPool(self.jobs, self.counters, self.deliveries.deliver, own_writes,
                                   status_changed, self.ledger)
         self.workers.resize(ruleset.settings.workers)
+        self.deliveries.on_failure = self.workers.note_failure
         self.notifier = Notifier.watching(ruleset, self.dispatcher, self.counters,
                                           functools.partial(self._wake, _LINKS))
         self.table = self.notifier.table
