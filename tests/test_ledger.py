@@ -416,6 +416,30 @@ def test_a_dead_letter_whose_rule_is_gone_is_not_queued_again(tmp_path, write_ru
     assert listed(config, "--dead") == [job]  # as it was
 
 
+def test_dead_letters_are_listed_and_dropped_while_the_rules_have_an_error(
+        tmp_path, write_rules, daemon):
+    """The rules broken (by the very program that failed going away): the ledger their
+    settings name is still read; only a retry, which needs the rules, refuses. Each command
+    refused with the rules' errors (exit 1) before."""
+    process, config, watched, out = dead_letters_of(write_rules, daemon, tmp_path, ["f"])
+    assert process.stop() == 0
+    (job,) = listed(config, "--dead")
+    write_rules(json.dumps({"rules": [{"name": "job", "paths": [str(watched)],
+                                       "actions": [{"command": ["/nonexistent/program"]}]}]}))
+    said = f"watchd: {config} has 1 error(s) (watchd check --config {config} shows them)"
+    answered = jobs_cli(config, "list", "--dead", "--json")
+    assert answered.returncode == 0 and answered.stderr.startswith(said), answered.stderr
+    assert json.loads(answered.stdout)["jobs"] == [job]
+    hooks = subprocess.run([sys.executable, "-m", "watchd", "webhooks", "list", "--config",
+                            str(config)], capture_output=True, text=True, timeout=30)
+    assert hooks.returncode == 0 and hooks.stderr.startswith(said), hooks.stderr
+    retried = jobs_cli(config, "retry", str(job["id"]))
+    assert retried.returncode == 1 and "/nonexistent/program" in retried.stderr
+    dropped = jobs_cli(config, "drop", str(job["id"]))
+    assert (dropped.returncode, dropped.stdout) == (0, f"{job['id']}: dropped\n")
+    assert json.loads(jobs_cli(config, "list", "--dead", "--json").stdout) == {"jobs": []}
+
+
 def test_a_dead_letter_is_listed_and_runs_again_when_retried_while_the_daemon_runs(
         tmp_path, write_rules, daemon):
     process, config, watched, out = dead_letters_of(write_rules, daemon, tmp_path, ["f"])

@@ -98,6 +98,18 @@ def load(path: Path | str = DEFAULT_CONFIG) -> Config:
                   tuple(warnings))
 
 
+def settings_of(path: Path | str = DEFAULT_CONFIG) -> Settings:
+    """The main file's settings alone, validated, whatever its rules hold: where the ledger is,
+    for reading it when a rule has errors (the dead letters a broken rule made must still be
+    seen). ConfigError if the file or its settings cannot be read."""
+    document = _read_document(Path(path))
+    data = document.data.get("settings", {}) if isinstance(document.data, dict) else {}
+    try:
+        return Settings.model_validate(data)
+    except pydantic.ValidationError as error:
+        raise ConfigError([Problem(document.file, 1, 1, f"settings: {error}")]) from None
+
+
 @dataclass(frozen=True)
 class _ValidatedFile:
     model: RulesFile | DropIn

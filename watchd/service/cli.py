@@ -16,8 +16,8 @@ from typing import Any, cast
 
 from watchd import __version__
 from watchd.config.compile import compile_rules, read_rules, refuse_what_cannot_run_here
-from watchd.config.loader import DEFAULT_CONFIG, load
-from watchd.config.schema import RulesFile
+from watchd.config.loader import DEFAULT_CONFIG, load, settings_of
+from watchd.config.schema import RulesFile, state_dir_of
 from watchd.control import status
 from watchd.control.client import NoDaemon, ask, stream
 from watchd.control.protocol import DEFAULT_SOCKET, SOCKET_VARIABLE, ProtocolError, socket_path
@@ -25,6 +25,7 @@ from watchd.core import logs
 from watchd.core.events import event_mask
 from watchd.core.logs import escape
 from watchd.core.problems import ConfigError
+from watchd.core.rules import RuleSet
 from watchd.ledger import store
 from watchd.outbox.deadletters import (
     change_dead_letters,
@@ -226,16 +227,14 @@ def _explain(path: Path, target: str, event: str | None) -> int:
 
 
 def _webhooks(args: argparse.Namespace) -> int:
-    try:
-        ruleset = read_rules(args.config)
-    except ConfigError as error:
-        _print_problems(error)
-        return 1
-    state_dir = Path(ruleset.settings.state_dir)
     if args.webhooks_command != "list" and not args.ids and not args.all:
         print("name the dead letters to send, or --all", file=sys.stderr)
         return 2
     listing_only = args.webhooks_command == "list"
+    read = _rules_or_state_dir(args.config, needs_rules=not listing_only)
+    if read is None:
+        return 1
+    ruleset, state_dir = read
     try:
         connection = _open_ledger(state_dir, writable=not listing_only)
     except sqlite3.Error as error:
@@ -249,6 +248,7 @@ def _webhooks(args: argparse.Namespace) -> int:
         return 0
     failed = 0
     spool = Spool(state_dir, DirectWriter(connection) if connection else None)
+    assert ruleset is not None  # a replay needs the rules
     for sent, line in replay(spool, ruleset, args.ids):
         print(line, file=sys.stdout if sent else sys.stderr)
         failed += not sent
@@ -341,21 +341,41 @@ def _jobs(args: argparse.Namespace) -> int:
         if args.socket:  # a socket named, and no daemon there: said, not silent
             print(f"watchd: {error}; the ledger of {args.config} is read directly",
                   file=sys.stderr)
-    try:
-        ruleset = read_rules(args.config)
-    except ConfigError as error:
-        _print_problems(error)
+    read = _rules_or_state_dir(args.config, needs_rules=command == "retry")
+    if read is None:
         return 1
+    ruleset, state_dir = read
     try:
-        connection = _open_ledger(Path(ruleset.settings.state_dir), writable=not listing_only)
+        connection = _open_ledger(state_dir, writable=not listing_only)
         if listing_only:
             rows, deliveries = jobs_on_disk(connection, dead) if connection else ([], [])
             return _said(command, list(ledger_listing(rows, deliveries, as_json)), [])
         return _said(command, *change_dead_letters(connection, command, ids, ruleset))
     except sqlite3.Error as error:
-        print(f"watchd: cannot read the ledger in {ruleset.settings.state_dir}: {error}",
-              file=sys.stderr)
+        print(f"watchd: cannot read the ledger in {state_dir}: {error}", file=sys.stderr)
         return 1
+
+
+def _rules_or_state_dir(config: Path, needs_rules: bool) -> tuple[RuleSet | None, Path] | None:
+    """The rules and their state directory; where the command ``needs_rules`` not (a listing,
+    a drop) and they have errors, the state directory their settings name: a broken rule must
+    not hide the dead letters it made. None: why not was said."""
+    try:
+        ruleset = read_rules(config)
+    except ConfigError as error:
+        if not needs_rules:
+            try:
+                state_dir = Path(state_dir_of(settings_of(config)))
+            except ConfigError:
+                pass
+            else:
+                print(f"watchd: {config} has {len(error.problems)} error(s) (watchd check "
+                      f"--config {config} shows them); the ledger in {state_dir} is read",
+                      file=sys.stderr)
+                return None, state_dir
+        _print_problems(error)
+        return None
+    return ruleset, Path(ruleset.settings.state_dir)
 
 
 def _said(command: str, lines: list[str], problems: list[str]) -> int:
