@@ -170,6 +170,26 @@ def test_every_error_of_every_file_is_reported(tmp_path, capsys):
     assert f"{tmp_path}/rules.d/10-more.yaml:2:5: rules[0]: missing required key 'paths'" in errors
 
 
+def test_an_action_s_errors_are_reported_beside_another_rule_s(tmp_path, capsys):
+    """A rule valid on its own is checked for what its actions hold even when another rule of
+    the file is invalid: fixing one error must not reveal the next."""
+    config = tmp_path / "rules.yaml"
+    config.write_text(
+        "rules:\n"
+        "  - name: a\n    paths: [/tmp]\n"
+        "    actions: [{command: [/usr/local/bin/nothere-watchd-test]}]\n"
+        "  - name: b\n    paths: [/tmp]\n    poll: 0s\n    actions: [{command: [/bin/true]}]\n"
+        "  - name: c\n    paths: [/tmp]\n    batch: {window: 1s}\n"
+        "    actions: [{command: [/bin/echo, \"{path}\", \"{paths}\", \"{paths}\"]}]\n")
+    assert main(["check", "--config", str(config)]) == 1
+    errors = capsys.readouterr().err
+    assert "/usr/local/bin/nothere-watchd-test: No such file" in errors
+    assert f"{config}:5:5: rules[1]: poll: 0s is too often" in errors
+    assert f"{config}:12:37: rules[2].actions[0].command[1]: {{path}} names one event" in errors
+    assert "{paths} may be in a command once" in errors
+    assert errors.splitlines()[-1] == "4 error(s): nothing applied"
+
+
 def test_check_exits_1_as_a_command(tmp_path):
     config = tmp_path / "rules.yaml"
     config.write_text("rules: {}\n")

@@ -7,7 +7,7 @@ raises ``ConfigError`` listing every problem found in every file.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,8 +288,23 @@ def _validate(document: _Document, model: type[RulesFile] | type[DropIn], data: 
         validated = model.model_validate(data, context=context)
     except pydantic.ValidationError as error:
         problems.extend(_problem(document, detail, model) for detail in error.errors())
+        problems.extend(problem for problem in _findings_of_valid_rules(document, data, context)
+                        if not problem.warning)
         return None
     return validated
+
+
+def _findings_of_valid_rules(document: _Document, data: dict[str, Any],
+                             context: dict[str, Any]) -> Iterator[Problem]:
+    """The findings of each rule valid on its own, in a file that is not: every error is told
+    at once, not an action's only once the other rules are fixed."""
+    rules = data.get("rules")
+    for index, rule in enumerate(rules if isinstance(rules, list) else ()):
+        try:
+            valid = RuleModel.model_validate(rule, context=context)
+        except pydantic.ValidationError:
+            continue  # its own errors are told already
+        yield from _findings(document, [(index, valid)])
 
 
 def _located(document: _Document, validated: RulesFile | DropIn) -> _ValidatedFile:
@@ -299,16 +314,18 @@ def _located(document: _Document, validated: RulesFile | DropIn) -> _ValidatedFi
                           for j in range(len(rule.paths))))
         for index, rule in enumerate(validated.rules)
     )
-    return _ValidatedFile(validated, rules, tuple(_findings(document, validated.rules)))
+    return _ValidatedFile(validated, rules,
+                          tuple(_findings(document, enumerate(validated.rules))))
 
 
 _QUOTE_STAR = 'a value that starts with * (a pattern like *.csv) must be quoted: "*.csv"'
 
 
-def _findings(document: _Document, rules: list[RuleModel]) -> Iterator[Problem]:
-    """What each action's kind finds in a valid file, located: errors its schema cannot tell,
-    what is risky (commands open to injection), what this machine cannot run."""
-    for index, rule in enumerate(rules):
+def _findings(document: _Document, rules: Iterable[tuple[int, RuleModel]]) -> Iterator[Problem]:
+    """What each action's kind finds in valid rules (each with its place in the file),
+    located: errors its schema cannot tell, what is risky (commands open to injection), what
+    this machine cannot run."""
+    for index, rule in rules:
         for step, action in enumerate(rule.actions):
             for finding in kind_of(action).checks(action, rule.batch is not None):
                 loc = ("rules", index, "actions", step, *finding.where)
