@@ -142,6 +142,10 @@ BAD_FILES = [
                  id="bad-settle"),
     pytest.param(GOOD_RULE + "        stdin: names\n", 6, 16, "'none', 'paths' or 'json'",
                  id="bad-stdin"),
+    pytest.param(GOOD_RULE + "        timeout: 0\n", 6, 18, "a timeout of 0 would end every run",
+                 id="zero-timeout"),
+    pytest.param(GOOD_RULE + "      - webhook: {url: 'http://127.0.0.1/', timeout: 0ms}\n", 6, 54,
+                 "a timeout of 0 would end every", id="zero-webhook-timeout"),
     pytest.param("rules:\n  - name: x\n    paths: [\"/tmp/\\0\"]\n    actions: [{command: "
                  "[/bin/true]}]\n", 3, 13, "NUL", id="nul-in-path"),
 ]

@@ -58,6 +58,7 @@ from watchd.schema.fields import (
     EnvName,
     EnvValue,
     Strict,
+    Timeout,
     UserName,
 )
 from watchd.schema.lint import argv_warnings
@@ -73,7 +74,7 @@ class CommandAction(Strict):
         "shell: `command[0]` is the absolute path of a program that root owns and nobody else "
         "may write (checked at load and before every run); put `--` before `{path}` for "
         "programs that take options")
-    timeout: Duration = Field(default=300.0, description="how long a run may take; past it its "
+    timeout: Timeout = Field(default=300.0, description="how long a run may take; past it its "
                               "processes get SIGTERM, then SIGKILL 2 s later")
     user: UserName | None = Field(
         default=None, description="run as this user, with its groups and its `HOME`, `USER` and "

@@ -38,7 +38,7 @@ from watchd.actions.kind import ActionKind
 from watchd.core.actions import ActionContext, Outcome, retry_delay
 from watchd.core.document import event_document, text
 from watchd.core.job import Job
-from watchd.schema.fields import Duration, Strict, absolute
+from watchd.schema.fields import Duration, Strict, Timeout, absolute
 from watchd.security.secrets import SigningKey, read_signing_key
 
 USER_AGENT = f"watchd/{__version__}"
@@ -100,7 +100,7 @@ class WebhookModel(Strict):
                      "Standard Webhooks (base64, optionally prefixed `whsec_`): a regular file, "
                      "not a symlink, that group and others may neither read nor write; unset: "
                      "unsigned")
-    timeout: Duration = Field(default=10.0, description="how long one attempt may take")
+    timeout: Timeout = Field(default=10.0, description="how long one attempt may take")
     retries: int = Field(default=5, ge=0, le=100, description="further attempts after the "
                          "first, on no answer, a timeout, 429 or 5xx; never on another 4xx or "
                          "a 3xx")

@@ -54,6 +54,7 @@ from watchd.schema.fields import (
     KindName,
     Kinds,
     Pattern,
+    Timeout,
     UserName,
 )
 
@@ -106,6 +107,7 @@ def _choices(values: Sequence[object]) -> str:
 NAMED_TYPES = (
     NamedType(Duration, "duration", "durations",
               "a number of seconds, or a string with a unit: `250ms`, `10s`, `5m`, `1h`"),
+    NamedType(Timeout, "duration, not 0", "durations, not 0", ""),
     NamedType(AbsolutePath, "absolute path", "absolute paths",
               "begins with `/`; no placeholders"),
     NamedType(EventName, "event", "events",

@@ -58,6 +58,16 @@ Duration = Annotated[
 ]
 
 
+def _not_zero(seconds: float) -> float:
+    if seconds == 0:
+        raise ValueError("a timeout of 0 would end every run at once: give how long one may take")
+    return seconds
+
+
+# A duration past which a run (or an attempt) is stopped: 0 is an error, not "no limit".
+Timeout = Annotated[Duration, AfterValidator(_not_zero)]
+
+
 def no_nul(text: str) -> str:
     if "\0" in text:
         raise ValueError("a NUL character cannot be passed to a command")
