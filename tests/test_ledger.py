@@ -247,6 +247,10 @@ def test_a_stop_leaves_the_queued_jobs_in_the_ledger_for_the_next_start(
 def test_the_run_a_stop_killed_runs_again_at_the_next_start(tmp_path, write_rules, daemon):
     first, config, out, gate = slow_then_burst(write_rules, daemon, tmp_path, stop_grace="0.2s")
     first.stop()
+    # Said as what it is, not as a failed action (which an alert on failures would count).
+    (line,) = log_lines(first, "action cut short by the stop")
+    assert " WARNING action cut short by the stop; it runs again at the next start" in line
+    assert "action failed" not in first.log() and " actions_failed=0" in first.log()
     gate.touch()
     daemon(config)
     runs = assert_all_run_once(out, tmp_path / "state")

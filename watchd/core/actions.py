@@ -38,6 +38,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     RESTARTED = "restarted"  # a newer event stopped it (on_busy: restart); its run follows
     SKIPPED = "skipped"  # not run, and said why: the rule's later actions are not run either
+    STOPPED = "stopped"  # killed by the daemon's stop: its job runs it again at the next start
 
 
 @dataclass(frozen=True, slots=True)

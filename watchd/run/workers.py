@@ -80,6 +80,7 @@ class WorkerPool:
         self.deliver = deliver
         self.own_writes = own_writes
         self.stopping = threading.Event()
+        self._killed = False  # the stop has killed what ran past its grace
         self._threads: list[threading.Thread] = []
         self._running: dict[threading.Thread, tuple[Job, Process]] = {}  # each worker's process
         self._restarted: set[threading.Thread] = set()
@@ -158,6 +159,7 @@ class WorkerPool:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or hurry(min(remaining, HURRY_TURN)):
                 with self._lock:
+                    self._killed = True
                     for _, command in self._running.values():
                         command.kill()
                 self._join(grace)
@@ -243,6 +245,8 @@ class WorkerPool:
                 return _Failed(job, self._failure(job))
             elif outcome is Outcome.RESTARTED or outcome is Outcome.SKIPPED:
                 return None  # said why; a restarted run is followed by another
+            elif outcome is Outcome.STOPPED:
+                return LEFT  # at this step, in the ledger: run again at the next start
             else:
                 assert_never(outcome)
         return None
@@ -414,4 +418,9 @@ class WorkerPool:
             log(logging.INFO, "action restarted: a newer event came for its path",
                 rule=job.rule.name, event=job.event.event, path=job.event.path, step=step)
             return Outcome.RESTARTED
+        if self._killed and not result.ok:
+            log(logging.WARNING, "action cut short by the stop; it runs again at the next "
+                "start", rule=job.rule.name, event=job.event.event, path=job.event.path,
+                step=step, job=job.id or None, duration_ms=round(result.duration * 1000))
+            return Outcome.STOPPED
         return result
