@@ -384,6 +384,26 @@ def test_a_poll_without_catch_up_does_not_act_on_changes_made_while_down(watched
     assert watched.caught_up() == {}
 
 
+def test_a_poll_leaves_a_change_whose_live_event_a_debounce_holds_to_that_event(watched):
+    """A file written again and again, live, under a debounce longer than the poll's interval:
+    one run, by its live event; the polls did not tell it as a change inotify missed."""
+    write(watched.dir / "a")
+    watched.configure(poll="1s", debounce="2s")
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded")
+    polls_before = counters(watched.process)["polls"]
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:  # more than two polls while it is written
+        append(watched.dir / "a")
+        time.sleep(0.3)
+    wait_for(watched.runs, what="the debounced run")
+    watched.settle()
+    assert counters(watched.process)["polls"] >= polls_before + 2
+    assert [(run.event, run.path, run.caught_up) for run in watched.runs()] == [
+        ("close_write", "in/a", "0")]
+    assert "polled: changes inotify did not tell" not in watched.process.log()
+
+
 # -- a reload adding a path --------------------------------------------------------------------
 
 def reload_with(w: Watched, paths: list[Path], **keys: str) -> None:

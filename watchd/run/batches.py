@@ -60,6 +60,12 @@ class Batcher(Deadlines[BatchKey]):
             held[rule] += len(collecting.events)
         return held
 
+    def holds(self, key: BatchKey, path: bytes) -> bool:
+        """Whether the batch of a rule at a root (``key``) holds ``path``."""
+        with self._changed:
+            batch = self._batches.get(key)
+            return batch is not None and path in batch.events
+
     def offer(self, job: Job) -> bool:
         """Add ``job``'s event to its rule's batch; False if too many paths are held."""
         assert job.rule.batch is not None

@@ -414,6 +414,8 @@ class Walk:
                 # Not written yet, or written since the walk looked: its writer's own
                 # close_write comes live, and acts on the file as it is then.
                 return False
+            if self.acting and self.up.sink.holding(self.rule.name, self.root.path, path):
+                return False  # a live event for it waits on debounce, settle or a batch
             if not self.up.overlap.claim((self.rule.name, path), state, self.acting):
                 return False
             if self.acting:

@@ -30,6 +30,9 @@ class Debouncer(Deadlines[JobKey]):
     def _held_by_rule(self) -> Counter[str]:
         return Counter(rule for rule, _ in self._pending)
 
+    def holds(self, key: JobKey) -> bool:
+        return key in self._pending
+
     def offer(self, job: Job) -> bool:
         """Hold ``job`` until its path is quiet; False if too many paths are pending."""
         due = time.monotonic() + (job.rule.debounce or 0.0)

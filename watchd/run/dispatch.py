@@ -130,6 +130,13 @@ class Dispatcher:
         held = self.debouncer.stop() + self.settler.stop()
         return [as_batch(job) for job in held] + self.batcher.stop()
 
+    def holding(self, rule: str, root: bytes, path: bytes) -> bool:
+        """Whether a stage holds an event of ``rule`` for ``path``: one the ledger has no
+        record of yet (a job's is written when it is queued)."""
+        key = (rule, path)
+        return (self.debouncer.holds(key) or self.settler.holds(key)
+                or self.batcher.holds((rule, root), path))
+
     def stats(self) -> dict[str, int]:
         return {**self.jobs.stats(), "debouncing": len(self.debouncer),
                 "settling": len(self.settler), "batching": len(self.batcher)}

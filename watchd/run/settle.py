@@ -40,6 +40,9 @@ class Settler(Deadlines[JobKey]):
     def _held_by_rule(self) -> Counter[str]:
         return Counter(rule for rule, _ in self._pending)
 
+    def holds(self, key: JobKey) -> bool:
+        return key in self._pending
+
     def offer(self, job: Job) -> bool:
         """Hold ``job`` until its path has settled; False if too many paths are settling."""
         key = job.key
