@@ -425,7 +425,7 @@ def test_dead_letters_are_listed_and_dropped_while_the_rules_have_an_error(
     """The rules broken (by the very program that failed going away): the ledger their
     settings name is still read; only a retry, which needs the rules, refuses. Each command
     refused with the rules' errors (exit 1) before."""
-    process, config, watched, out = dead_letters_of(write_rules, daemon, tmp_path, ["f"])
+    process, config, watched, _ = dead_letters_of(write_rules, daemon, tmp_path, ["f"])
     assert process.stop() == 0
     (job,) = listed(config, "--dead")
     write_rules(json.dumps({"rules": [{"name": "job", "paths": [str(watched)],
