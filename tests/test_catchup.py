@@ -362,6 +362,7 @@ def test_without_catch_up_changes_made_while_down_are_not_acted_on(watched):
     assert "first start" not in watched.process.log()
 
 
+@pytest.mark.slow  # several polls or retries: make test runs it, make check does not
 def test_a_poll_without_catch_up_does_not_act_on_changes_made_while_down(watched):
     """``catch_up: false`` with ``poll``: the first poll after a start records what is there
     (the poll needs a record), it does not act on what changed meanwhile; later ones do."""
@@ -384,6 +385,7 @@ def test_a_poll_without_catch_up_does_not_act_on_changes_made_while_down(watched
     assert watched.caught_up() == {}
 
 
+@pytest.mark.slow  # several polls or retries: make test runs it, make check does not
 def test_a_poll_leaves_a_change_whose_live_event_a_debounce_holds_to_that_event(watched):
     """A file written again and again, live, under a debounce longer than the poll's interval:
     one run, by its live event; the polls did not tell it as a change inotify missed."""

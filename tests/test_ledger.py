@@ -320,6 +320,7 @@ def test_a_dead_letter_of_a_second_action_keeps_its_step_and_retries_it_alone(
     assert len(records(first)) == 1
 
 
+@pytest.mark.slow  # several polls or retries: make test runs it, make check does not
 def test_a_retry_after_a_reload_runs_under_the_rules_fixed_by_it(tmp_path, write_rules, daemon):
     # The retry kept the rule it was matched under: the failing command ran again, and a
     # rule the reload had removed ran all the same.
