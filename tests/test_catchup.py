@@ -233,6 +233,27 @@ def test_changes_made_after_a_kill_are_acted_on_once(watched):
     assert_caught_up_once(watched)
 
 
+def test_a_file_renamed_over_another_while_down_is_a_move(watched):
+    """``mv b c`` with c there: inotify tells moved_from b and moved_to c (c's old content is
+    gone with it), not a write of c; a rule that asks for close_write only acts on neither."""
+    for name in ("b", "c", "edited"):
+        write(watched.dir / name, name.encode())
+    watched.configure(events="[close_write, moved_from, moved_to]")
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded")
+    watched.stop()
+    (watched.dir / "b").rename(watched.dir / "c")
+    append(watched.dir / "edited")  # written in place: the same inode, told as a write
+    watched.start()
+    assert watched.caught_up() == {"close_write": "1", "moved_from": "1", "moved_to": "1"}
+    watched.settle()
+    assert watched.told() == {("moved_from", "in/b", "", "1"), ("moved_to", "in/c", "in/b", "1"),
+                              ("close_write", "in/edited", "", "1")}
+    watched.stop()
+    watched.start()
+    assert watched.caught_up() == {}
+
+
 # -- a rule's first start ----------------------------------------------------------------------
 
 def test_first_start_ignores_what_is_there_and_acts_on_later_changes(watched):

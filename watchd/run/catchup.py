@@ -244,6 +244,7 @@ class Walk:
         # between the two must not leave a change recorded and never acted on).
         self.created: defaultdict[FileState, list[bytes]] = defaultdict(list)
         self.gone: defaultdict[FileState, list[bytes]] = defaultdict(list)
+        self.replaced: defaultdict[FileState, list[bytes]] = defaultdict(list)  # new inodes
         self.vanished: list[bytes] = []
 
     def run(self) -> None:
@@ -340,6 +341,10 @@ class Walk:
                 continue
             if isinstance(change, Created) and self._defer(self.created, state, path):
                 continue
+            # Another inode under a known name: perhaps a gone file renamed over it.
+            if (isinstance(change, Changed) and before[change.name][0] != state[0]
+                    and self._defer(self.replaced, state, path)):
+                continue
             told = (self._tell("close_write", path, False, state) if isinstance(change, Changed)
                     else self._tell("create", path, state == DIRECTORY, state))
             if told:
@@ -374,25 +379,19 @@ class Walk:
         self.vanished.append(directory)
 
     def _moves_and_the_rest(self) -> None:
-        """Tell the regular files found new or gone: a new one with the state of a gone one
-        is that one renamed. Then record them."""
+        """Tell the regular files found new, under a known name with another inode, or gone:
+        one with the state of a gone one is that one renamed (over the known name, for the
+        second). Then record them."""
         found: defaultdict[bytes, list[tuple[bytes, FileState]]] = defaultdict(list)
         gone: defaultdict[bytes, list[bytes]] = defaultdict(list)
-        for state, paths in self.created.items():
-            sources = self.gone.get(state, [])
-            for path in paths:
-                if sources:
-                    src = sources.pop()
-                    if self._tell("moved_from", src, False, GONE):
-                        directory, name = os.path.split(src)
-                        gone[directory].append(name)
-                    told = self._tell("moved_to", path, False, state, src)
-                else:
-                    told = self._tell("create", path, False, state)
-                    told = self._tell("close_write", path, False, state) and told
-                if told:
-                    directory, name = os.path.split(path)
-                    found[directory].append((name, state))
+        for arrived, new in ((self.created, True), (self.replaced, False)):
+            for state, paths in arrived.items():
+                sources = self.gone.get(state, [])
+                for path in paths:
+                    src = sources.pop() if sources else None
+                    if self._arrival(path, state, src, new, gone):
+                        directory, name = os.path.split(path)
+                        found[directory].append((name, state))
         for paths in self.gone.values():
             for path in paths:
                 if self._tell("delete", path, False, GONE):
@@ -400,6 +399,19 @@ class Walk:
                     gone[directory].append(name)
         for directory in found.keys() | gone.keys():
             self._record(directory, found.get(directory, []), gone.get(directory, []))
+
+    def _arrival(self, path: bytes, state: FileState, src: bytes | None, new: bool,
+                 gone: defaultdict[bytes, list[bytes]]) -> bool:
+        """Tell a regular file found ``new``, or with another inode under a known name: as
+        ``src`` renamed there when that gone file had its state (``gone`` gets ``src``);
+        whether it is the catch-up's to record."""
+        if src is not None:
+            if self._tell("moved_from", src, False, GONE):
+                directory, name = os.path.split(src)
+                gone[directory].append(name)
+            return self._tell("moved_to", path, False, state, src)
+        told = self._tell("create", path, False, state) if new else True
+        return self._tell("close_write", path, False, state) and told
 
     def _tell(self, name: str, path: bytes, is_dir: bool, state: FileState,
               src_path: bytes = b"") -> bool:
