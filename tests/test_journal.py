@@ -6,9 +6,11 @@ built, and the choice of target as systemd makes it (JOURNAL_STREAM against stde
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -17,7 +19,8 @@ import pytest
 from conftest import DEADLINE
 
 from watchd.core import logs
-from watchd.core.journal import MessageId, fields_of
+from watchd.core.journal import JOURNAL_SOCKET, MessageId, fields_of
+from watchd.ledger.owner import LOCK_NAME
 
 CATALOG = Path(__file__).parents[1] / "packaging" / "systemd" / "watchd.catalog"
 
@@ -129,6 +132,8 @@ def test_the_journal_is_chosen_when_stderr_is_the_journal_stream(tmp_path, monke
     stream = open(tmp_path / "stream", "w")  # noqa: SIM115 - closed below
     stat = os.fstat(stream.fileno())
     monkeypatch.setattr(sys, "stderr", stream)
+    (tmp_path / "journal-socket").touch()
+    monkeypatch.setattr(logs, "JOURNAL_SOCKET", str(tmp_path / "journal-socket"))
     try:
         monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
         assert logs.setup(target="auto") == "journal"
@@ -143,6 +148,28 @@ def test_the_journal_is_chosen_when_stderr_is_the_journal_stream(tmp_path, monke
     finally:
         logs.shutdown()
         stream.close()
+
+
+def test_the_journal_asked_for_where_there_is_none_is_said_and_stderr_taken(tmp_path):
+    """journald's socket missing: entries sent there vanish without an error (a second
+    daemon refused on the state directory exited 3 saying nothing)."""
+    config = tmp_path / "rules.yaml"
+    config.write_text(f"settings: {{state_dir: {tmp_path / 'state'}}}\nrules:\n  - name: x\n"
+                      f"    paths: [{tmp_path / 'nowhere'}]\n"
+                      "    actions: [{command: [/bin/true]}]\n")
+    (tmp_path / "state").mkdir()
+    # journald's directory hidden, in a mount namespace of the daemon's own, where it runs.
+    hidden = ["unshare", "--mount", "sh", "-c",
+              f'mount -t tmpfs tmpfs {os.path.dirname(os.path.dirname(JOURNAL_SOCKET))} '
+              '2>/dev/null; exec "$@"', "sh"]
+    with open(tmp_path / "state" / LOCK_NAME, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        ran = subprocess.run([*hidden, sys.executable, "-m", "watchd", "run", "--config",
+                              str(config), "--log-target", "journal", "--socket",
+                              str(tmp_path / "ctl")],
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert ran.stderr.startswith(f"watchd: no journal at {JOURNAL_SOCKET}: logging to stderr\n")
+    assert "another watchd" in ran.stderr and ran.returncode == 3, ran.stderr
 
 
 def test_the_entry_names_the_code_that_logged(captured):

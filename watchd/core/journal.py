@@ -44,6 +44,9 @@ def field_name(key: str) -> str:
     return "WATCHD_" + key.upper()
 
 
+JOURNAL_SOCKET = "/run/systemd/journal/socket"  # where journald takes entries
+
+
 def field_text(value: object) -> str:
     """A field's value that is not a name, as text: a flag is 1 or 0, as in a command's
     environment (``WATCHD_CAUGHT_UP=1``), not Python's ``True``."""

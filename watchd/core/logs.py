@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from watchd.core.journal import JournalHandler, MessageId, field_text
+from watchd.core.journal import JOURNAL_SOCKET, JournalHandler, MessageId, field_text
 
 LOGGER = logging.getLogger("watchd")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -167,6 +167,10 @@ def setup(level: str = "info", target: str = "auto") -> str:
     shutdown()
     if target == "auto":
         target = "journal" if stderr_is_journal() else "stderr"
+    if target == "journal" and not os.path.exists(JOURNAL_SOCKET):
+        # journald's socket is not there: what is sent to it is lost without an error.
+        print(f"watchd: no journal at {JOURNAL_SOCKET}: logging to stderr", file=sys.stderr)
+        target = "stderr"
     sink: logging.Handler
     if target == "journal":
         sink = JournalHandler(FieldsFormatter())
