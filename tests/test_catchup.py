@@ -293,6 +293,20 @@ def test_first_start_with_existing_process_acts_on_each_file_once(watched):
     assert len(watched.runs()) == len(names)
 
 
+def test_the_caught_up_count_leaves_out_entries_of_a_kind_the_rule_does_not_take(watched):
+    for name in ("a", "m"):
+        write(watched.dir / name)
+    (watched.dir / "lnk").symlink_to("a")
+    os.mkfifo(watched.dir / "fifo")
+    watched.configure(existing="process", events="[create, close_write]")
+    watched.start()
+    # A symlink and a FIFO are refused by the rule's kind (file, dir), as live: not counted.
+    assert watched.caught_up() == {"close_write": "2", "create": "2"}
+    watched.settle()
+    assert watched.told() == {(event, f"in/{name}", "", "1") for event in ("create", "close_write")
+                              for name in ("a", "m")}
+
+
 # -- a recursive rule ----------------------------------------------------------------------------
 
 def test_a_recursive_rule_catches_up_with_new_and_removed_directories(watched):

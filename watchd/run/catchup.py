@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from watchd.core.events import EVENT_BITS, FileEvent
+from watchd.core.events import DIR, EVENT_BITS, FILE, FileEvent, kind_of
 from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import Root, Rule, RuleSet, Scope
@@ -433,11 +433,25 @@ class Walk:
             if self.acting:
                 event = FileEvent(path, name, EVENT_BITS[name], is_dir, src_path,
                                   caught_up=True)
-                # Counted if the rule acts on it: not a create it does not ask for, nor a
-                # file its patterns leave out.
-                if self.up.sink.submit(event, self.scope):
+                # Counted if the rule acts on it: not a create it does not ask for, a file its
+                # patterns leave out, nor an entry of a kind it does not take (the run is
+                # refused, as a live event's is).
+                if self.up.sink.submit(event, self.scope) and self._takes(state, path):
                     self.told[name] += 1
         return True
+
+    def _takes(self, state: FileState, path: bytes) -> bool:
+        """Whether the rule takes the kind of what the change is about (a delete's: yes)."""
+        if state == GONE:
+            return True
+        if state == DIRECTORY:
+            return DIR in self.rule.kinds
+        if state[1] >= 0:
+            return FILE in self.rule.kinds
+        try:  # anything else (a symlink, a FIFO) is looked at: the walk only listed it
+            return kind_of(os.lstat(path).st_mode) in self.rule.kinds
+        except OSError:
+            return False
 
     def _wait_for_room(self) -> None:
         jobs = self.up.jobs
