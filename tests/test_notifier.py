@@ -675,3 +675,31 @@ def test_a_wakeup_is_never_lost_between_a_wake_and_a_drain():
         stop.set()
         thread.join()
         wakeup.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering max_queued_events needs root")
+def test_a_name_that_holds_another_kind_of_entry_after_an_overflow_is_deleted_then_created(
+        tmp_path, watch):
+    """A file replaced by a directory, a directory by a file, while the kernel's queue
+    overflowed: the rescan tells each old entry deleted and the new one created, and the new
+    directory is watched."""
+    root = tmp_path / "root"
+    (root / "d2f").mkdir(parents=True)
+    (root / "f2d").write_bytes(b"file")
+    with inotify_limit("max_queued_events", 16):
+        harness = watch(tree_rule(root, events="[create, close_write, delete]"))
+    with harness.table.lock:  # hold the reader back so that the kernel queue overflows
+        (root / "f2d").unlink()
+        (root / "f2d").mkdir()
+        (root / "d2f").rmdir()
+        (root / "d2f").write_bytes(b"file now")
+        for index in range(40):
+            (root / f"filler{index}").write_bytes(b"x")
+    wait_for(lambda: harness.counters.overflows >= 1)
+    f2d, d2f = os.fsencode(root / "f2d"), os.fsencode(root / "d2f")
+    wait_for(lambda: d2f in harness.paths(event="create"), what="the file made at d2f")
+    (root / "f2d" / "inside").write_bytes(b"x")
+    wait_for(lambda: os.fsencode(root / "f2d" / "inside") in harness.paths(event="close_write"),
+             what="a file in the directory made at f2d")
+    assert f2d in harness.paths(event="delete") and f2d in harness.paths(event="create")
+    assert d2f in harness.paths(event="delete")

@@ -255,8 +255,8 @@ def test_compare_tells_what_diff_of_a_listing_tells_each_with_its_state(tmp_path
     after = found_now(tmp_path)
     with looking_in(os.fsencode(tmp_path)) as directory:
         compared = list(compare(before, looked_at(entries(tmp_path), directory)))
-    # The same as diff, and the file become a directory deleted, then created (diff, for an
-    # overflow's rescan, does not tell it).
+    # The same as diff, and the file become a directory deleted, then created (an overflow's
+    # rescan tells that from the directory's own watch: test_notifier.py).
     replaced = [Deleted(b"was-dir", False, replaced=True), Created(b"was-dir", True)]
     assert [change for change, _ in compared if change.name == b"was-dir"] == replaced
     assert {change for change, _ in compared} == set(diff(before, after, since_ns=0)) | set(
