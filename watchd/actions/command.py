@@ -514,6 +514,8 @@ def ended(job: Job, step: int, spec: ProcessAction, result: ProcessResult | Outc
     if isinstance(result, Outcome):
         return result
     log_result(job, step, spec, result, **extra)
+    if result.stopped:
+        return Outcome.STOPPED
     return Outcome.OK if result.ok else Outcome.FAILED
 
 
@@ -536,6 +538,10 @@ def log_result(job: Job, step: int, spec: ProcessAction, result: ProcessResult,
     }
     if result.ok:
         log(logging.INFO, "action ok", fields=fields)
+        return
+    if result.stopped:
+        log(logging.WARNING, "action cut short by the stop; it runs again at the next start",
+            fields=fields)
         return
     reason = failure(result, spec)
     remaining = len(job.rule.actions) - step

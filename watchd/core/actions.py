@@ -50,6 +50,7 @@ class ProcessResult:
     timed_out: bool
     stderr: bytes
     error: str | None = None
+    stopped: bool = False  # killed by the daemon's stop: its job runs it again at the next start
 
     @property
     def ok(self) -> bool:

@@ -419,8 +419,5 @@ class WorkerPool:
                 rule=job.rule.name, event=job.event.event, path=job.event.path, step=step)
             return Outcome.RESTARTED
         if self._killed and not result.ok:
-            log(logging.WARNING, "action cut short by the stop; it runs again at the next "
-                "start", rule=job.rule.name, event=job.event.event, path=job.event.path,
-                step=step, job=job.id or None, duration_ms=round(result.duration * 1000))
-            return Outcome.STOPPED
+            return replace(result, stopped=True)
         return result
