@@ -399,11 +399,13 @@ def test_without_catch_up_changes_made_while_down_are_not_acted_on(watched):
 
 @pytest.mark.slow  # several polls or retries: make test runs it, make check does not
 def test_a_poll_without_catch_up_does_not_act_on_changes_made_while_down(watched):
-    """``catch_up: false`` with ``poll``: the first poll after a start records what is there
-    (the poll needs a record), it does not act on what changed meanwhile; later ones do."""
+    """``catch_up: false`` with ``poll``: the first poll after a start, made at once, records
+    what is there (the poll needs a record), and does not act on what changed meanwhile;
+    later ones do (what changed after the start is not lost to a first poll made a whole
+    interval later)."""
     write(watched.dir / "a")
     write(watched.dir / "b")
-    watched.configure(catch_up="false", poll="1s", events=CHANGE_EVENTS)
+    watched.configure(catch_up="false", poll="4s", events=CHANGE_EVENTS)
     watched.start()
     watched.process.wait_log("first poll: what is there is recorded")
     watched.stop()
@@ -411,9 +413,13 @@ def test_a_poll_without_catch_up_does_not_act_on_changes_made_while_down(watched
     (watched.dir / "b").unlink()
     write(watched.dir / "c")
     watched.start()
-    wait_for(lambda: counters(watched.process)["polls"] >= 2, what="two polls")
+    # At once, not 4 s later: what changes from now on is the next poll's to act on.
+    wait_for(lambda: counters(watched.process)["polls"] >= 1, timeout=3, what="the first poll")
+    os.utime(watched.dir / "a", (1, 1))  # no write for inotify to tell: a poll's to find
+    wait_for(lambda: len(watched.runs()) == 1, what="the change polled")
     watched.settle()
-    assert watched.runs() == []
+    assert [(run.event, run.path, run.caught_up) for run in watched.runs()] == [
+        ("close_write", "in/a", "1")]
     watched.stop()  # the changes were recorded: a start with a catch-up would not act either
     watched.configure(poll="1s", events=CHANGE_EVENTS)
     watched.start()

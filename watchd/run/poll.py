@@ -42,7 +42,10 @@ class Poller:
                 now = time.monotonic()
                 for key, (rule, _) in pairs.items():
                     if key not in self._pairs:
-                        heapq.heappush(self._due, (now + (rule.poll or 0.0), key))
+                        # A rule without catch_up: its first poll, at once, records what is
+                        # there (a catch-up did, for the others), for the next to act on.
+                        first = now if not rule.catch_up else now + (rule.poll or 0.0)
+                        heapq.heappush(self._due, (first, key))
                 self._pairs = pairs
                 self._changed.notify()
             if pairs and self._thread is None:
