@@ -519,11 +519,13 @@ def test_a_path_a_reload_removed_and_adds_again_is_caught_up_with_at_that_reload
 
 
 def test_a_rule_whose_first_start_an_older_ledger_kept_without_its_roots_catches_up(watched):
-    """A ledger of before the roots were kept (0.2's first ones): every root its rules have is
-    one they walked, and changes there are caught up with, in each of the rule's trees."""
-    other = watched.base / "other"
+    """A ledger of before the roots were kept (0.2's first ones): a root its rules have records
+    of is one they walked, and changes there are caught up with, in each of the rule's trees;
+    a path added to the rule while the daemon was down is new to it."""
+    other, added = watched.base / "other", watched.base / "added"
     write(watched.dir / "a")
     write(other / "b")
+    write(added / "c")
     watched.configure(paths=[watched.dir, other])
     watched.start()
     watched.process.wait_log("first start: what is there is recorded", count=2)
@@ -533,12 +535,15 @@ def test_a_rule_whose_first_start_an_older_ledger_kept_without_its_roots_catches
         connection.commit()
     append(watched.dir / "a")
     append(other / "b")
+    watched.configure(paths=[watched.dir, other, added])
     watched.start()
     assert watched.caught_up(watched.dir) == {"close_write": "1"}
     assert watched.caught_up(other) == {"close_write": "1"}
+    watched.process.wait_log(f"a path new to the rule: what is there is recorded, not acted on "
+                             f"(existing: ignore) rule=catch path={added}")
     watched.settle()
     assert watched.told() == {("close_write", "in/a", "", "1"), ("close_write", "other/b", "", "1")}
-    assert watched.ledger("SELECT count(*) FROM roots") == [(2,)]
+    assert watched.ledger("SELECT count(*) FROM roots") == [(3,)]
 
 
 # -- kill -9 at random moments -----------------------------------------------------------------

@@ -214,14 +214,22 @@ def _upgrade(connection: sqlite3.Connection) -> None:
                        (SCHEMA_VERSION, SCHEMA_VERSION))
 
 
-def roots_seen(connection: sqlite3.Connection, rule: str) -> frozenset[bytes] | None:
-    """The roots whose trees ``rule`` has recorded; None for a rule whose first start came
-    before the ledger kept them (every root it has now was seen: what it did before)."""
+def root_recorded(connection: sqlite3.Connection, rule: str, root: bytes) -> bool:
+    """Whether ``rule``'s first walk of the tree at ``root`` is in the ledger."""
     try:
-        rows = connection.execute("SELECT path FROM roots WHERE rule=?", (rule,)).fetchall()
+        return connection.execute("SELECT 1 FROM roots WHERE rule=? AND path=?",
+                                  (rule, root)).fetchone() is not None
     except sqlite3.OperationalError:  # a ledger older than the table, opened read-only
-        return None
-    return frozenset(path for path, in rows) or None
+        return False
+
+
+def has_records_under(connection: sqlite3.Connection, rule: str, root: bytes) -> bool:
+    """Whether ``rule`` has records of directories at or below ``root``: a tree it walked,
+    for a ledger of before the roots were kept."""
+    below = root.rstrip(b"/") + b"/"
+    return connection.execute(
+        "SELECT 1 FROM dirs WHERE rule=? AND (path=? OR (path>=? AND path<?)) LIMIT 1",
+        (rule, root, below, below[:-1] + b"0")).fetchone() is not None  # "0" follows "/"
 
 
 def instance(connection: sqlite3.Connection) -> str:

@@ -24,7 +24,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 from watchd.core.events import DIR, EVENT_BITS, FILE, FileEvent, kind_of
 from watchd.core.journal import MessageId
@@ -59,17 +58,6 @@ OVERLAP_GRACE = 2.0  # seconds the end of a catch-up waits at most for live even
 Pair = tuple[Rule, Root]  # a rule, and one of its roots: what one catch-up walks
 
 
-class Seen(NamedTuple):
-    """What the ledger says a rule walked: whether its first start was, and its roots (None:
-    every root it has, for a rule whose first start came before the ledger kept them)."""
-
-    rule: bool
-    roots: frozenset[bytes] | None
-
-
-def _seen(reader: sqlite3.Connection, rule: str) -> Seen:
-    known = reader.execute("SELECT 1 FROM rules WHERE name=?", (rule,)).fetchone() is not None
-    return Seen(known, store.roots_seen(reader, rule))
 
 
 class CatchUp:
@@ -189,13 +177,11 @@ class CatchUp:
                 message_id=MessageId.LEDGER_DEGRADED, rule=",".join(r.name for r, _ in pairs))
             return
         try:
-            # Read once, before any of these walks records a root it saw for the first time.
-            seen = {rule.name: _seen(reader, rule.name) for rule, _ in pairs}
             for rule, root in pairs:
                 if self.stopping.is_set():
                     return
                 try:
-                    Walk(self, reader, rule, root, seen[rule.name], polling).run()
+                    Walk(self, reader, rule, root, polling).run()
                 except (OSError, sqlite3.Error) as error:
                     log(logging.ERROR, f"catch-up failed: {error}", rule=rule.name,
                         path=root.path)
@@ -221,7 +207,7 @@ class Walk:
     """One catch-up of one rule's tree."""
 
     def __init__(self, catch_up: CatchUp, reader: sqlite3.Connection, rule: Rule,
-                 root: Root, seen: Seen, polling: bool = False) -> None:
+                 root: Root, polling: bool = False) -> None:
         self.up = catch_up
         self.polling = polling
         self.reader = reader
@@ -231,10 +217,13 @@ class Walk:
         alone = dataclasses.replace(root, rules=(rule,), index=None)
         self.scope = Scope.of((alone,))
         # A tree the rule never walked (at its first start, or a path a reload added) is
-        # recorded, not acted on, unless ``existing: process``.
-        self.new_rule = not seen.rule
-        self.recorded = seen.roots is not None and root.path in seen.roots
-        self.first = self.new_rule or (seen.roots is not None and not self.recorded)
+        # recorded, not acted on, unless ``existing: process``. One it walked is in ``roots``,
+        # or, in a ledger of before that table, has records.
+        self.new_rule = reader.execute("SELECT 1 FROM rules WHERE name=?",
+                                       (rule.name,)).fetchone() is None
+        self.recorded = store.root_recorded(reader, rule.name, root.path)
+        self.first = self.new_rule or not (
+            self.recorded or store.has_records_under(reader, rule.name, root.path))
         self.acting = not self.first or rule.existing == "process"
         if polling and not rule.catch_up and not self._polled_before():
             self.acting = self.first and rule.existing == "process"
