@@ -298,13 +298,23 @@ def test_the_caught_up_count_leaves_out_entries_of_a_kind_the_rule_does_not_take
         write(watched.dir / name)
     (watched.dir / "lnk").symlink_to("a")
     os.mkfifo(watched.dir / "fifo")
-    watched.configure(existing="process", events="[create, close_write]")
+    watched.configure(existing="process", events="[create, close_write, delete]")
     watched.start()
     # A symlink and a FIFO are refused by the rule's kind (file, dir), as live: not counted.
     assert watched.caught_up() == {"close_write": "2", "create": "2"}
     watched.settle()
     assert watched.told() == {(event, f"in/{name}", "", "1") for event in ("create", "close_write")
                               for name in ("a", "m")}
+    # A file become a symlink while down: its delete hands the actions the symlink, and the
+    # re-check refuses that too.
+    watched.stop()
+    (watched.dir / "m").unlink()
+    (watched.dir / "m").symlink_to("a")
+    runs = len(watched.runs())
+    watched.start()
+    assert watched.caught_up() == {}
+    watched.settle()
+    assert len(watched.runs()) == runs
 
 
 # -- a recursive rule ----------------------------------------------------------------------------

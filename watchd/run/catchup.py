@@ -430,9 +430,9 @@ class Walk:
         return True
 
     def _takes(self, state: FileState, path: bytes) -> bool:
-        """Whether the rule takes the kind of what the change is about (a delete's: yes)."""
-        if state == GONE:
-            return True
+        """Whether the rule takes the kind of what the change hands its actions, as the
+        re-check before the run judges it: for a delete, what is at the path again, if
+        anything (a name that holds another kind of entry now)."""
         if state == DIRECTORY:
             return DIR in self.rule.kinds
         if state[1] >= 0:
@@ -440,7 +440,7 @@ class Walk:
         try:  # anything else (a symlink, a FIFO) is looked at: the walk only listed it
             return kind_of(os.lstat(path).st_mode) in self.rule.kinds
         except OSError:
-            return False
+            return state == GONE
 
     def _wait_for_room(self) -> None:
         jobs = self.up.jobs
