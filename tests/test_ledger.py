@@ -429,9 +429,10 @@ def test_dead_letters_are_listed_and_dropped_while_the_rules_have_an_error(
     process, config, watched, _ = dead_letters_of(write_rules, daemon, tmp_path, ["f"])
     assert process.stop() == 0
     (job,) = listed(config, "--dead")
-    write_rules(json.dumps({"rules": [{"name": "job", "paths": [str(watched)],
+    write_rules(json.dumps({"settings": {"workers": 0},  # a setting in error too
+                            "rules": [{"name": "job", "paths": [str(watched)],
                                        "actions": [{"command": ["/nonexistent/program"]}]}]}))
-    said = f"watchd: {config} has 1 error(s) (watchd check --config {config} shows them)"
+    said = f"watchd: {config} has 2 error(s) (watchd check --config {config} shows them)"
     answered = jobs_cli(config, "list", "--dead", "--json")
     assert answered.returncode == 0 and answered.stderr.startswith(said), answered.stderr
     assert json.loads(answered.stdout)["jobs"] == [job]

@@ -99,13 +99,16 @@ def load(path: Path | str = DEFAULT_CONFIG) -> Config:
 
 
 def settings_of(path: Path | str = DEFAULT_CONFIG) -> Settings:
-    """The main file's settings alone, validated, whatever its rules hold: where the ledger is,
-    for reading it when a rule has errors (the dead letters a broken rule made must still be
-    seen). ConfigError if the file or its settings cannot be read."""
+    """The main file's ``settings.state_dir`` alone, validated (the other settings as by
+    default), whatever the rest holds: where the ledger is, for reading it when a rule or a
+    setting has errors (the dead letters a broken rule made must still be seen). ConfigError
+    if the file or that setting cannot be read."""
     document = _read_document(Path(path))
     data = document.data.get("settings", {}) if isinstance(document.data, dict) else {}
+    given = {"state_dir": data["state_dir"]} if isinstance(data, dict) and "state_dir" in data \
+        else {}
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(given)
     except pydantic.ValidationError as error:
         raise ConfigError([Problem(document.file, 1, 1, f"settings: {error}")]) from None
 
