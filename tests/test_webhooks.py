@@ -241,13 +241,15 @@ def test_a_webhook_that_fails_is_in_its_rule_s_figures_in_the_status(
                         what="the dead letter kept")
     (rule,) = document["rules"]
     assert (rule["webhooks_failed"], rule["retried"], rule["dead_letters"]) == (1, 1, 1)
+    # Each attempt a run that failed, as a command's; none ok (it counted the hand-over).
+    assert (rule["actions_ok"], rule["actions_failed"]) == (0, 2)
     failure = rule["last_failure"]
     assert failure["path"] == str(watched / "f") and failure["error"].startswith("HTTP 500")
     assert failure["action"].startswith("webhook msg_")
     human = subprocess.run([PYTHON, "-m", "watchd", "status"], capture_output=True, text=True,
                            timeout=30).stdout
     row = next(line.split() for line in human.splitlines() if line.startswith("hook "))
-    assert row[3] == "1" and row[-1] == "1", human  # FAILED, DEAD
+    assert (row[2], row[3], row[-1]) == ("0", "2", "1"), human  # OK, FAILED, DEAD
     assert "last failure" in human and "HTTP 500" in human, human
 
 

@@ -147,7 +147,7 @@ class Webhook:
     def perform(self, context: ActionContext, job: Job, step: int,
                 info: os.stat_result | None) -> Outcome:
         # Accepted for delivery (kept, queued) is success here; the outbox logs the rest.
-        return Outcome.OK if context.deliver(job, step) else Outcome.FAILED
+        return Outcome.HANDED_ON if context.deliver(job, step) else Outcome.FAILED
 
 
 def new_delivery_id() -> str:

@@ -186,8 +186,7 @@ def _rule_table(rules: list[dict[str, Any]]) -> Iterator[str]:
     yield f"{'RULE':<24}" + "".join(f"{title:>{width}}" for title, width in _COLUMNS)
     for rule in rules:
         name = rule["name"] if rule["enabled"] else f"{rule['name']} (off)"
-        values = (rule["matched"], rule["actions_ok"],
-                  rule["actions_failed"] + rule["webhooks_failed"], rule["running"],
+        values = (rule["matched"], rule["actions_ok"], rule["actions_failed"], rule["running"],
                   rule["queued"], rule["retrying"], _held(rule), rule.get("dead_letters_kept", 0))
         yield f"{name[:23]:<24}" + "".join(
             f"{value:>{width},}" for value, (_, width) in zip(values, _COLUMNS, strict=True))

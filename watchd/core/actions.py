@@ -39,6 +39,9 @@ class Outcome(enum.Enum):
     RESTARTED = "restarted"  # a newer event stopped it (on_busy: restart); its run follows
     SKIPPED = "skipped"  # not run, and said why: the rule's later actions are not run either
     STOPPED = "stopped"  # killed by the daemon's stop: its job runs it again at the next start
+    # Handed on (a webhook, to its outbox): the next action runs; ok or failed is counted at
+    # its end (delivered, or given up on), not now.
+    HANDED_ON = "handed on"
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,8 +158,10 @@ class Outbox:
             if result.delivered:
                 self.spool.done(delivery)
                 self.counters.add(Count.WEBHOOKS_OK, delivery.rule)
+                self.counters.add(Count.ACTIONS_OK, delivery.rule)
                 log(logging.INFO, "webhook delivered", fields=fields)
                 return
+            self.counters.add(Count.ACTIONS_FAILED, delivery.rule)  # a failed run, as a command's
             self.note_failure(delivery.rule, delivery.path,
                               Failure(f"webhook {delivery.id}", result.describe()))
             if not result.retryable or delivery.attempts > webhook.retries:

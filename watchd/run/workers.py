@@ -240,6 +240,8 @@ class WorkerPool:
                 self._trace_ran(job, step, outcome, took)
             if outcome is Outcome.OK:
                 self.counters.add(Count.ACTIONS_OK, job.rule.name)
+            elif outcome is Outcome.HANDED_ON:
+                pass  # counted ok or failed at its end
             elif outcome is Outcome.FAILED:
                 self.counters.add(Count.ACTIONS_FAILED, job.rule.name)
                 return _Failed(job, self._failure(job))
