@@ -254,6 +254,30 @@ def test_a_file_renamed_over_another_while_down_is_a_move(watched):
     assert watched.caught_up() == {}
 
 
+def test_a_rotation_made_while_down_is_told_as_its_renames(watched):
+    """``mv log.1 log.2; mv log log.1`` and a new log: each file renamed is a move, though a
+    name it left holds another file now; the new log is a write of its name."""
+    write(watched.dir / "log", b"current")
+    write(watched.dir / "log.1", b"older")
+    watched.configure(events="[close_write, moved_from, moved_to]")
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded")
+    watched.stop()
+    (watched.dir / "log.1").rename(watched.dir / "log.2")
+    (watched.dir / "log").rename(watched.dir / "log.1")
+    write(watched.dir / "log", b"new")
+    watched.start()
+    assert watched.caught_up() == {"close_write": "1", "moved_from": "2", "moved_to": "2"}
+    watched.settle()
+    told = [(run.event, run.path, run.src_path) for run in watched.runs()]
+    assert told == [("moved_from", "in/log.1", ""), ("moved_to", "in/log.2", "in/log.1"),
+                    ("moved_from", "in/log", ""), ("moved_to", "in/log.1", "in/log"),
+                    ("close_write", "in/log", "")], told
+    watched.stop()
+    watched.start()
+    assert watched.caught_up() == {}
+
+
 # -- a rule's first start ----------------------------------------------------------------------
 
 def test_first_start_ignores_what_is_there_and_acts_on_later_changes(watched):

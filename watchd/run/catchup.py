@@ -234,6 +234,7 @@ class Walk:
         self.created: defaultdict[FileState, list[bytes]] = defaultdict(list)
         self.gone: defaultdict[FileState, list[bytes]] = defaultdict(list)
         self.replaced: defaultdict[FileState, list[bytes]] = defaultdict(list)  # new inodes
+        self.overwritten: defaultdict[FileState, list[bytes]] = defaultdict(list)  # their old
         self.vanished: list[bytes] = []
 
     def run(self) -> None:
@@ -330,9 +331,11 @@ class Walk:
                 continue
             if isinstance(change, Created) and self._defer(self.created, state, path):
                 continue
-            # Another inode under a known name: perhaps a gone file renamed over it.
+            # Another inode under a known name: perhaps a file renamed over it, and what it
+            # held renamed elsewhere (a rotation: mv log log.1).
             if (isinstance(change, Changed) and before[change.name][0] != state[0]
                     and self._defer(self.replaced, state, path)):
+                self.overwritten[before[change.name]].append(path)
                 continue
             told = (self._tell("close_write", path, False, state) if isinstance(change, Changed)
                     else self._tell("create", path, state == DIRECTORY, state))
@@ -369,18 +372,26 @@ class Walk:
 
     def _moves_and_the_rest(self) -> None:
         """Tell the regular files found new, under a known name with another inode, or gone:
-        one with the state of a gone one is that one renamed (over the known name, for the
-        second). Then record them."""
+        one with the state another name had is that one renamed, told first (a new file at
+        a name one left comes after it). Then record them."""
         found: defaultdict[bytes, list[tuple[bytes, FileState]]] = defaultdict(list)
         gone: defaultdict[bytes, list[bytes]] = defaultdict(list)
-        for arrived, new in ((self.created, True), (self.replaced, False)):
-            for state, paths in arrived.items():
-                sources = self.gone.get(state, [])
-                for path in paths:
-                    src = sources.pop() if sources else None
-                    if self._arrival(path, state, src, new, gone):
-                        directory, name = os.path.split(path)
-                        found[directory].append((name, state))
+        arrivals = [(path, state, new) for arrived, new in ((self.created, True),
+                                                            (self.replaced, False))
+                    for state, paths in arrived.items() for path in paths]
+        written = []
+        for path, state, new in arrivals:
+            src, vanished = self._source(state)
+            if src is None:
+                written.append((path, state, new))
+            elif self._moved(src, vanished, path, state, gone):
+                directory, name = os.path.split(path)
+                found[directory].append((name, state))
+        for path, state, new in written:
+            told = self._tell("create", path, False, state) if new else True
+            if self._tell("close_write", path, False, state) and told:
+                directory, name = os.path.split(path)
+                found[directory].append((name, state))
         for paths in self.gone.values():
             for path in paths:
                 if self._tell("delete", path, False, GONE):
@@ -389,18 +400,23 @@ class Walk:
         for directory in found.keys() | gone.keys():
             self._record(directory, found.get(directory, []), gone.get(directory, []))
 
-    def _arrival(self, path: bytes, state: FileState, src: bytes | None, new: bool,
-                 gone: defaultdict[bytes, list[bytes]]) -> bool:
-        """Tell a regular file found ``new``, or with another inode under a known name: as
-        ``src`` renamed there when that gone file had its state (``gone`` gets ``src``);
-        whether it is the catch-up's to record."""
-        if src is not None:
-            if self._tell("moved_from", src, False, GONE):
-                directory, name = os.path.split(src)
-                gone[directory].append(name)
-            return self._tell("moved_to", path, False, state, src)
-        told = self._tell("create", path, False, state) if new else True
-        return self._tell("close_write", path, False, state) and told
+    def _moved(self, src: bytes, vanished: bool, path: bytes, state: FileState,
+               gone: defaultdict[bytes, list[bytes]]) -> bool:
+        """Tell ``src`` renamed to ``path`` (``gone`` gets ``src`` if nothing is there now);
+        whether ``path`` is the catch-up's to record."""
+        if self._tell("moved_from", src, False, GONE) and vanished:
+            directory, name = os.path.split(src)
+            gone[directory].append(name)
+        return self._tell("moved_to", path, False, state, src)
+
+    def _source(self, state: FileState) -> tuple[bytes | None, bool]:
+        """The name a file in ``state`` was renamed from: a gone file's, else one that holds
+        another file now; and whether that name is gone."""
+        for pool, vanished in ((self.gone, True), (self.overwritten, False)):
+            names = pool.get(state)
+            if names:
+                return names.pop(), vanished
+        return None, False
 
     def _tell(self, name: str, path: bytes, is_dir: bool, state: FileState,
               src_path: bytes = b"") -> bool:
