@@ -236,10 +236,11 @@ class Walk:
         self.replaced: defaultdict[FileState, list[bytes]] = defaultdict(list)  # new inodes
         self.overwritten: defaultdict[FileState, list[bytes]] = defaultdict(list)  # their old
         self.vanished: list[bytes] = []
+        self.known: dict[bytes, int] = {}  # the directories recorded, until the walk finds them
 
     def run(self) -> None:
         started = time.monotonic()
-        known = self._known_dirs()
+        known = self.known = self._known_dirs()
         for directory, entries, descriptor in _walk(self.root.path, self.rule.recursive,
                                                     self.up.table):
             if self.up.stopping.is_set():
@@ -322,7 +323,9 @@ class Walk:
             path = os.path.join(directory, change.name)
             if isinstance(change, Deleted):
                 if change.replaced:  # told now, before the new entry's create; the record
-                    self._tell("delete", path, change.is_dir, GONE)  # is then the new one's
+                    if change.is_dir:  # is then the new one's
+                        self._gone_below(path)
+                    self._tell("delete", path, change.is_dir, GONE)
                     continue
                 if self._defer(self.gone, state, path):
                     continue
@@ -358,6 +361,19 @@ class Walk:
         if found or gone:
             self.up.ledger.record_dir(self.rule.name, directory, found, gone)
             self.up.ledger.backlog(HELD_OPERATIONS)
+
+    def _gone_below(self, top: bytes) -> None:
+        """A directory replaced by another kind of entry: what it held, as recorded, told
+        deleted at once, each directory's after what was in it, as inotify tells it."""
+        prefix = top + b"/"
+        below = [directory for directory in self.known
+                 if directory == top or directory.startswith(prefix)]
+        for directory in sorted(below, key=len, reverse=True):  # a child's path is longer
+            dir_id = self.known.pop(directory)
+            self.up.unchanged.pop(dir_id, None)
+            for name, state in self._records(dir_id).items():
+                self._tell("delete", os.path.join(directory, name), state == DIRECTORY, GONE)
+            self.vanished.append(directory)
 
     def _vanished(self, directory: bytes, dir_id: int) -> None:
         """A directory the ledger knew that the walk did not find: what it held is gone (if
