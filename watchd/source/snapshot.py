@@ -253,10 +253,12 @@ def compare(before: DirState, looked: Looked) -> Iterator[tuple[Change, FileStat
             continue
         if known is None:
             yield Created(name, state == DIRECTORY), state
+        elif state == known:  # most names of a walk: nothing more to look at
+            continue
         elif _kind(state) != _kind(known):
             yield Deleted(name, known == DIRECTORY, replaced=True), known
             yield Created(name, state == DIRECTORY), state
-        elif state != known and state[1] >= 0:
+        elif state[1] >= 0:
             yield Changed(name, state), state
     for name, known in left.items():
         yield Deleted(name, known == DIRECTORY), known
