@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from watchd.core.journal import JOURNAL_SOCKET, JournalHandler, MessageId, field_text
+from watchd.core.journal import JOURNAL_SOCKET, JournalHandler, MessageId
 
 LOGGER = logging.getLogger("watchd")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -60,7 +60,10 @@ def _shown(char: str) -> str:
 
 
 def _quoted(value: object) -> str:
-    text = escape(value) if isinstance(value, bytes | str) else field_text(value)
+    if isinstance(value, bytes | str):
+        text = escape(value)
+    else:  # field_text, inline: every number of every line comes here
+        text = str(int(value)) if value is True or value is False else str(value)
     if not text or " " in text or '"' in text or "=" in text:
         return '"' + text.replace('"', '\\"') + '"'
     return text
