@@ -137,6 +137,7 @@ def test_a_program_gone_since_the_rules_loaded_is_a_failure(tmp_path, write_rule
     process.wait_log(f"action failed: not run: program {program}: No such file or directory")
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_timeout_kills_the_whole_group_even_when_it_ignores_sigterm(tmp_path, write_rules, daemon):
     watched, pids = tmp_path / "in", tmp_path / "pids"
     watched.mkdir()

@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
 from conftest import PYTHON, argv_of, counters_line, env_of, recorder, records, wait_for
 
 from watchd.run.batches import PATH_BYTES
@@ -35,6 +36,7 @@ def paths_of(out: Path) -> list[bytes]:
     return [path for record in runs(out) for path in argv_of(record)]
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_tar_of_210_files_is_one_run_with_each_path_once(tmp_path, write_rules, daemon):
     source, watched, out = tmp_path / "src", tmp_path / "in", tmp_path / "out.jsonl"
     for directory in range(7):
@@ -95,6 +97,7 @@ def test_max_splits_a_batch_and_a_rule_runs_one_batch_at_a_time(tmp_path, write_
         assert start >= end, f"two batches of one rule ran at once: {spans}"
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_batch_past_the_argv_limit_is_split_and_every_path_runs(tmp_path, write_rules,
                                                                   daemon):
     watched, out = tmp_path / "in", tmp_path / "out.jsonl"
@@ -155,6 +158,7 @@ def test_a_webhook_gets_one_post_with_the_batch(tmp_path, write_rules, daemon, r
     assert document["root"] == str(watched) and "path" not in document
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_with_debounce_a_path_joins_the_batch_once_quiet(tmp_path, write_rules, daemon):
     """debounce holds each path until it has been quiet; the batch collects the quiet paths:
     a file written again and again is in the batch once, with its last event."""
@@ -245,6 +249,7 @@ def test_a_failed_batch_read_from_stdin_is_a_dead_letter_that_says_what_ran(
     assert "--from-stdin" in listed.stdout and "exited with status 3" in listed.stdout
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_the_recheck_takes_out_of_a_batch_the_paths_it_refuses(tmp_path, write_rules, daemon):
     """Each path of a batch is looked at before the run, in whichever directory it is: one
     swapped for a symlink and one gone leave the batch, with their reasons; the rest run."""

@@ -176,6 +176,7 @@ def test_a_reload_and_its_failure_are_in_the_status(rules, daemon):
     assert "FAILED, previous rules in force" in watchd("status").stdout
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_clients_that_never_read_or_never_ask_cost_only_their_connection(rules, daemon):
     watched, out, config = rules
     process = daemon(config)
@@ -263,6 +264,7 @@ def test_jobs_are_read_through_the_running_daemon(rules, daemon, tmp_path):
     assert "1 dead" in watchd("jobs", "--config", str(tmp_path / "none")).stdout
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_dead_letters_are_retried_and_dropped_through_the_running_daemon(
         rules, daemon, tmp_path, control_socket):
     # retry and drop took no --socket (SPEC: jobs takes it), and changed only the ledger of
@@ -459,6 +461,7 @@ def test_the_socket_goes_with_the_daemon_and_a_stale_one_is_replaced(rules, daem
     assert status()["pid"] != first.pid
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_an_idle_daemon_wakes_no_thread(tmp_path, write_rules, daemon):
     """Idle, a daemon sleeps: its control socket's thread looked at its clients' deadlines once
     a second, with no client to look at (and no watchdog here: the ping's wake-ups are

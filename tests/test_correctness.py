@@ -136,6 +136,7 @@ def test_sighups_during_a_reload_make_one_more_not_one_each(tmp_path, write_rule
     assert process.log().count("INFO reloaded") < 50  # 200 if each made a reload
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_rename_storm_does_not_hold_a_reload(tmp_path, write_rules, daemon):
     watched, outside = tmp_path / "w", tmp_path / "outside"
     for index in range(20_000):  # each move out scans the watch table for what was below

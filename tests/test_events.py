@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
 from conftest import argv_of, env_of, recorder, records, wait_for
 
 
@@ -98,6 +99,7 @@ def test_non_recursive_rules_ignore_subdirectories(tmp_path, write_rules, daemon
     assert [os.path.basename(path) for _, _, path, _ in fired(out)] == [b"top"]
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_new_subdirectories_every_file_seen_exactly_once(tmp_path, write_rules, daemon):
     watched, out = tmp_path / "in", tmp_path / "out.jsonl"
     watched.mkdir()

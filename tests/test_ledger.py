@@ -349,6 +349,7 @@ def test_a_retry_after_a_reload_runs_under_the_rules_fixed_by_it(tmp_path, write
     assert dead["path"].endswith("/gone") and "gone or disabled" in dead["error"]
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_retry_of_a_rule_whose_actions_a_reload_removed_is_a_dead_letter(
         tmp_path, write_rules, daemon):
     # Retried by its place, the first action's removal made it run what had been the third.
@@ -421,6 +422,7 @@ def test_a_dead_letter_whose_rule_is_gone_is_not_queued_again(tmp_path, write_ru
     assert listed(config, "--dead") == [job]  # as it was
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_dead_letters_are_listed_and_dropped_while_the_rules_have_an_error(
         tmp_path, write_rules, daemon):
     """The rules broken (by the very program that failed going away): the ledger their
@@ -446,6 +448,7 @@ def test_dead_letters_are_listed_and_dropped_while_the_rules_have_an_error(
     assert json.loads(jobs_cli(config, "list", "--dead", "--json").stdout) == {"jobs": []}
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_dead_letter_is_listed_and_runs_again_when_retried_while_the_daemon_runs(
         tmp_path, write_rules, daemon):
     process, config, watched, out = dead_letters_of(write_rules, daemon, tmp_path, ["f"])
@@ -476,6 +479,7 @@ def test_a_dead_letter_is_listed_and_runs_again_when_retried_while_the_daemon_ru
     assert counters(process)["dead_letters"] == 1
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_dead_letter_retried_while_the_daemon_is_stopped_runs_at_the_next_start(
         tmp_path, write_rules, daemon):
     process, config, watched, out = dead_letters_of(write_rules, daemon, tmp_path, ["a", "b"])

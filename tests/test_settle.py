@@ -34,6 +34,7 @@ def slow_upload(path: Path, pause: float) -> None:
         upload.write(b"b" * 1000)
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_paused_upload_is_acted_on_once_complete(tmp_path, write_rules, daemon):
     watched, out = tmp_path / "in", tmp_path / "out"
     watched.mkdir()

@@ -253,6 +253,7 @@ def test_a_webhook_that_fails_is_in_its_rule_s_figures_in_the_status(
     assert "last failure" in human and "HTTP 500" in human, human
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_dead_webhook_is_a_dead_letter_of_its_job_that_watchd_jobs_retries(
         tmp_path, write_rules, daemon, receiver, watched):
     # It was a dead delivery only: watchd jobs list --dead showed nothing, the status counted
