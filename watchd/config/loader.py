@@ -17,7 +17,7 @@ import yaml
 
 from watchd.actions.kind import Severity
 from watchd.actions.registry import KINDS, kind_of
-from watchd.config.schema import DropIn, RulesFile, Settings
+from watchd.config.schema import DropIn, RulesFile, Settings, state_dir_of
 from watchd.config.schema import Rule as RuleModel
 from watchd.core.problems import ConfigError, Problem
 from watchd.schema.fields import TRUSTED_PROGRAMS
@@ -98,17 +98,17 @@ def load(path: Path | str = DEFAULT_CONFIG) -> Config:
                   tuple(warnings))
 
 
-def settings_of(path: Path | str = DEFAULT_CONFIG) -> Settings:
-    """The main file's ``settings.state_dir`` alone, validated (the other settings as by
-    default), whatever the rest holds: where the ledger is, for reading it when a rule or a
-    setting has errors (the dead letters a broken rule made must still be seen). ConfigError
-    if the file or that setting cannot be read."""
+def state_dir_in(path: Path | str = DEFAULT_CONFIG) -> str:
+    """The state directory the main file's settings name (``state_dir_of``), that setting
+    alone validated, whatever the rest holds: where the ledger is, for reading it when a rule
+    or a setting has errors (the dead letters a broken rule made must still be seen).
+    ConfigError if the file or that setting cannot be read."""
     document = _read_document(Path(path))
     data = document.data.get("settings", {}) if isinstance(document.data, dict) else {}
     given = {"state_dir": data["state_dir"]} if isinstance(data, dict) and "state_dir" in data \
         else {}
     try:
-        return Settings.model_validate(given)
+        return state_dir_of(Settings.model_validate(given))
     except pydantic.ValidationError as error:
         raise ConfigError([Problem(document.file, 1, 1, f"settings: {error}")]) from None
 

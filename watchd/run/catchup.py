@@ -58,8 +58,6 @@ OVERLAP_GRACE = 2.0  # seconds the end of a catch-up waits at most for live even
 Pair = tuple[Rule, Root]  # a rule, and one of its roots: what one catch-up walks
 
 
-
-
 class CatchUp:
     def __init__(self, ledger: Ledger, sink: Dispatcher, jobs: JobQueue, counters: Counters,
                  notifier: Notifier) -> None:
@@ -240,13 +238,13 @@ class Walk:
 
     def run(self) -> None:
         started = time.monotonic()
-        known = self.known = self._known_dirs()
+        self.known = self._known_dirs()
         for directory, entries, descriptor in _walk(self.root.path, self.rule.recursive,
                                                     self.up.table):
             if self.up.stopping.is_set():
                 return
-            self._directory(directory, entries, descriptor, known.pop(directory, None))
-        for directory, dir_id in known.items():
+            self._directory(directory, entries, descriptor, self.known.pop(directory, None))
+        for directory, dir_id in self.known.items():
             self._vanished(directory, dir_id)
         self._moves_and_the_rest()
         for directory in self.vanished:
@@ -395,19 +393,20 @@ class Walk:
         arrivals = [(path, state, new) for arrived, new in ((self.created, True),
                                                             (self.replaced, False))
                     for state, paths in arrived.items() for path in paths]
-        written = []
+        written, recorded = [], []
         for path, state, new in arrivals:
             src, vanished = self._source(state)
             if src is None:
                 written.append((path, state, new))
             elif self._moved(src, vanished, path, state, gone):
-                directory, name = os.path.split(path)
-                found[directory].append((name, state))
+                recorded.append((path, state))
         for path, state, new in written:
             told = self._tell("create", path, False, state) if new else True
             if self._tell("close_write", path, False, state) and told:
-                directory, name = os.path.split(path)
-                found[directory].append((name, state))
+                recorded.append((path, state))
+        for path, state in recorded:
+            directory, name = os.path.split(path)
+            found[directory].append((name, state))
         for paths in self.gone.values():
             for path in paths:
                 if self._tell("delete", path, False, GONE):

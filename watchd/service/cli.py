@@ -16,8 +16,8 @@ from typing import Any, cast
 
 from watchd import __version__
 from watchd.config.compile import compile_rules, read_rules, refuse_what_cannot_run_here
-from watchd.config.loader import DEFAULT_CONFIG, load, settings_of
-from watchd.config.schema import RulesFile, state_dir_of
+from watchd.config.loader import DEFAULT_CONFIG, load, state_dir_in
+from watchd.config.schema import RulesFile
 from watchd.control import status
 from watchd.control.client import NoDaemon, ask, stream
 from watchd.control.protocol import DEFAULT_SOCKET, SOCKET_VARIABLE, ProtocolError, socket_path
@@ -365,7 +365,7 @@ def _rules_or_state_dir(config: Path, needs_rules: bool) -> tuple[RuleSet | None
     except ConfigError as error:
         if not needs_rules:
             try:
-                state_dir = Path(state_dir_of(settings_of(config)))
+                state_dir = Path(state_dir_in(config))
             except ConfigError:
                 pass
             else:
