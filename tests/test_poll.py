@@ -96,3 +96,47 @@ def test_a_directory_found_unchanged_is_compared_again_once_its_records_change(
 def polls(process) -> int:
     """The polls made so far, as SIGUSR1's counters say."""
     return counters(process)["polls"]
+
+
+@pytest.mark.slow  # several polls: make test runs it, make check does not
+def test_a_share_that_cannot_be_read_for_a_while_is_not_told_deleted_nor_new(
+        tmp_path, write_rules, daemon):
+    """The FUSE server dies (the mount answers ENOTCONN, as a hung sshfs or a stale NFS handle
+    answers their own errors), then the share is mounted again, nothing in it changed. The
+    poll read the broken mount as empty: it told every file deleted, forgot their records and
+    acted on each one as new once the share was back."""
+    under, mount, out = tmp_path / "under", tmp_path / "mount", tmp_path / "out.jsonl"
+    under.mkdir()
+    mount.mkdir()
+    for name in ("a", "b"):
+        (under / name).write_bytes(b"kept")
+
+    def serve() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(["bindfs", "-f", str(under), str(mount)])
+        wait_for(lambda: os.path.ismount(mount), what="the bindfs mount")
+        return server
+
+    server = serve()
+    try:
+        rule = {"name": "share", "paths": [str(mount)], "poll": "1s",
+                "events": ["close_write", "moved_to", "delete"],
+                "actions": [{"command": recorder(out)}]}
+        process = daemon(write_rules(json.dumps({"rules": [rule]})))
+        process.wait_log("first start: what is there is recorded")
+        server.kill()
+        server.wait()
+        process.wait_log("1 directory of the tree cannot be read: Transport endpoint is not "
+                         "connected")
+        now = polls(process)
+        wait_for(lambda: polls(process) >= now + 2, what="two polls of the broken mount")
+        subprocess.run(["fusermount", "-u", "-z", str(mount)], check=True, timeout=30)
+        server = serve()
+        now = polls(process)
+        wait_for(lambda: polls(process) >= now + 2, what="two polls of the mount back")
+        assert told(out) == []
+        assert process.log().count("cannot be read") == 1, process.log()
+        process.wait_log("can be read again")
+    finally:
+        server.kill()
+        server.wait()
+        subprocess.run(["fusermount", "-u", "-z", str(mount)], check=False, timeout=30)

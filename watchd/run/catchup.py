@@ -17,6 +17,7 @@ trees the same way, again and again (``watchd.run.poll``).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import sqlite3
@@ -53,6 +54,7 @@ from watchd.source.table import WatchTable
 
 HELD_OPERATIONS = 50_000  # a catch-up waits while the ledger holds more than this to write
 QUEUE_ROOM = 0.8  # … and while the queue is fuller than this share of its size
+READ_RETRY = 1.0  # seconds between a catch-up's attempts to read a ledger that cannot be read
 OVERLAP_GRACE = 2.0  # seconds the end of a catch-up waits at most for live events read late
 
 Pair = tuple[Rule, Root]  # a rule, and one of its roots: what one catch-up walks
@@ -76,6 +78,8 @@ class CatchUp:
         # (rule, root) of a rule without catch_up polled since start: its first poll is the
         # one that records what is there, whatever changed while the daemon was down.
         self.polled: set[tuple[str, bytes]] = set()
+        # (rule, directory) the last walk of the rule's tree could not read: said once.
+        self.unreadable: set[tuple[str, bytes]] = set()
         self._due: list[Pair] = []
         self._walking = 0
         self._overlapping = 0  # walks (catch-ups and polls) whose live events are noted
@@ -167,12 +171,8 @@ class CatchUp:
 
     def _walk_all(self, pairs: list[Pair], polling: bool) -> None:
         self.ledger.flush()  # what the rules saw is read from the disk: all of it there first
-        try:
-            reader = store.connect(self.ledger.file, create=False)
-        except (OSError, sqlite3.Error) as error:
-            log(logging.ERROR, f"catch-up skipped: the ledger cannot be read: {error}; changes "
-                "made while the daemon was down are not acted on",
-                message_id=MessageId.LEDGER_DEGRADED, rule=",".join(r.name for r, _ in pairs))
+        reader = self._reader(pairs, polling)
+        if reader is None:
             return
         try:
             for rule, root in pairs:
@@ -185,6 +185,30 @@ class CatchUp:
                         path=root.path)
         finally:
             reader.close()
+
+    def _reader(self, pairs: list[Pair], polling: bool) -> sqlite3.Connection | None:
+        """A connection that only reads the ledger: beside another process that holds it, or
+        where it cannot be written. A catch-up waits for one until the daemon stops (what
+        changed while it was down is acted on once the ledger can be read); a poll that
+        cannot have one is skipped (the next comes)."""
+        rules = ",".join(rule.name for rule, _ in pairs)
+        waiting = False
+        while True:
+            try:
+                return store.read_only(self.ledger.file)
+            except (OSError, sqlite3.Error) as error:
+                if polling:
+                    log(logging.ERROR, f"poll skipped: the ledger cannot be read: {error}",
+                        message_id=MessageId.LEDGER_DEGRADED, rule=rules)
+                    return None
+                if not waiting:
+                    log(logging.ERROR, f"catch-up waits: the ledger cannot be read: {error}; "
+                        f"it is tried every {READ_RETRY:g}s, and what changed while the daemon "
+                        "was down is acted on once it can be read",
+                        message_id=MessageId.LEDGER_DEGRADED, rule=rules)
+                    waiting = True
+            if self.stopping.wait(READ_RETRY):
+                return None
 
     def _end_overlap(self) -> None:
         """Once the last catch-up running ends, and the events the kernel queued before are
@@ -239,11 +263,13 @@ class Walk:
     def run(self) -> None:
         started = time.monotonic()
         self.known = self._known_dirs()
+        unreadable: dict[bytes, OSError] = {}
         for directory, entries, descriptor in _walk(self.root.path, self.rule.recursive,
-                                                    self.up.table):
+                                                    self.up.table, unreadable):
             if self.up.stopping.is_set():
                 return
             self._directory(directory, entries, descriptor, self.known.pop(directory, None))
+        self._keep_unreadable(unreadable)
         for directory, dir_id in self.known.items():
             self._vanished(directory, dir_id)
         self._moves_and_the_rest()
@@ -265,6 +291,35 @@ class Walk:
                 + ": what is there is recorded, not acted on (existing: ignore)",
                 message_id=MessageId.CAUGHT_UP, rule=self.rule.name, path=self.root.path,
                 duration_ms=duration_ms)
+
+    def _keep_unreadable(self, unreadable: dict[bytes, OSError]) -> None:
+        """Keep the records of the directories that could not be read, and of all below them,
+        as they are: a share that does not answer for a while is not every file deleted,
+        and when it answers again, not every file new. Said when that begins and ends."""
+        for top in unreadable:
+            prefix = top + b"/"
+            for directory in [d for d in self.known if d == top or d.startswith(prefix)]:
+                del self.known[directory]
+        noted = self.up.unreadable
+        mine = {(self.rule.name, directory) for directory in unreadable}
+        root = self.root.path.rstrip(b"/") + b"/"
+        before = {key for key in noted if key[0] == self.rule.name
+                  and (key[1] == self.root.path or key[1].startswith(root))}
+        began, ended = mine - before, before - mine
+        if began:
+            directory = min(directory for _, directory in began)
+            log(logging.WARNING, f"{len(began)} director{'y' if len(began) == 1 else 'ies'} of "
+                f"the tree cannot be read: {unreadable[directory].strerror}; what "
+                f"{'it holds' if len(began) == 1 else 'they hold'} is kept as recorded, not "
+                "told deleted, and looked at again at the next walk",
+                message_id=MessageId.POLLED if self.polling else MessageId.CAUGHT_UP,
+                rule=self.rule.name, path=directory)
+        if ended:
+            log(logging.INFO, f"{len(ended)} director{'y' if len(ended) == 1 else 'ies'} of the "
+                "tree can be read again", rule=self.rule.name,
+                path=min(directory for _, directory in ended))
+        noted.difference_update(ended)
+        noted.update(began)
 
     def _polled_before(self) -> bool:
         """Whether this rule's tree was polled since the daemon's start (noting it is)."""
@@ -482,9 +537,11 @@ class Walk:
 Listed = tuple[bytes, list[os.DirEntry[bytes]], int]  # a directory, its entries, a descriptor
 
 
-def _walk(top: bytes, recursive: bool, table: WatchTable) -> Iterator[Listed]:
+def _walk(top: bytes, recursive: bool, table: WatchTable,
+          unreadable: dict[bytes, OSError]) -> Iterator[Listed]:
     """Each directory of the tree (never through a symlink) with its entries, and a descriptor
-    to look at them by name with (``looking_in``), open until the next one comes."""
+    to look at them by name with (``looking_in``), open until the next one comes. One that is
+    there but cannot be read goes to ``unreadable``, with why."""
     stack = [top]
     while stack:
         directory = stack.pop()
@@ -492,7 +549,9 @@ def _walk(top: bytes, recursive: bool, table: WatchTable) -> Iterator[Listed]:
             with looking_in(directory) as descriptor:
                 entries = _listing(directory, table)
                 yield directory, entries, descriptor
-        except OSError:
+        except OSError as error:
+            if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+                unreadable[directory] = error  # a share gone away, EIO, EACCES: not gone
             continue  # gone, or not a directory: its records tell what it held
         if recursive:
             stack.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
