@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import COMMAND_PYTHON, RECORDER, env_of, recorder, records, wait_for
+from conftest import COMMAND_PYTHON, RECORDER, argv_of, env_of, recorder, records, wait_for
 
 from watchd.config.loader import load
 from watchd.core.problems import ConfigError
@@ -296,3 +296,38 @@ def test_a_file_swapped_for_a_symlink_before_its_action_is_skipped(tmp_path, wri
     process.wait_log("action skipped: the path turned into a symlink before its action ran")
     process.wait_log("action skipped: the path vanished before its action ran")
     assert len(records(out)) == 1  # only "first" ran
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("shape", ["one path", "a batch"])
+def test_a_directory_swapped_for_a_symlink_before_the_action_is_refused(
+        tmp_path, write_rules, daemon, shape):
+    """in/sub/shadow written, then sub swapped for a symlink to a directory that holds a
+    shadow of its own: the re-check's lstat of in/sub/shadow followed sub, found a regular
+    file there, and the root command was handed the other directory's file."""
+    watched, out, elsewhere = tmp_path / "in", tmp_path / "out.jsonl", tmp_path / "elsewhere"
+    (watched / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "shadow").write_bytes(b"not the user's")
+    held = ("debounce: 1s" if shape == "one path" else "batch: {window: 1s}")
+    process = daemon(write_rules(f"""\
+        rules:
+          - name: drop
+            paths: [{watched}]
+            recursive: true
+            {held}
+            actions: [{{command: {recorder(out, "{paths}")}}}]
+        """))
+    (watched / "sub" / "shadow").write_bytes(b"mine")
+    (watched / "sub").rename(watched / "sub.old")
+    (watched / "sub").symlink_to(elsewhere)
+    process.wait_log("action skipped: a directory on the path turned into a symlink before its "
+                     "action ran")
+    (watched / "after").write_bytes(b"a run after it")
+
+    def handed() -> list[bytes]:
+        return [b"\0".join(argv_of(record)) for record in records(out)]
+
+    wait_for(lambda: any(b"after" in values for values in handed()),
+             what="the run for the file written after")
+    assert not any(b"shadow" in values for values in handed()), handed()

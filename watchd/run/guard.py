@@ -44,6 +44,9 @@ def recheck(job: Job) -> os.stat_result | None:
     A path an event says is gone is looked at too: if something is there again, it is
     what the action would be handed, and it must be of a kind the rule takes.
     """
+    refusal = _symlink_on_the_way(job.root.path, os.path.dirname(job.event.path))
+    if refusal is not None:
+        raise refusal
     return _verdict(job.event, job.rule.kinds)
 
 
@@ -55,9 +58,53 @@ def recheck_batch(job: Job, lstats: Lstats) -> Iterator[tuple[FileEvent, Refused
     for directory, events in itertools.groupby(job.events,
                                                key=lambda event: os.path.dirname(event.path)):
         together = list(events)
+        refusal = _symlink_on_the_way(job.root.path, directory)
+        if refusal is not None:
+            yield from ((event, refusal) for event in together)
+            continue
         looked = lstats.lstat_names(directory, [os.path.basename(e.path) for e in together])
         for event, (error, mode) in zip(together, looked, strict=True):
             yield event, _refusal(event, kinds, error, mode)
+
+
+def _symlink_on_the_way(root: bytes, directory: bytes) -> Refused | None:
+    """Refused if a directory between the rule's root and ``directory`` (itself included) is
+    a symlink now: ``lstat`` of the path follows those, and a user who swapped one for a link
+    to /etc would hand the action what is there. The root is the administrator's (it may be a
+    symlink); each directory below it is opened from its parent without following one."""
+    top = root.rstrip(b"/") + b"/"
+    if not directory.startswith(top):
+        return None  # the root itself, or what holds it
+    try:
+        handle = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # the path's own lstat says why
+    try:
+        for name in directory[len(top):].split(b"/"):
+            try:
+                below = os.open(name, _BELOW, dir_fd=handle)
+            except OSError:
+                return _swapped(name, handle)
+            os.close(handle)
+            handle = below
+    finally:
+        os.close(handle)
+    return None
+
+
+_BELOW = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _swapped(name: bytes, directory: int) -> Refused | None:
+    """Why a directory on the way could not be opened: Refused for a symlink; None for one
+    gone, or anything else (the path's own lstat says what it finds)."""
+    try:
+        mode = os.lstat(name, dir_fd=directory).st_mode
+    except OSError:
+        return None
+    if not stat.S_ISLNK(mode):
+        return None
+    return Refused("a directory on the path turned into a symlink before its action ran")
 
 
 def _verdict(event: FileEvent, kinds: frozenset[str]) -> os.stat_result | None:
