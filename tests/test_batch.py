@@ -191,6 +191,37 @@ def test_a_batch_held_at_a_stop_runs_whole_at_the_next_start(tmp_path, write_rul
     assert sorted(argv_of(run)) == [os.fsencode(watched / name) for name in ("a", "b", "c")]
 
 
+def test_a_batch_whose_rule_no_longer_batches_is_a_dead_letter_that_says_why(
+        tmp_path, write_rules, daemon):
+    # It ran under the rule's new {path} action: "action failed: internal error" (KeyError:
+    # 'path'), a traceback in the log, and a dead letter that said only that.
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    batched = batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "1h"})
+    process = daemon(batched)
+    for name in ("a", "b"):
+        (watched / name).write_bytes(b"x")
+    wait_for(lambda: "batching=2" in counters_line(process), what="two paths in the batch")
+    assert process.stop() == 0
+    single = write_rules(json.dumps({"rules": [{
+        "name": "sync", "paths": [str(watched)], "recursive": True,
+        "actions": [{"command": recorder(out, "{path}")}]}]}))
+    again = daemon(single)
+    again.wait_log("job not run: rule 'sync' no longer batches")
+    assert "internal error" not in again.log() and "Traceback" not in again.log()
+    assert again.stop() == 0
+    assert not runs(out)
+    # Its batch given back (the same rules file, written again): it runs whole when retried.
+    batched = batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "1h"})
+    daemon(batched)
+    retried = subprocess.run([*WATCHD, "jobs", "retry", "--all", "--config", str(batched)],
+                             capture_output=True, text=True)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    wait_for(lambda: runs(out), what="the batch's run")
+    (run,) = runs(out)
+    assert sorted(argv_of(run)) == [os.fsencode(watched / name) for name in ("a", "b")]
+
+
 def test_a_batch_cut_short_by_kill_9_runs_again_whole_as_the_same_job(tmp_path, write_rules,
                                                                       daemon):
     watched, out = tmp_path / "in", tmp_path / "out.jsonl"

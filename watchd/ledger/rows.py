@@ -73,6 +73,9 @@ def job_of(row: JobRow, ruleset: RuleSet) -> Job | str:
         return f"rule {row.rule!r} no longer watches {row.root.decode(errors='replace')}"
     if row.step > len(rule.actions):
         return f"rule {row.rule!r} has no action {row.step} now"
+    if row.batch and rule.batch is None:
+        # Its actions name one path ({path}, {name}…), a batch has none to give them.
+        return f"rule {row.rule!r} no longer batches: a batch runs only under a rule with batch"
     event = FileEvent(row.path, row.event, EVENT_BITS.get(row.event, 0), row.is_dir,
                       row.src_path, caught_up=row.caught_up)
     batch = _events_of(row.batch) if row.batch else ()
