@@ -9,12 +9,19 @@ import os
 import signal
 import subprocess
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import PYTHON, argv_of, counters_line, env_of, recorder, records, wait_for
 
-from watchd.run.batches import PATH_BYTES
+from watchd.actions.command import _inherited
+from watchd.config.compile import read_rules
+from watchd.core.argmax import ARG_MAX, environment_size, room_beside
+from watchd.core.events import IN_CLOSE_WRITE, FileEvent
+from watchd.core.job import Job
+from watchd.core.rules import BatchSpec, Rule
+from watchd.run.batches import Batcher
 from watchd.run.lstat_helper import lstat_names
 from watchd.run.lstats import Lstats
 
@@ -104,7 +111,7 @@ def test_a_batch_past_the_argv_limit_is_split_and_every_path_runs(tmp_path, writ
     watched.mkdir()
     daemon(batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "2s"}))
     stem = "n" * 200
-    names = [f"{stem}{index:05}" for index in range(PATH_BYTES // 200 + 500)]
+    names = [f"{stem}{index:05}" for index in range(ARG_MAX // 250)]
     for name in names:
         (watched / name).write_bytes(b"")
     expected = {os.fsencode(watched / name) for name in names}
@@ -349,3 +356,94 @@ def children(pid: int) -> list[int]:
 
 def cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def deep_directory(under: Path, length: int) -> Path:
+    """A directory below ``under`` whose path is about ``length`` bytes long (a name is at
+    most 255)."""
+    directory = under
+    while len(os.fsencode(directory)) < length:
+        directory = directory / ("d" * 250)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def large_environment(size: int) -> dict[str, str]:
+    """Variables of ``size`` bytes in all, none as long as one exec string may be."""
+    chunk = 100_000
+    return {f"BIG{index}": "x" * min(chunk, size - index * chunk)
+            for index in range(-(-size // chunk))}
+
+
+@pytest.mark.slow  # seconds: make test runs it, make check does not
+def test_a_batch_with_a_large_environment_is_split_to_fit(tmp_path, write_rules, daemon):
+    """1.08 MB of variables (the rule's and the daemon's), more than half of ARG_MAX, and a
+    batch of more paths than the other half holds, one of them 3,000 bytes long: every path
+    runs, in argvs that fit."""
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    deep = deep_directory(watched, 3000)
+    config = batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "3s"},
+                        action={"env": large_environment(600_000)})
+    process = daemon(config, env={f"DAEMON{index}": "y" * 120_000 for index in range(4)})
+    names = [f"{'n' * 200}{index:05}" for index in range(ARG_MAX // 2 // 250 + 200)]
+    for name in names:
+        (watched / name).write_bytes(b"")
+    (deep / "long").write_bytes(b"")
+    expected = {os.fsencode(watched / name) for name in names} | {os.fsencode(deep / "long")}
+    wait_for(lambda: set(paths_of(out)) == expected or "Argument list too long" in process.log(),
+             timeout=30, what="every path run")
+    assert "Argument list too long" not in process.log()
+    assert set(paths_of(out)) == expected and len(paths_of(out)) == len(expected)
+
+
+def test_a_path_that_fits_in_no_argv_fails_alone(tmp_path, write_rules, daemon):
+    """Variables that leave an argv room for about 1,500 bytes of paths: the short paths
+    run, the 3,000-byte one is a failure of its own, once."""
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    deep = deep_directory(watched, 3000)
+    # The daemon passes on this environment and its own variables; beside them and the
+    # rule's (a rules file is at most 1 MiB), the recorder's argv and the WATCHD_* variables
+    # take a few hundred bytes.
+    daemon_environment = {f"DAEMON{index}": "y" * 120_000 for index in range(10)}
+    inherited = environment_size(_inherited()) + environment_size(
+        {os.fsencode(name): os.fsencode(value) for name, value in daemon_environment.items()})
+    config = batch_rule(write_rules, watched, recorder(out, "{paths}"), {"window": "1s"},
+                        action={"env": large_environment(room_beside(inherited) - 2000)})
+    process = daemon(config, env=daemon_environment)
+    short = [watched / f"f{index:02}" for index in range(20)]
+    for path in short:
+        path.write_bytes(b"")
+    (deep / "long").write_bytes(b"")
+    process.wait_log("job kept as a dead letter")
+    assert sorted(paths_of(out)) == sorted(os.fsencode(path) for path in short)
+    assert len(runs(out)) > 1  # 20 paths of 100 bytes do not fit in 1,500
+    assert process.log().count("the path is too long for one exec") == 1
+    assert "Argument list too long" not in process.log()
+
+
+def test_a_window_past_what_a_wait_can_take_does_not_stop_other_batches(tmp_path,
+                                                                        write_rules):
+    """A window the rules refuse (3000000h), given to the batcher as if a rule had it: its
+    thread, which releases every rule's batches, must not die of waiting that long."""
+    watched = tmp_path / "in"
+    watched.mkdir()
+    rules = read_rules(batch_rule(write_rules, watched, ["/bin/true", "{paths}"],
+                                  {"window": "100ms"}))
+    (root,) = rules.roots
+    (quick,) = root.rules
+    endless = replace(quick, name="endless", batch=BatchSpec(window=3_000_000 * 3600.0, max=10))
+    released: list[Job] = []
+    batcher = Batcher(released.append, limit=100)
+
+    def offer(rule: Rule, name: bytes) -> None:
+        event = FileEvent(os.fsencode(watched) + name, "close_write", IN_CLOSE_WRITE, False)
+        assert batcher.offer(Job(rule, root, event))
+
+    offer(endless, b"/a")
+    offer(quick, b"/b")
+    wait_for(lambda: released, timeout=5, what="the 100ms window's first batch")
+    # Released, the thread waits again: now for the endless window, the one deadline left.
+    offer(quick, b"/c")
+    wait_for(lambda: len(released) == 2, timeout=5, what="the 100ms window's second batch")
+    assert [job.rule.name for job in released] == ["sync", "sync"]
+    batcher.stop()

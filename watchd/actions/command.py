@@ -24,8 +24,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -33,7 +33,16 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from watchd.actions.kind import ActionKind, Finding, Severity
 from watchd.actions.output import OutputLines
 from watchd.core.actions import ActionContext, Outcome, ProcessResult
+from watchd.core.argmax import (
+    MAX_ARG_STRLEN,
+    argument_size,
+    argv_size,
+    environment_size,
+    fits_alone,
+    room_beside,
+)
 from watchd.core.document import event_document
+from watchd.core.events import FileEvent
 from watchd.core.job import Job
 from watchd.core.journal import MessageId
 from watchd.core.logs import escape, log
@@ -45,6 +54,7 @@ from watchd.core.placeholders import (
     PLACEHOLDERS,
     Template,
     parse_template,
+    render,
     render_argv,
 )
 from watchd.core.rules import RunAs
@@ -187,14 +197,33 @@ class Command:
             argv[at + SHOWN_PATHS : at + paths] = [f"...{paths - SHOWN_PATHS} more".encode()]
         return [escape(arg) for arg in argv]
 
+    def room_for_paths(self, job: Job) -> int | None:
+        return self.room(job, self.user)
+
+    def room(self, job: Job, user: RunAs | None) -> int | None:
+        """Bytes of ``{paths}`` one run of ``job`` can carry (each path, its NUL and its
+        pointer); None without ``{paths}`` in argv. An inherited variable that ``env`` or
+        the user replaces is counted twice: a few bytes less room, never more."""
+        if PATHS_ALONE not in self.argv:
+            return None
+        values = job.values()
+        return room_beside(self.other_arguments_size(values) + _inherited_size()
+                           + environment_size(variables(job, self, user, values)))
+
+    def other_arguments_size(self, values: Mapping[str, bytes]) -> int:
+        """What the argv but its ``{paths}`` costs an exec."""
+        return argv_size(render(template, values) for template in self.argv
+                         if template != PATHS_ALONE)
+
     def perform(self, context: ActionContext, job: Job, step: int,
                 info: os.stat_result | None) -> Outcome:
         try:
             user = owner(job, self.allow_root_owner, info) if self.as_owner else self.user
         except Refused as refusal:
             return context.skip(job, step, str(refusal))
-        return ended(job, step, self, context.run_process(job, step, self.program,
-                                                         RunningCommand(job, self, user)))
+        return in_parts(job, step, self.room(job, user), lambda part: ended(
+            part, step, self, context.run_process(part, step, self.program,
+                                                  RunningCommand(part, self, user))))
 
 
 
@@ -232,6 +261,11 @@ def _inherited() -> dict[bytes, bytes]:
 
 
 @functools.cache
+def _inherited_size() -> int:
+    return environment_size(_inherited())
+
+
+@functools.cache
 def _devnull() -> int:
     # One descriptor for every command's stdin and stdout, rather than an open and close per spawn.
     return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -261,6 +295,49 @@ def variables(job: Job, command: Command, user: RunAs | None,
         env[b"USER"] = env[b"LOGNAME"] = user.name.encode()
     env.update(command.env)
     return env
+
+
+def in_parts(job: Job, step: int, room: int | None, run: Callable[[Job], Outcome]) -> Outcome:
+    """Run a batch in as many parts as ``room`` (bytes for its paths in one argv: the batch
+    was cut to it, but the environment or the rule may have changed since), one after the
+    other while they succeed. A path that fits in no argv is a failure of its own: the others
+    run, and the job fails."""
+    if room is None or not job.batch:
+        return run(job)
+    parts, unfit = cut_to_fit(job, room)
+    for event in unfit:
+        log(logging.ERROR, f"action failed: the path is too long for one exec beside the "
+            f"command's other arguments and environment ({len(event.path)} bytes, room for "
+            f"{max(room, 0)}; one argument is at most {MAX_ARG_STRLEN - 1}): not run, the "
+            "batch's other paths are", message_id=MessageId.ACTION_FAILED,
+            fields={"rule": job.rule.name, "path": event.path, "step": step,
+                    "job": job.id or None})
+    for part in parts:
+        outcome = run(part)
+        if outcome is not Outcome.OK:
+            return outcome
+    return Outcome.FAILED if unfit else Outcome.OK
+
+
+def cut_to_fit(job: Job, room: int) -> tuple[list[Job], list[FileEvent]]:
+    """A batch as jobs whose paths each fit in ``room`` bytes of argv, in order (the batch
+    itself when it fits); the events whose path fits in none."""
+    parts: list[list[FileEvent]] = [[]]
+    unfit: list[FileEvent] = []
+    used = 0
+    for event in job.batch:
+        size = argument_size(event.path)
+        if not fits_alone(event.path, room):
+            unfit.append(event)
+            continue
+        if used + size > room:
+            parts.append([])
+            used = 0
+        parts[-1].append(event)
+        used += size
+    if not unfit and len(parts) == 1:
+        return [job], []
+    return [replace(job, event=part[-1], batch=tuple(part)) for part in parts if part], unfit
 
 
 class RunningCommand:

@@ -38,13 +38,15 @@ from watchd.actions.command import (
     Output,
     RunningCommand,
     ended,
+    in_parts,
     variables,
 )
 from watchd.actions.command import checks as command_checks
 from watchd.actions.kind import ActionKind, Finding, Severity
 from watchd.core.actions import ActionContext, Outcome, ProcessResult
+from watchd.core.argmax import argv_size, environment_size, room_beside
 from watchd.core.job import Job
-from watchd.core.placeholders import is_utf8, render_argv
+from watchd.core.placeholders import PATHS_ALONE, is_utf8, render_argv
 from watchd.core.rules import RunAs
 from watchd.run.guard import Refused, owner
 from watchd.schema.fields import OWNER, Strict
@@ -186,9 +188,34 @@ class SystemdRun:
             return context.skip(job, step, "systemd_run hands the command and its environment "
                                 "to systemd over D-Bus, which carries only UTF-8: a name that "
                                 "is not UTF-8 cannot reach a unit (use a command action)")
-        unit = RunningUnit(job, self, user)
-        return ended(job, step, self, context.run_process(job, step, command.program, unit),
+        return in_parts(job, step, self.room(job, user), lambda part: self.run_unit(
+            context, RunningUnit(part, self, user), step))
+
+    def run_unit(self, context: ActionContext, unit: RunningUnit, step: int) -> Outcome:
+        return ended(unit.job, step, self, context.run_process(unit.job, step,
+                                                               self.command.program, unit),
                      unit=unit.name)
+
+    def room_for_paths(self, job: Job) -> int | None:
+        return self.room(job, self.command.user)
+
+    def room(self, job: Job, user: RunAs | None) -> int | None:
+        """Bytes of ``{paths}`` one run of ``job`` can carry in the client's argv (see
+        ``Command.room``): it runs with the variables only, named in its options."""
+        if PATHS_ALONE not in self.command.argv:
+            return None
+        values = job.values()
+        env = variables(job, self.command, user, values)
+        client = self.client_for(unit_name(job.rule.name, "0" * RUN_ID_LENGTH), env, user, job)
+        return room_beside(argv_size(client) + self.command.other_arguments_size(values)
+                           + environment_size(env))
+
+    def client_for(self, unit: str, env: Mapping[bytes, bytes], user: RunAs | None,
+                   job: Job) -> list[bytes]:
+        """``client_argv`` for a run of ``job`` in ``unit``."""
+        # The runtime directory is looked for only by a run that writes there.
+        return self.client_argv(unit, env, user, (job.rule.name, str(job.id)),
+                                _output_directory() if self.streams_output else "")
 
     def client_argv(self, unit: str, env_names: Iterable[bytes], user: RunAs | str | None,
                     rule_and_job: tuple[str, str], output_directory: str) -> list[bytes]:
@@ -239,6 +266,9 @@ def _output_directory() -> str:
     return tempfile.mkdtemp(prefix="watchd-output-")
 
 
+RUN_ID_LENGTH = 12  # hex digits of a run's id in its unit's name
+
+
 def unit_name(rule: str, run: str) -> str:
     return f"watchd-{rule}-{run}.service"
 
@@ -249,7 +279,7 @@ class RunningUnit(RunningCommand):
     def __init__(self, job: Job, action: SystemdRun, user: RunAs | None) -> None:
         super().__init__(job, action.command, user)
         self.action = action
-        self.name = unit_name(job.rule.name, uuid.uuid4().hex[:12])
+        self.name = unit_name(job.rule.name, uuid.uuid4().hex[:RUN_ID_LENGTH])
         self.forks = False  # the client runs as the daemon; systemd switches to the user
         self._killing: threading.Thread | None = None  # the last ``systemctl kill``
 
@@ -266,10 +296,7 @@ class RunningUnit(RunningCommand):
     def spawn(self, values: Mapping[str, bytes], stderr: int, stdin: int | None,
               stdout: int | None) -> subprocess.Popen[bytes]:
         env = variables(self.job, self.command, self.user, values)
-        # The runtime directory is looked for only by a run that writes there.
-        argv = self.action.client_argv(self.name, env, self.user,
-                                       (self.job.rule.name, str(self.job.id)),
-                                       _output_directory() if self.action.streams_output else "")
+        argv = self.action.client_for(self.name, env, self.user, self.job)
         argv.extend(render_argv(self.command.argv, values))
         return subprocess.Popen(argv, env=env,
                                 stdin=subprocess.DEVNULL if stdin is None else stdin,

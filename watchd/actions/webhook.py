@@ -144,6 +144,9 @@ class Webhook:
         signed = f", signed with the key in {self.key.path}" if self.key else ", unsigned"
         return f"{self.kind}: POST {self.url}{signed}"
 
+    def room_for_paths(self, job: Job) -> int | None:
+        return None  # a batch's paths are in a body, not an argv
+
     def perform(self, context: ActionContext, job: Job, step: int,
                 info: os.stat_result | None) -> Outcome:
         # Accepted for delivery (kept, queued) is success here; the outbox logs the rest.

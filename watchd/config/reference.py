@@ -45,6 +45,7 @@ from watchd.config.schema import DropIn, RulesFile
 from watchd.core.events import EVENT_NAMES
 from watchd.core.placeholders import PLACEHOLDERS
 from watchd.schema.fields import (
+    MAX_DURATION,
     OWNER,
     AbsolutePath,
     ArgTemplate,
@@ -106,7 +107,8 @@ def _choices(values: Sequence[object]) -> str:
 
 NAMED_TYPES = (
     NamedType(Duration, "duration", "durations",
-              "a number of seconds, or a string with a unit: `250ms`, `10s`, `5m`, `1h`"),
+              "a number of seconds, or a string with a unit: `250ms`, `10s`, `5m`, `1h`; at most "
+              f"{MAX_DURATION / 86400:g} days (`{MAX_DURATION / 3600:g}h`)"),
     NamedType(Timeout, "duration, not 0", "durations, not 0", ""),
     NamedType(AbsolutePath, "absolute path", "absolute paths",
               "begins with `/`; no placeholders"),

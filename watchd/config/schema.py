@@ -237,13 +237,21 @@ class Settings(Strict):
     degraded_poll: Duration = Field(default=60.0, description="how often directories the "
                                     "inotify watch limit left unwatched are walked for changes "
                                     "(acted on as inotify would have told them), and watching "
-                                    "them is tried again: degraded, never deaf")
+                                    "them is tried again: degraded, never deaf; at least 1s")
     webhook_backlog: int = Field(default=10000, ge=1, le=1_000_000, description="deliveries "
                                  "waiting per webhook action; beyond it new ones are dropped, "
                                  "counted and logged")
     metrics: Metrics | None = Field(default=None, description="Prometheus metrics, served over "
                                     "HTTP and/or written for node_exporter, with the keys below; "
                                     "unset: none")
+
+    @field_validator("degraded_poll")
+    @classmethod
+    def _degraded_poll_not_too_often(cls, seconds: float) -> float:
+        if seconds < 1.0:  # 0 made the daemon walk and log without a pause
+            raise ValueError(f"{seconds:g}s is too often: at least 1s (each walks every "
+                             "directory the watch limit left unwatched)")
+        return seconds
 
 
 # A drop-in's keys mean what the main file's do: one wording for both.

@@ -119,6 +119,11 @@ class ActionSpec(Protocol):
         """The wait before the first retry, in seconds (``retry_delay``)."""
         ...
 
+    def room_for_paths(self, job: Job) -> int | None:
+        """Bytes of a batch's paths that one run of it for ``job``'s rule and root can carry
+        (each path's, its NUL's and its pointer's), None if they are in no argv."""
+        ...
+
     def describe(self, values: Mapping[str, bytes]) -> str:
         """What ``watchd explain`` shows of it for an event with these placeholder values."""
         ...

@@ -1,8 +1,9 @@
 """Batches: a batch rule's events collected for its window, then one job for all their paths.
 
 A batch begins with its first event and is released ``window`` seconds later, or at once
-when it holds ``max`` paths or as many bytes of paths as one argv can safely carry (the
-kernel refuses an exec whose arguments pass ``ARG_MAX``: the next paths begin a new batch).
+when it holds ``max`` paths or as many bytes of paths as its actions' argv can carry beside
+their other arguments and environment (the kernel refuses an exec whose arguments and
+environment pass ``ARG_MAX``: the next paths begin a new batch).
 A path comes once in a batch, with its last event. Each rule's root has a batch of its own
 (``{root}`` is one value). At most ``limit`` paths are held at once; past that an event is
 refused (and counted as dropped by the dispatcher), as the debouncer does.
@@ -11,32 +12,32 @@ refused (and counted as dropped by the dispatcher), as the debouncer does.
 from __future__ import annotations
 
 import heapq
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
+from watchd.core.argmax import argument_size
 from watchd.core.events import FileEvent
 from watchd.core.job import Job
 from watchd.core.rules import Root, Rule
 from watchd.run.deadlines import Deadlines
 
-# A batch's paths may fill half of ARG_MAX: the rest is for the environment, the program
-# and its other arguments. Each path costs its bytes, its NUL and its pointer.
-PATH_BYTES = os.sysconf("SC_ARG_MAX") // 2
-POINTER = 8
+# What the numbers of a run (its job's id, try and count, in its variables and maybe its
+# argv) may add to its exec once the batch is a job: they are not known while it collects.
+RUN_NUMBERS = 256
 BatchKey = tuple[str, bytes]  # a rule's name, and its root's path
 
 
 class _Collecting:
-    __slots__ = ("bytes", "due", "events", "root", "rule")
+    __slots__ = ("bytes", "due", "events", "room", "root", "rule")
 
-    def __init__(self, rule: Rule, root: Root, due: float) -> None:
+    def __init__(self, rule: Rule, root: Root, due: float, room: float) -> None:
         self.rule = rule
         self.root = root
         self.events: dict[bytes, FileEvent] = {}
-        self.bytes = 0
+        self.bytes = 0  # what its paths cost an argv
+        self.room = room
         self.due = due
 
     def job(self) -> Job:
@@ -50,6 +51,9 @@ class Batcher(Deadlines[BatchKey]):
         self.limit = limit
         self._batches: dict[BatchKey, _Collecting] = {}
         self._held = 0  # paths in all batches
+        # Each batch key's room (``_room``), computed once for each rule the key had (a
+        # reload compiles new rules).
+        self._rooms: dict[BatchKey, tuple[Rule, float]] = {}
 
     def __len__(self) -> int:
         return self._held
@@ -79,8 +83,8 @@ class Batcher(Deadlines[BatchKey]):
                 return True
             if self._held >= self.limit or self._stopping:
                 return False
-            cost = len(path) + 1 + POINTER
-            if batch is not None and batch.bytes + cost > PATH_BYTES:
+            cost = argument_size(path)
+            if batch is not None and batch.bytes + cost > batch.room:
                 full.append(self._take(key))
                 batch = None
             if batch is None:
@@ -97,7 +101,11 @@ class Batcher(Deadlines[BatchKey]):
     def _begin(self, key: BatchKey, job: Job) -> _Collecting:
         assert job.rule.batch is not None
         due = time.monotonic() + job.rule.batch.window
-        batch = self._batches[key] = _Collecting(job.rule, job.root, due)
+        rule, room = self._rooms.get(key, (None, 0.0))
+        if rule is not job.rule:
+            room = _room(job)
+            self._rooms[key] = (job.rule, room)
+        batch = self._batches[key] = _Collecting(job.rule, job.root, due, room)
         self._schedule(due, key)
         return batch
 
@@ -121,6 +129,14 @@ class Batcher(Deadlines[BatchKey]):
         self._batches.clear()
         self._held = 0
         return held
+
+
+def _room(job: Job) -> float:
+    """Bytes of paths a batch of ``job``'s rule at its root may hold: what the tightest of
+    its actions' argv can carry (infinite if none has them in its argv)."""
+    rooms = [room for action in job.rule.actions
+             if (room := action.room_for_paths(as_batch(job))) is not None]
+    return min(rooms) - RUN_NUMBERS if rooms else float("inf")
 
 
 def as_batch(job: Job) -> Job:

@@ -19,6 +19,16 @@ from typing import Generic, TypeVar
 from watchd.core.job import Job
 
 Key = TypeVar("Key", bound=Hashable)
+# The longest a deadline's thread waits before it looks again: a wait past what a lock can
+# take (``threading.TIMEOUT_MAX``) raises, and would end the thread, whatever its deadline.
+LONGEST_WAIT = 3600.0
+
+
+def wait_until(changed: threading.Condition, due: float | None) -> None:
+    """Wait on ``changed`` for a notify or ``due`` (a ``time.monotonic()``; None: no
+    deadline), at most ``LONGEST_WAIT``: the caller looks again when this returns."""
+    wait = LONGEST_WAIT if due is None else min(due - time.monotonic(), LONGEST_WAIT)
+    changed.wait(wait)
 
 
 class Deadlines(ABC, Generic[Key]):
@@ -69,8 +79,7 @@ class Deadlines(ABC, Generic[Key]):
             with self._changed:
                 released = self._due(time.monotonic())
                 while not released and not self._stopping:
-                    wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
-                    self._changed.wait(wait)
+                    wait_until(self._changed, self._deadlines[0][0] if self._deadlines else None)
                     released = self._due(time.monotonic())
                 if self._stopping:
                     return

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from watchd.core.rules import Root, Rule, RuleSet
+from watchd.run.deadlines import wait_until
 
 Pair = tuple[Rule, Root]
 PairKey = tuple[str, bytes]  # a rule's name, a root's path
@@ -76,8 +77,7 @@ class Poller:
                     heapq.heappop(self._due)  # a rule or root a reload removed
                 if self._due and self._due[0][0] <= time.monotonic():
                     return self._pairs[heapq.heappop(self._due)[1]]
-                timeout = self._due[0][0] - time.monotonic() if self._due else None
-                self._changed.wait(timeout)
+                wait_until(self._changed, self._due[0][0] if self._due else None)
         return None
 
     def stop(self, timeout: float) -> None:

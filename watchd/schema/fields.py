@@ -7,6 +7,7 @@ shape and values; ``watchd.config.compile`` turns what they validate into runtim
 
 from __future__ import annotations
 
+import math
 import os
 import pwd
 import re
@@ -30,11 +31,15 @@ TRUSTED_PROGRAMS = "trusted_programs"  # validation context: programs checked in
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# The longest duration of any key: past a week, no window, poll, timeout or grace is what an
+# admin means, and a wait of 3000000h is past what a thread's wait can take.
+MAX_DURATION = 7 * 24 * 3600.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``250ms``, ``10s``, ``5m``, ``1h`` or a plain number of seconds."""
+    """Seconds from ``250ms``, ``10s``, ``5m``, ``1h`` or a plain number of seconds, at
+    most ``MAX_DURATION``."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value)):
@@ -44,8 +49,13 @@ def parse_duration(value: object) -> float:
             f"invalid duration {value!r}: use a number of seconds or a string such as "
             "'250ms', '10s', '5m', '1h'"
         )
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number of seconds, not {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative: {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration is at most {MAX_DURATION / 86400:g} days "
+                         f"({MAX_DURATION / 3600:g}h), not {value!r}")
     return seconds
 
 
@@ -53,7 +63,8 @@ Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
     PlainSerializer(lambda seconds: f"{seconds:g}s", return_type=str),
-    Field(json_schema_extra={"anyOf": [{"type": "number", "minimum": 0},
+    Field(json_schema_extra={"anyOf": [{"type": "number", "minimum": 0,
+                                        "maximum": MAX_DURATION},
                                        {"type": "string", "pattern": _DURATION.pattern}]}),
 ]
 
