@@ -724,6 +724,44 @@ def test_jobs_held_while_the_ledger_cannot_be_written_are_listed_through_the_dae
     assert_recovers(process, watched, out, state)
 
 
+@pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
+def test_dead_letters_kept_while_the_ledger_cannot_be_written_are_retried_and_dropped(
+        tmp_path, write_rules, daemon):
+    # They were listed through the daemon, but retry and drop said "no such dead letter"
+    # (they were on no disk yet), and status counted none of them.
+    watched, out, state = tmp_path / "in", tmp_path / "out.jsonl", tmp_path / "state"
+    watched.mkdir()
+    config = one_rule(write_rules, watched, ["/bin/false"])
+    process = daemon(config)
+    with contextlib.closing(sqlite3.connect(state / "ledger.db", isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            make_files(watched, ["retried", "dropped"])
+            process.wait_log("job kept as a dead letter", count=2)
+            ids = {Path(job["path"]).name: job["id"] for job in listed(config, "--dead")}
+            assert set(ids) == {"retried", "dropped"}
+            status = json.loads(subprocess.run(
+                [sys.executable, "-m", "watchd", "status", "--json"], capture_output=True,
+                text=True, check=True, timeout=30).stdout)
+            assert status["ledger"]["dead_letters"] == 2
+            fix_the_rule(write_rules, watched, out)
+            process.signal(signal.SIGHUP)
+            process.wait_log("reloaded")
+            retried = jobs_cli(config, "retry", str(ids["retried"]))
+            assert (retried.returncode, retried.stdout, retried.stderr) == (
+                0, f"{ids['retried']}: queued again\n", "")
+            dropped = jobs_cli(config, "drop", str(ids["dropped"]))
+            assert (dropped.returncode, dropped.stdout, dropped.stderr) == (
+                0, f"{ids['dropped']}: dropped\n", "")
+            wait_for(lambda: "retried" in runs_by_name(out), what="the retried job's run")
+            assert not listed(config, "--dead")
+        finally:
+            other.execute("ROLLBACK")
+    process.wait_log(RECOVERED, timeout=15)
+    wait_for(lambda: ledger_jobs(state) == [], what="the retry and the drop written")
+    assert set(runs_by_name(out)) == {"retried"}
+
+
 def test_jobs_are_listed_through_the_daemon_while_the_ledger_cannot_be_read(
         tmp_path, write_rules, daemon):
     # The listing failed: "the daemon refused: cannot read the ledger".

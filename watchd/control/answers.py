@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +17,14 @@ from watchd.control.status import Daemon
 from watchd.core.trace import Tracer
 from watchd.ledger import store
 from watchd.ledger.rows import as_held
-from watchd.outbox.deadletters import change_dead_letters, jobs_on_disk, ledger_listing
+from watchd.ledger.store import JobRow
+from watchd.outbox.deadletters import (
+    change_dead_letters,
+    changed_lines,
+    jobs_on_disk,
+    ledger_listing,
+    runnable_jobs,
+)
 
 T = TypeVar("T")
 
@@ -24,7 +32,33 @@ T = TypeVar("T")
 def document(daemon: Daemon) -> dict[str, Any]:
     """The status document: the live part asked of the main loop, the ledger read here."""
     live = daemon.ask(lambda: status.live(daemon))
-    return status.with_ledger(live, _read(daemon.ledger.file, store.dead_by_rule))
+    return status.with_ledger(live, _dead_by_rule(daemon))
+
+
+def _dead_by_rule(daemon: Daemon) -> dict[str, int] | None:
+    """Each rule's dead letters; while the ledger cannot be written, those of jobs as the
+    daemon holds them (kept, retried or dropped since it could)."""
+    counts = _read(daemon.ledger.file, store.dead_by_rule)
+    if not daemon.ledger.problem:
+        return counts
+    written = _read(daemon.ledger.file, _dead_jobs) or []
+    held = _held(daemon, written)
+    if counts is None and not held:
+        return None
+    totals = Counter(counts or {})
+    totals.subtract(Counter(row.rule for row in written))
+    totals.update(Counter(row.rule for row in held))
+    return dict(totals)
+
+
+def _dead_jobs(connection: sqlite3.Connection) -> list[JobRow]:
+    return store.jobs(connection, (store.DEAD,))
+
+
+def _held(daemon: Daemon, written: list[JobRow]) -> list[JobRow]:
+    """The dead letters of jobs as the daemon holds them: those ``written`` on disk, with what
+    it has not written yet applied."""
+    return [row for row in daemon.ledger.with_pending(written) if row.state == store.DEAD]
 
 
 def answers(daemon: Daemon) -> dict[str, Answer]:
@@ -74,6 +108,8 @@ def _changed(daemon: Daemon, command: str,
              ids: list[store.DeadLetterId] | None) -> dict[str, object]:
     """``watchd jobs retry|drop`` on the daemon's ledger, which looks for the dead letters
     asked for again at once."""
+    if daemon.ledger.problem:
+        return _changed_held(daemon, command, ids)
     try:
         with contextlib.closing(store.connect(daemon.ledger.file, create=False)) as connection:
             done, unknown = change_dead_letters(connection, command, ids, daemon.ruleset)
@@ -84,6 +120,29 @@ def _changed(daemon: Daemon, command: str,
     if command == "retry" and done:
         daemon.ledger.look()
     return {"change": command, "lines": done, "stderr": unknown}
+
+
+def _changed_held(daemon: Daemon, command: str,
+                  ids: list[store.DeadLetterId] | None) -> dict[str, object]:
+    """``watchd jobs retry|drop`` while the ledger cannot be written: the dead letters of
+    jobs as the daemon holds them are queued again or ended by its writer (on disk once it
+    can write); a webhook delivery's waits until then."""
+    held = {row.id: row for row in _held(daemon, _read(daemon.ledger.file, _dead_jobs) or [])}
+    asked = list(held) if ids is None else list(dict.fromkeys(ids))
+    problems = [f"{i}: no such dead letter of a job (a webhook delivery's can be changed once "
+                f"the ledger can be written: {daemon.ledger.problem})"
+                for i in asked if i not in held]
+    rows = [held[i] for i in asked if i in held]
+    if command == "retry":
+        rows, refused = runnable_jobs(rows, daemon.ruleset)
+        problems += refused
+        requested = [row._replace(state=store.REQUESTED) for row in rows]
+        daemon.ask(lambda: daemon.ledger.on_found(requested))
+    else:
+        for row in rows:
+            daemon.ledger.end(row.id)
+    done, problems = changed_lines(command, [row.id for row in rows], problems)
+    return {"change": command, "lines": done, "stderr": problems}
 
 
 def _ids(value: object) -> list[store.DeadLetterId] | None:

@@ -105,10 +105,7 @@ def change_dead_letters(connection: sqlite3.Connection | None, command: str,
     change = store.request_retry if command == "retry" else store.drop
     done = change(connection, [row.id for row in rows],
                   [delivery.id for _, delivery in deliveries])
-    verb = "queued again" if command == "retry" else "dropped"
-    if not done and not problems:  # --all, with none: said, not silent
-        return ["no dead letters"], []
-    return [f"{dead_letter}: {verb}" for dead_letter in done], problems
+    return changed_lines(command, done, problems)
 
 
 def _named(connection: sqlite3.Connection, ids: list[store.DeadLetterId] | None,
@@ -126,14 +123,7 @@ def _named(connection: sqlite3.Connection, ids: list[store.DeadLetterId] | None,
 def _runnable(rows: list[JobRow], deliveries: list[DeadDelivery], ruleset: RuleSet,
               ) -> tuple[list[JobRow], list[DeadDelivery], list[str]]:
     """Of these dead letters, those the rules can run now, and why each other cannot."""
-    refused = []
-    runnable_rows = []
-    for row in rows:
-        job = job_of(row, ruleset)
-        if isinstance(job, str):
-            refused.append(f"{row.id}: not queued: {job} (fix the rules, reload, retry)")
-        else:
-            runnable_rows.append(row)
+    runnable_rows, refused = runnable_jobs(rows, ruleset)
     webhooks = webhooks_of(ruleset)
     runnable_deliveries = []
     for job_id, delivery in deliveries:
@@ -144,6 +134,28 @@ def _runnable(rows: list[JobRow], deliveries: list[DeadDelivery], ruleset: RuleS
                            f"webhook as action {delivery.action} now (fix the rules, reload, "
                            "retry)")
     return runnable_rows, runnable_deliveries, refused
+
+
+def runnable_jobs(rows: list[JobRow], ruleset: RuleSet) -> tuple[list[JobRow], list[str]]:
+    """Of these dead letters of jobs, those the rules can run now, and why each other cannot."""
+    refused = []
+    runnable = []
+    for row in rows:
+        job = job_of(row, ruleset)
+        if isinstance(job, str):
+            refused.append(f"{row.id}: not queued: {job} (fix the rules, reload, retry)")
+        else:
+            runnable.append(row)
+    return runnable, refused
+
+
+def changed_lines(command: str, done: list[store.DeadLetterId],
+                  problems: list[str]) -> tuple[list[str], list[str]]:
+    """What ``watchd jobs retry|drop`` says it did (a line each), and what it could not."""
+    verb = "queued again" if command == "retry" else "dropped"
+    if not done and not problems:  # --all, with none: said, not silent
+        return ["no dead letters"], []
+    return [f"{dead_letter}: {verb}" for dead_letter in done], problems
 
 
 def describe(delivery: Delivery) -> str:
