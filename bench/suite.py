@@ -307,48 +307,55 @@ def lost_note(results: list[Result]) -> str:
 
 
 def bench_intake(report: Report, sizes: list[int], runs: int) -> None:
+    readers: dict[str, Callable[[Path, int], Result]] = {
+        "raw": lambda t, n: burst(RawPyinotify, t, n),
+        "mine": lambda t, n: burst(Watchd, t, n),
+        "traced": lambda t, n: burst(TracedWatchd, t, n),
+        "idle": lambda t, n: burst(IdleLedgerWatchd, t, n),
+        "queued": lambda t, n: burst(QueuedWatchd, t, n),
+        "kept": lambda t, n: burst(LedgerWatchd, t, n),
+        "waits": burst_inotifywait,
+    }
     for files in sizes:
-        raw = runs_of(runs, lambda t, n=files: burst(RawPyinotify, t, n))
-        Watchd.recovered.clear()
-        mine = runs_of(runs, lambda t, n=files: burst(Watchd, t, n))
-        recovered = statistics.median(Watchd.recovered)
-        traced = runs_of(runs, lambda t, n=files: burst(TracedWatchd, t, n))
-        idle = runs_of(runs, lambda t, n=files: burst(IdleLedgerWatchd, t, n))
-        queued = runs_of(runs, lambda t, n=files: burst(QueuedWatchd, t, n))
-        for store in (LedgerWatchd.queued, LedgerWatchd.drained, LedgerWatchd.unwritten):
+        for store in (Watchd.recovered, LedgerWatchd.queued, LedgerWatchd.drained,
+                      LedgerWatchd.unwritten):
             store.clear()
-        kept = runs_of(runs, lambda t, n=files: burst(LedgerWatchd, t, n))
-        waits = runs_of(runs, lambda t, n=files: burst_inotifywait(t, n))
-        raw_rate = statistics.median(r.rate for r in raw)
-        label = f"intake, {files:,} files"
-        report.add(Row(label, "raw pyinotify ThreadedNotifier", "ev/s",
-                       [r.rate for r in raw], 1.0, note=lost_note(raw)))
-        rate = statistics.median(r.rate for r in mine)
-        report.add(Row(label, "watchd (match, no action)", "ev/s", [r.rate for r in mine],
-                       rate / raw_rate, "≥ 0.8x raw", rate / raw_rate >= 0.8,
-                       f"{lost_note(mine)}, {recovered:,.0f} by rescan"))
-        ratio = statistics.median(r.rate for r in traced) / rate
-        report.add(Row(label, "watchd, one `watchd trace` attached", "ev/s",
-                       [r.rate for r in traced], statistics.median(r.rate for r in traced)
-                       / raw_rate, note=f"{lost_note(traced)}; {ratio:.2f}x watchd untraced"))
-        ratio = statistics.median(r.rate for r in idle) / raw_rate
-        report.add(Row(label, "watchd, ledger on (match, no action)", "ev/s",
-                       [r.rate for r in idle], ratio, "≥ 1.2x raw", ratio >= 1.2,
-                       lost_note(idle)))
-        queued_rate = statistics.median(r.rate for r in queued)
-        report.add(Row(label, "watchd, every file queued, no ledger", "ev/s",
-                       [r.rate for r in queued], queued_rate / raw_rate, note=lost_note(queued)))
-        ratio = statistics.median(r.rate for r in kept) / raw_rate
-        report.add(Row(label, "watchd, every file queued, ledger on", "ev/s",
-                       [r.rate for r in kept], ratio, "≥ 1.2x raw", ratio >= 1.2,
-                       f"{lost_note(kept)}, {statistics.median(LedgerWatchd.queued):,.0f} jobs "
-                       f"queued, on disk {statistics.median(LedgerWatchd.drained) * 1000:,.0f} ms "
-                       f"after the last event, {max(LedgerWatchd.unwritten)} unwritten; "
-                       f"{statistics.median(r.rate for r in kept) / queued_rate:.2f}x the "
-                       "same without ledger; ledger on tmpfs"))
-        report.add(Row(label, "inotifywait -m -r", "ev/s", [r.rate for r in waits],
-                       statistics.median(r.rate for r in waits) / raw_rate,
-                       note=lost_note(waits)))
+        # Round by round, each reader once, as for many rules and actions: run in blocks, a
+        # drift of this VM's speed between two blocks landed on their ratio.
+        results: dict[str, list[Result]] = {name: [] for name in readers}
+        for _ in range(runs):
+            for name, read in readers.items():
+                results[name] += runs_of(1, lambda t, r=read, n=files: r(t, n))
+        intake_rows(report, f"intake, {files:,} files", results)
+
+
+def intake_rows(report: Report, label: str, results: dict[str, list[Result]]) -> None:
+    rates = {name: [r.rate for r in measured] for name, measured in results.items()}
+
+    def ratio(name: str, base: str = "raw") -> float:
+        return paired_ratio(rates[name], rates[base])
+
+    recovered = statistics.median(Watchd.recovered)
+    report.add(Row(label, "raw pyinotify ThreadedNotifier", "ev/s", rates["raw"], 1.0,
+                   note=lost_note(results["raw"])))
+    report.add(Row(label, "watchd (match, no action)", "ev/s", rates["mine"], ratio("mine"),
+                   "≥ 0.8x raw", ratio("mine") >= 0.8,
+                   f"{lost_note(results['mine'])}, {recovered:,.0f} by rescan"))
+    report.add(Row(label, "watchd, one `watchd trace` attached", "ev/s", rates["traced"],
+                   ratio("traced"), note=f"{lost_note(results['traced'])}; "
+                   f"{ratio('traced', 'mine'):.2f}x watchd untraced"))
+    report.add(Row(label, "watchd, ledger on (match, no action)", "ev/s", rates["idle"],
+                   ratio("idle"), "≥ 1.2x raw", ratio("idle") >= 1.2, lost_note(results["idle"])))
+    report.add(Row(label, "watchd, every file queued, no ledger", "ev/s", rates["queued"],
+                   ratio("queued"), note=lost_note(results["queued"])))
+    report.add(Row(label, "watchd, every file queued, ledger on", "ev/s", rates["kept"],
+                   ratio("kept"), "≥ 1.2x raw", ratio("kept") >= 1.2,
+                   f"{lost_note(results['kept'])}, {statistics.median(LedgerWatchd.queued):,.0f} "
+                   f"jobs queued, on disk {statistics.median(LedgerWatchd.drained) * 1000:,.0f} ms "
+                   f"after the last event, {max(LedgerWatchd.unwritten)} unwritten; "
+                   f"{ratio('kept', 'queued'):.2f}x the same without ledger; ledger on tmpfs"))
+    report.add(Row(label, "inotifywait -m -r", "ev/s", rates["waits"], ratio("waits"),
+                   note=lost_note(results["waits"])))
 
 
 def rules_for(tree: Path, count: int, same_root: bool) -> str:
