@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 from pathlib import Path
@@ -451,3 +452,34 @@ def test_a_background_child_in_the_group_ends_with_its_action(tmp_path, write_ru
     process.wait_log("action ok")
     pid = int(pids.read_text())
     wait_for(lambda: not alive(pid), what="the background child killed with its group")
+
+
+# -- 9. a symlink planted in a state directory another user can write -----------------------
+
+@pytest.mark.parametrize("name", ["ledger.db", "ledger.db-wal"])
+def test_a_symlink_planted_as_the_ledger_is_kept_aside_never_followed(
+        shared_dir, write_rules, daemon, user, name):
+    # SQLite followed it, and the ledger's chmod 0600 (or its WAL) changed what it led to.
+    state, watched, out = shared_dir / "state", shared_dir / "in", shared_dir / "out.jsonl"
+    watched.mkdir()
+    config = write_rules(json.dumps({"settings": {"state_dir": str(state)}, "rules": [
+        {"name": "job", "paths": [str(watched)], "actions": [{"command": recorder(out)}]}]}))
+    assert daemon(config).stop() == 0
+    os.chown(state, user.pw_uid, user.pw_gid)
+    victim = shared_dir / "victim.db"  # root's database, which any user may read
+    with contextlib.closing(sqlite3.connect(victim)) as database:
+        database.execute("CREATE TABLE kept(x)")
+    victim.chmod(0o644)
+    victim_bytes = victim.read_bytes()
+    as_user(user, f"ln -sf {victim} {state}/{name}")
+    process = daemon(config)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert victim.read_bytes() == victim_bytes
+    (line,) = [line for line in process.log().splitlines() if "the ledger is corrupt" in line]
+    assert (f" CRITICAL the ledger is corrupt ({state}/{name} is a symbolic link, not a "
+            "ledger: it is not followed): kept aside as ") in line
+    (aside,) = state.glob(f"ledger.db.corrupt-*{name.removeprefix('ledger.db')}")
+    assert aside.is_symlink() and not (state / name).is_symlink()
+    (watched / "after").write_bytes(b"x")
+    wait_for(lambda: records(out), what="a file acted on, on the new ledger")
+    assert "Traceback" not in process.log()

@@ -682,6 +682,32 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused(tmp_path, write_
     assert third.stop() == 0
 
 
+@ROOT_ONLY
+def test_a_second_daemon_on_a_read_only_state_directory_is_refused(
+        tmpfs_state, tmp_path, write_rules, daemon):
+    # The lock file could not be opened for writing (EROFS): no lock was held, and both
+    # daemons ran every job the stop left.
+    first, config, out, gate = slow_then_burst(write_rules, daemon, tmp_path, stop_grace="0.2s",
+                                               state_dir=str(tmpfs_state))
+    assert first.stop() == 0
+    gate.touch()
+    with read_only(tmpfs_state):
+        alone = daemon(config)
+        wait_for(lambda: set(runs_by_name(out)) == {"slow", *burst_names()},
+                 what="every job the stop left run, from memory")
+        second = daemon(config, wait=False)
+        assert second.process.wait(15) == 3, second.log()
+        assert ("cannot start: another watchd (pid unknown) uses the state directory "
+                f"{tmpfs_state}: give each instance a settings.state_dir of its own"
+                ) in second.log()
+        make_files(tmp_path / "in", ["after"])
+        wait_for(lambda: "after" in runs_by_name(out))
+        assert alone.stop() == 0
+    runs = runs_by_name(out)
+    assert len(runs.pop("slow")) == 2  # cut short by the stop, then run at the start
+    assert all(len(envs) == 1 for envs in runs.values()), runs
+
+
 @pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not
 def test_a_locked_ledger_degrades_and_recovers_when_released(tmp_path, write_rules, daemon):
     state = tmp_path / "state"
@@ -795,7 +821,17 @@ def truncated(ledger: Path) -> None:
         file.truncate(os.path.getsize(ledger) // 2)
 
 
-@pytest.mark.parametrize("spoil", [garbage, truncated], ids=["garbage", "truncated"])
+def foreign(ledger: Path) -> None:
+    """Another program's database in its place (its own ``jobs``): it got watchd's tables
+    added, and the daemon stayed degraded ("no such column: state"), never putting it aside."""
+    ledger.unlink()
+    with contextlib.closing(sqlite3.connect(ledger)) as other:
+        other.executescript("CREATE TABLE jobs(id INTEGER PRIMARY KEY, name TEXT); "
+                            "INSERT INTO jobs VALUES(1, 'precious');")
+
+
+@pytest.mark.parametrize("spoil", [garbage, truncated, foreign],
+                         ids=["garbage", "truncated", "foreign"])
 def test_a_corrupt_ledger_is_kept_aside_and_a_new_one_begun(tmp_path, write_rules, daemon,
                                                             spoil):
     state = tmp_path / "state"
@@ -806,11 +842,13 @@ def test_a_corrupt_ledger_is_kept_aside_and_a_new_one_begun(tmp_path, write_rule
     assert first.stop() == 0
     assert set(os.listdir(state)) == {"ledger.db", "lock"}, os.listdir(state)
     spoil(state / "ledger.db")
+    spoiled = (state / "ledger.db").read_bytes()
     second = daemon(first.config)
     (line,) = log_lines(second, "the ledger is corrupt")
     assert " CRITICAL " in line and "a new ledger is begun" in line
     (aside,) = state.glob("ledger.db.corrupt-*")
     assert f"kept aside as {aside}" in line
+    assert aside.read_bytes() == spoiled  # kept as it was
     make_files(watched, ["after"])
     wait_for(lambda: "after" in runs_by_name(out))
     wait_for(lambda: not ledger_jobs(state))
@@ -825,6 +863,56 @@ def test_watchd_jobs_on_a_corrupt_ledger_says_so_without_a_traceback(tmp_path, w
         result = jobs_cli(config, *args)
         assert result.returncode == 1, result
         assert "cannot read the ledger" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_damaged_row_of_queued_jobs_is_said_and_skipped_and_the_rest_run(
+        tmp_path, write_rules, daemon):
+    # The start died on "ValueError: bad marshal data", and watchd jobs list with a traceback.
+    first, config, out, gate = slow_then_burst(write_rules, daemon, tmp_path, stop_grace="0.2s")
+    assert first.stop() == 0
+    gate.touch()
+    state = tmp_path / "state"
+    with contextlib.closing(sqlite3.connect(state / "ledger.db")) as ledger, ledger:
+        ledger.execute("INSERT INTO queued VALUES(1000, 1002, x'00ff00ff')")
+    second = daemon(config)
+    (line,) = log_lines(second, "the ledger is damaged")
+    assert (" CRITICAL the ledger is damaged: the row of queued jobs 1000-1002 (3 not ended) "
+            "cannot be read: bad marshal data (unknown type code). Those jobs are not run") in line
+    wait_for(lambda: set(runs_by_name(out)) == {"slow", *burst_names()},
+             what="every job the stop left run")
+    assert second.stop() == 0
+    assert all(len(runs_by_name(out)[name]) == 1 for name in burst_names())
+    assert not list(state.glob("ledger.db.corrupt-*"))  # the rest of the ledger is kept
+    listing = jobs_cli(config, "list")
+    assert listing.returncode == 1 and listing.stdout.startswith("jobs: "), listing
+    assert (f"watchd: the ledger {state / 'ledger.db'} is damaged: the row of queued jobs "
+            "1000-1002 (3 not ended) cannot be read: bad marshal data (unknown type code); "
+            "those jobs are not listed\n") == listing.stderr
+
+
+def test_a_ledger_of_a_newer_watchd_refuses_the_start_and_is_left_as_it_is(
+        tmp_path, write_rules, daemon):
+    # A downgraded watchd wrote it as its own (its schema number lowered to none: "WHERE
+    # value<?" only), beside columns and tables it does not know.
+    state = tmp_path / "state"
+    first, _, _ = start_on(write_rules, daemon, tmp_path, state)
+    assert first.stop() == 0
+    ledger = state / "ledger.db"
+    with contextlib.closing(sqlite3.connect(ledger)) as newer, newer:
+        newer.execute("UPDATE meta SET value=? WHERE key='schema'", (store.SCHEMA_VERSION + 1,))
+        newer.execute("CREATE TABLE future(x)")
+        kept = list(newer.iterdump())
+    second = daemon(first.config, wait=False)
+    assert second.process.wait(15) == 3
+    assert (f" CRITICAL cannot start: the ledger {ledger} was made by a newer watchd (its "
+            f"schema is {store.SCHEMA_VERSION + 1}, this version's {store.SCHEMA_VERSION}): it "
+            "is left as it is. Install that version again, or move the file away to begin a "
+            "new ledger (the jobs in it are then not run)\n") in second.log()
+    assert "Traceback" not in second.log()
+    with contextlib.closing(sqlite3.connect(ledger)) as newer:
+        assert list(newer.iterdump()) == kept
+    listing = jobs_cli(first.config, "list")
+    assert listing.returncode == 1 and "was made by a newer watchd" in listing.stderr, listing
 
 
 def test_dead_letters_past_the_bound_drop_the_oldest_and_say_so(tmp_path, write_rules, daemon):

@@ -24,6 +24,7 @@ from watchd.outbox.deadletters import (
     jobs_on_disk,
     ledger_listing,
     runnable_jobs,
+    unlisted,
 )
 
 T = TypeVar("T")
@@ -70,7 +71,9 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
         if change in ("retry", "drop"):
             return _changed(daemon, str(change), _ids(request.get("ids")))
         dead_only = bool(request.get("dead"))
-        read = _read(daemon.ledger.file, lambda connection: jobs_on_disk(connection, dead_only))
+        damaged: list[store.DamagedRow] = []
+        read = _read(daemon.ledger.file,
+                     lambda connection: jobs_on_disk(connection, dead_only, damaged))
         rows, deliveries = read or ([], [])
         rows = daemon.ledger.with_pending(rows)
         notes = _unread(daemon, read)
@@ -82,7 +85,7 @@ def answers(daemon: Daemon) -> dict[str, Answer]:
                 notes = [f"the ledger cannot be written ({daemon.ledger.problem}): jobs are "
                          "listed as the daemon holds them"]
         return {"lines": list(ledger_listing(rows, deliveries, bool(request.get("json")))),
-                "stderr": notes}
+                "stderr": notes + unlisted(daemon.ledger.file, damaged)}
 
     def trace_of(request: dict[str, object]) -> object:
         rules = _strings(request.get("rules"), "rules")

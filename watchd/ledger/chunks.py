@@ -40,7 +40,8 @@ class Chunks:
         self.left.clear()
         for first, _ in connection.execute("SELECT first, last FROM queued"):
             self.left[first] = 0
-        for first, row in packed_jobs(connection):
+        # A row that cannot be read holds none: the writer said so, reading the jobs.
+        for first, row in packed_jobs(connection, damaged=[]):
             self.row_of[row.id] = first
             self.left[first] += 1
 

@@ -22,6 +22,7 @@ import marshal
 import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -60,6 +61,9 @@ CREATE TABLE IF NOT EXISTS deliveries(seq INTEGER PRIMARY KEY, id TEXT UNIQUE NO
     body BLOB NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
     dead INTEGER NOT NULL, url TEXT);
 """
+# The columns each upgrade adds to a table of an earlier version (a table it lacks, ``roots``,
+# is made by ``_create``).
+_ADDED_COLUMNS = (("jobs", "batch", "BLOB"), ("deliveries", "url", "TEXT"))
 DELIVERY_COLUMNS = ("id", "rule", "action", "event", "path", "body", "created", "attempts",
                     "last_error", "url", "dead")
 # A delivery, new or as it is now (attempts made, given up on); it keeps its place in order.
@@ -140,31 +144,48 @@ def path_in(state_dir: Path) -> Path:
     return state_dir / FILE_NAME
 
 
+class NotALedger(sqlite3.DatabaseError):
+    """A file where the ledger is that is not one: not a regular file (a symlink planted
+    there), or a database of another program. It is kept aside as a corrupt one, unchanged."""
+
+
+class NewerLedger(sqlite3.Error):
+    """A ledger a newer watchd made (the package was downgraded): neither read nor written,
+    as this version cannot tell what the newer one keeps in it."""
+
+
+class DamagedRow(sqlite3.DatabaseError):
+    """A row of ``queued`` whose packed jobs cannot be read, in a ledger that can."""
+
+
 def connect(file: Path, *, create: bool) -> sqlite3.Connection:
     """A connection in WAL mode, each commit durable (``synchronous=FULL``); with ``create``,
     the state directory and schema are made if missing. Raises ``sqlite3.DatabaseError`` for a
-    file that is not a database, ``OSError``/``sqlite3.OperationalError`` if it cannot be had."""
+    file that is not a database (``NotALedger`` for one that is not a ledger), ``NewerLedger``,
+    ``OSError``/``sqlite3.OperationalError`` if it cannot be had."""
     if create:
         file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     elif not file.exists():
         raise FileNotFoundError(f"no ledger at {file}")
+    _refuse_unless_regular(file)
     uri = f"file:{file}" + ("" if create else "?mode=rw")
     connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
                                  isolation_level=None, check_same_thread=False)
     try:
+        _refuse_unless_ledger(connection, file)  # before anything is written to it
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
         if create:
             with transaction(connection):
                 _create(connection)
         _upgrade(connection)
-        # Reading a table proves the file is a database, and a ledger.
+        # Reading a table proves the file is a ledger (one without tables is made one above).
         connection.execute("SELECT count(*) FROM jobs WHERE id < 0").fetchone()
+        if create:
+            _only_for_its_owner(file)
     except BaseException:
         connection.close()
         raise
-    if create:
-        os.chmod(file, 0o600)
     return connection
 
 
@@ -174,23 +195,96 @@ def read_only(file: Path) -> sqlite3.Connection:
     ``-shm`` there (a writer, or a crash, leaves it). With no WAL either, nothing is being
     written to the file, and it is read as immutable (a writer that begins then writes its
     WAL, not the file). Raises ``sqlite3.Error`` as ``connect``."""
+    _refuse_unless_regular(file)
     try:
-        return _reading(f"file:{file}?mode=ro")
+        return _reading(file, f"file:{file}?mode=ro")
     except sqlite3.OperationalError:
         if os.path.exists(f"{file}-wal"):
             raise
-    return _reading(f"file:{file}?mode=ro&immutable=1")
+    return _reading(file, f"file:{file}?mode=ro&immutable=1")
 
 
-def _reading(uri: str) -> sqlite3.Connection:
+def _reading(file: Path, uri: str) -> sqlite3.Connection:
     connection = sqlite3.connect(uri, uri=True, isolation_level=None,
                                  timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     try:
+        _refuse_unless_ledger(connection, file)
         connection.execute("SELECT count(*) FROM jobs WHERE id < 0").fetchone()
     except BaseException:
         connection.close()
         raise
     return connection
+
+
+def _refuse_unless_regular(file: Path) -> None:
+    """The ledger, its WAL and its shm are regular files of one name each: SQLite follows a
+    symlink planted there, and would write, and make 0600, what it leads to."""
+    for name in (str(file), f"{file}-wal", f"{file}-shm"):
+        try:
+            status = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(status.st_mode):
+            raise _symlink(name)
+        if not stat.S_ISREG(status.st_mode):
+            raise NotALedger(f"{name} is not a regular file, not a ledger")
+
+
+def _symlink(name: str) -> NotALedger:
+    return NotALedger(f"{name} is a symbolic link, not a ledger: it is not followed")
+
+
+def _refuse_unless_ledger(connection: sqlite3.Connection, file: Path) -> None:
+    """A database with tables is a ledger if it has watchd's schema row, of this version or
+    an earlier one, and the columns of that version (an upgrade adds only ``_ADDED_COLUMNS``):
+    another program's database (a ``jobs`` table of its own) is not one, nor to be changed."""
+    tables = {name for (name,) in connection.execute(
+        "SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        return  # new
+    row = (connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+           if "meta" in tables else None)
+    if row is None or not isinstance(row[0], int):
+        raise NotALedger(f"{file} is a database without watchd's schema (its tables: "
+                         f"{', '.join(sorted(tables))}), not a ledger")
+    if row[0] > SCHEMA_VERSION:
+        raise NewerLedger(f"the ledger {file} was made by a newer watchd (its schema is "
+                          f"{row[0]}, this version's {SCHEMA_VERSION}): it is left as it is. "
+                          "Install that version again, or move the file away to begin a new "
+                          "ledger (the jobs in it are then not run)")
+    for table in sorted(tables & _NEEDED_COLUMNS.keys()):
+        have = {column[1] for column in connection.execute(f"PRAGMA table_info({table})")}
+        if missing := _NEEDED_COLUMNS[table] - have:
+            raise NotALedger(f"{file} is not a ledger: its table {table} has no column "
+                             f"{', '.join(sorted(missing))}")
+
+
+def _needed_columns() -> dict[str, set[str]]:
+    """The columns of each table of the schema, but those an upgrade adds."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as scratch:
+        scratch.executescript(_SCHEMA)
+        tables = [name for (name,) in scratch.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")]
+        return {table: {column[1] for column in scratch.execute(f"PRAGMA table_info({table})")}
+                - {added for name, added, _ in _ADDED_COLUMNS if name == table}
+                for table in tables}
+
+
+_NEEDED_COLUMNS = _needed_columns()
+
+
+def _only_for_its_owner(file: Path) -> None:
+    """Mode 0600, never through a symlink swapped in since the check (``os.chmod`` follows
+    one, and Linux has no ``lchmod``). Through an ``O_PATH`` descriptor, as glibc's
+    ``fchmodat(AT_SYMLINK_NOFOLLOW)``: closing any other descriptor of the file would drop
+    the POSIX locks this process's SQLite connections hold on it."""
+    descriptor = os.open(file, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if stat.S_ISLNK(os.fstat(descriptor).st_mode):
+            raise _symlink(str(file))
+        os.chmod(f"/proc/self/fd/{descriptor}", 0o600)
+    finally:
+        os.close(descriptor)
 
 
 def _create(connection: sqlite3.Connection) -> None:
@@ -203,9 +297,8 @@ def _create(connection: sqlite3.Connection) -> None:
 
 
 def _upgrade(connection: sqlite3.Connection) -> None:
-    """A ledger of an earlier version, made current: each step adds what it lacks (a table
-    it lacks, ``roots``, was made by ``_create``)."""
-    for table, column, kind in (("jobs", "batch", "BLOB"), ("deliveries", "url", "TEXT")):
+    """A ledger of an earlier version, made current: each step adds what it lacks."""
+    for table, column, kind in _ADDED_COLUMNS:
         columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
         if columns and column not in columns:
             with transaction(connection):
@@ -270,9 +363,10 @@ def next_id(connection: sqlite3.Connection) -> int:
 
 
 def jobs(connection: sqlite3.Connection, states: Iterable[str] = (*UNFINISHED, DEAD),
-         ids: Iterable[int] | None = None) -> list[JobRow]:
+         ids: Iterable[int] | None = None,
+         damaged: list[DamagedRow] | None = None) -> list[JobRow]:
     """The jobs in these states (of these ids): rows of ``jobs``, and the packed jobs not
-    ended (queued), in the order of their ids."""
+    ended (queued), in the order of their ids; ``damaged`` as ``packed_jobs``."""
     wanted = tuple(states)
     chosen = None if ids is None else tuple(ids)
     query = (f"SELECT {','.join(JOB_COLUMNS)} FROM jobs "
@@ -284,7 +378,7 @@ def jobs(connection: sqlite3.Connection, states: Iterable[str] = (*UNFINISHED, D
     rows = [_row(row) for row in connection.execute(query, parameters)]
     if QUEUED in wanted:
         have = {job_id for (job_id,) in connection.execute("SELECT id FROM jobs")}
-        rows.extend(row for _, row in packed_jobs(connection) if row.id not in have
+        rows.extend(row for _, row in packed_jobs(connection, damaged) if row.id not in have
                     and (chosen is None or row.id in chosen))
     return sorted(rows)
 
@@ -305,16 +399,39 @@ def pack(rows: list[JobRow]) -> bytes:
 
 
 def unpack(data: bytes) -> list[JobRow]:
+    """Raises ``ValueError`` for data that is not packed jobs (damaged on the disk)."""
+    try:
+        packed = marshal.loads(data)
+    except (EOFError, TypeError) as error:  # cut short; not bytes (a value of another type)
+        raise ValueError(error) from None
+    if not isinstance(packed, list) or not all(
+            isinstance(values, tuple) and len(values) in (_PACKED, _PACKED + 1)
+            for values in packed):
+        raise ValueError("not a list of packed jobs")
     return [JobRow(*values) if len(values) == _PACKED
             else JobRow(*values[:_PACKED])._replace(batch=values[_PACKED])
-            for values in marshal.loads(data)]
+            for values in packed]
 
 
-def packed_jobs(connection: sqlite3.Connection) -> Iterator[tuple[int, JobRow]]:
-    """Every packed job not ended: (the first id of its row, the job as queued)."""
+def packed_jobs(connection: sqlite3.Connection,
+                damaged: list[DamagedRow] | None = None) -> Iterator[tuple[int, JobRow]]:
+    """Every packed job not ended: (the first id of its row, the job as queued). A row that
+    cannot be read is noted in ``damaged`` and skipped (the rest can be run); without
+    ``damaged``, raised."""
     ended = {job_id for (job_id,) in connection.execute("SELECT id FROM ended")}
-    for first, data in connection.execute("SELECT first, data FROM queued ORDER BY first"):
-        for row in unpack(data):
+    for first, last, data in connection.execute(
+            "SELECT first, last, data FROM queued ORDER BY first"):
+        try:
+            rows = unpack(data)
+        except ValueError as error:
+            not_ended = last - first + 1 - sum(first <= job_id <= last for job_id in ended)
+            problem = DamagedRow(f"the row of queued jobs {first}-{last} ({not_ended} not "
+                                 f"ended) cannot be read: {error}")
+            if damaged is None:
+                raise problem from None
+            damaged.append(problem)
+            continue
+        for row in rows:
             if row.id not in ended:
                 yield first, row._replace(state=QUEUED, is_dir=bool(row.is_dir),
                                           caught_up=bool(row.caught_up))

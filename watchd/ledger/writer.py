@@ -98,8 +98,10 @@ class Ledger:
     def open(self) -> list[JobRow]:
         """Open (or make) the database; the jobs a stop or a crash left unfinished. A file
         SQLite cannot read is put aside and a new ledger begun; one that cannot be opened
-        (read-only, full, locked) leaves the ledger degraded, tried again in the background."""
-        rows, _ = self._try_open()  # the deliveries asked for are waiting ones, at a start
+        (read-only, full, locked) leaves the ledger degraded, tried again in the background.
+        Raises ``store.NewerLedger``: a downgraded watchd does not start on a newer ledger."""
+        # The deliveries asked for are waiting ones, at a start.
+        rows, _ = self._try_open(at_start=True)
         if self._connection is None:
             # Ids given before the ledger can be read must not be those of the jobs in it:
             # these start past any it can hold (microseconds since the epoch).
@@ -280,16 +282,19 @@ class Ledger:
             elif len(self._pending) == 1:  # else the writer was woken already
                 self._changed.notify()
 
-    def _try_open(self) -> tuple[list[JobRow], list[tuple[object, ...]]]:
-        """The jobs left unfinished, and the dead deliveries asked for again (made waiting)."""
+    def _try_open(self, at_start: bool = False) -> tuple[list[JobRow], list[tuple[object, ...]]]:
+        """The jobs left unfinished, and the dead deliveries asked for again (made waiting).
+        A newer ledger refuses the start (``at_start``), else leaves the ledger degraded."""
         try:
             connection = self._connect()
-            rows = store.jobs(connection, store.UNFINISHED)
+            rows = self._unfinished(connection)
             self._chunks.load(connection)
             first = store.next_id(connection)
             self._instance = store.instance(connection)
             asked = store.take_asked_deliveries(connection)  # last: nothing fails after it
         except (OSError, sqlite3.Error) as error:
+            if at_start and isinstance(error, store.NewerLedger):
+                raise
             self._failed(f"cannot open {self.file}: {_reason(error)}")
             return [], []
         with self._changed:
@@ -307,9 +312,23 @@ class Ledger:
         memory, as the jobs queued while it cannot be, rather than wait for it."""
         try:
             with contextlib.closing(store.read_only(self.file)) as connection:
-                return store.jobs(connection, store.UNFINISHED)
+                return self._unfinished(connection)
+        except store.NewerLedger:
+            raise  # read only at the start, which it refuses
         except (OSError, sqlite3.Error):
             return []  # found once the ledger can be opened
+
+    def _unfinished(self, connection: sqlite3.Connection) -> list[JobRow]:
+        """The jobs left unfinished. Those of a row that cannot be read are lost, and said
+        to be: the rest of the ledger (the other jobs, the dead letters, what the rules saw)
+        is read, rather than put aside with them."""
+        damaged: list[store.DamagedRow] = []
+        rows = store.jobs(connection, store.UNFINISHED, damaged=damaged)
+        for problem in damaged:
+            log(logging.CRITICAL, f"the ledger is damaged: {problem}. Those jobs are not run; "
+                "the row is left in the ledger (table queued) to look at with sqlite3",
+                message_id=MessageId.LEDGER_CORRUPT, path=str(self.file))
+        return rows
 
     def _connect(self) -> sqlite3.Connection:
         try:

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from watchd.actions.webhook import Endpoint, Webhook, attempt
 from watchd.core.logs import escape
@@ -40,12 +41,18 @@ def dead_deliveries(connection: sqlite3.Connection) -> list[DeadDelivery]:
             for delivery in map(delivery_of, store.dead_deliveries(connection))]
 
 
-def jobs_on_disk(connection: sqlite3.Connection,
-            dead_only: bool) -> tuple[list[JobRow], list[DeadDelivery]]:
+def jobs_on_disk(connection: sqlite3.Connection, dead_only: bool,
+                 damaged: list[store.DamagedRow]) -> tuple[list[JobRow], list[DeadDelivery]]:
     """What ``watchd jobs list`` shows of the ledger (its dead letters only): the jobs, and
-    the dead webhook deliveries."""
+    the dead webhook deliveries; a row of queued jobs that cannot be read, in ``damaged``."""
     states = (store.DEAD,) if dead_only else (*store.UNFINISHED, store.DEAD)
-    return store.jobs(connection, states), dead_deliveries(connection)
+    return store.jobs(connection, states, damaged=damaged), dead_deliveries(connection)
+
+
+def unlisted(file: Path, damaged: list[store.DamagedRow]) -> list[str]:
+    """What ``watchd jobs list`` says of the rows of queued jobs it could not read."""
+    return [f"the ledger {file} is damaged: {problem}; those jobs are not listed"
+            for problem in damaged]
 
 
 def ledger_listing(rows: list[JobRow], deliveries: list[DeadDelivery],

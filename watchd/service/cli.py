@@ -33,6 +33,7 @@ from watchd.outbox.deadletters import (
     ledger_listing,
     listing,
     replay,
+    unlisted,
 )
 from watchd.outbox.spool import DirectWriter, Spool
 from watchd.service.daemon import Daemon
@@ -348,8 +349,12 @@ def _jobs(args: argparse.Namespace) -> int:
     try:
         connection = _open_ledger(state_dir, writable=not listing_only)
         if listing_only:
-            rows, deliveries = jobs_on_disk(connection, dead) if connection else ([], [])
-            return _said(command, list(ledger_listing(rows, deliveries, as_json)), [])
+            damaged: list[store.DamagedRow] = []
+            rows, deliveries = (jobs_on_disk(connection, dead, damaged) if connection
+                                else ([], []))
+            _said(command, list(ledger_listing(rows, deliveries, as_json)),
+                  [f"watchd: {note}" for note in unlisted(store.path_in(state_dir), damaged)])
+            return 1 if damaged else 0
         return _said(command, *change_dead_letters(connection, command, ids, ruleset))
     except sqlite3.Error as error:
         print(f"watchd: cannot read the ledger in {state_dir}: {error}", file=sys.stderr)

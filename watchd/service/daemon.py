@@ -38,7 +38,7 @@ from watchd.core.wakeup import Doorbell
 from watchd.ledger import owner
 from watchd.ledger.others import OthersWrites
 from watchd.ledger.rows import job_of, row_of
-from watchd.ledger.store import QUEUED, REQUESTED, RETRYING, JobRow
+from watchd.ledger.store import QUEUED, REQUESTED, RETRYING, JobRow, NewerLedger
 from watchd.ledger.writer import Ledger
 from watchd.outbox.outboxes import Deliveries
 from watchd.run.catchup import CatchUp
@@ -135,7 +135,7 @@ class Daemon:
     def _serve(self, ruleset: RuleSet) -> int:
         try:
             self._start(ruleset)
-        except OSError as error:
+        except (OSError, NewerLedger) as error:
             log(logging.CRITICAL, f"cannot start: {error}")
             return EX_FATAL
         self._start_metrics()
