@@ -120,7 +120,7 @@ class Start:
             self.workers.stop(5)
         self.jobs.close()
         started = time.perf_counter()
-        left = self.ledger.close(300)
+        left = self.ledger.close(300).operations
         seconds = time.perf_counter() - started
         self.notifier.table.manager.close()  # never started: its inotify fd is closed here
         if left:

@@ -272,7 +272,7 @@ class LedgerWatchd(Watchd):
         self.notifier.stop()
         LedgerWatchd.queued.append(len(self.jobs))
         started = time.perf_counter()
-        LedgerWatchd.unwritten.append(self.ledger.close(60))
+        LedgerWatchd.unwritten.append(self.ledger.close(60).operations)
         LedgerWatchd.drained.append(time.perf_counter() - started)
 
 

@@ -78,6 +78,19 @@ def env_of(record: dict) -> dict[str, bytes]:
     return {key: bytes.fromhex(value) for key, value in record["env"].items()}
 
 
+def jobs_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``watchd jobs ARGS --config CONFIG``, as an admin runs it."""
+    return subprocess.run([PYTHON, "-m", "watchd", "jobs", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def listed(config: Path, *args: str) -> list[dict]:
+    """The jobs ``watchd jobs list --json ARGS`` lists."""
+    result = jobs_cli(config, "list", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["jobs"]
+
+
 class Daemon:
     """``watchd run`` as a real subprocess, with its log in a file."""
 

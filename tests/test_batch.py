@@ -229,6 +229,25 @@ def test_a_batch_whose_rule_no_longer_batches_is_a_dead_letter_that_says_why(
     assert sorted(argv_of(run)) == [os.fsencode(watched / name) for name in ("a", "b")]
 
 
+def test_a_reload_that_takes_batch_from_a_rule_runs_each_held_path_under_it(
+        tmp_path, write_rules, daemon):
+    watched, out = tmp_path / "in", tmp_path / "out.jsonl"
+    watched.mkdir()
+    process = daemon(batch_rule(write_rules, watched, recorder(out, "{paths}"),
+                                {"window": "1h"}))
+    for name in ("a", "b"):
+        (watched / name).write_bytes(b"x")
+    wait_for(lambda: "batching=2" in counters_line(process), what="two paths in the batch")
+    write_rules(json.dumps({"rules": [{
+        "name": "sync", "paths": [str(watched)], "recursive": True,
+        "actions": [{"command": recorder(out, "{path}")}]}]}))
+    process.signal(signal.SIGHUP)
+    wait_for(lambda: len(runs(out)) == 2, what="a run for each path")
+    assert sorted(argv_of(run) for run in runs(out)) == [
+        [os.fsencode(watched / name)] for name in ("a", "b")]
+    assert "internal error" not in process.log()
+
+
 def test_a_batch_cut_short_by_kill_9_runs_again_whole_as_the_same_job(tmp_path, write_rules,
                                                                       daemon):
     watched, out = tmp_path / "in", tmp_path / "out.jsonl"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, counters, env_of, recorder, records, wait_for
+from conftest import Daemon, counters, env_of, jobs_cli, listed, recorder, records, wait_for
 
 from watchd.config.compile import compile_rules
 from watchd.config.loader import load
@@ -95,18 +95,6 @@ def ledger_jobs(state: Path) -> list[dict]:
     with contextlib.closing(sqlite3.connect(f"file:{state / 'ledger.db'}?mode=ro",
                                             uri=True, timeout=5)) as connection:
         return [row._asdict() for row in store.jobs(connection)]
-
-
-def jobs_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``watchd jobs ARGS --config CONFIG``, as an admin runs it."""
-    return subprocess.run([sys.executable, "-m", "watchd", "jobs", *args, "--config", str(config)],
-                          capture_output=True, text=True, timeout=30)
-
-
-def listed(config: Path, *args: str) -> list[dict]:
-    result = jobs_cli(config, "list", "--json", *args)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["jobs"]
 
 
 def log_lines(process: Daemon, text: str) -> list[str]:
@@ -720,6 +708,48 @@ def test_a_locked_ledger_degrades_and_recovers_when_released(tmp_path, write_rul
         finally:
             other.execute("ROLLBACK")
     assert_recovers(process, watched, out, state)
+
+
+@pytest.mark.slow  # the stop tries to write for LEDGER_STOP_WAIT: make test runs it
+@pytest.mark.parametrize("catch_up", [False, True], ids=["catch_up_off", "catch_up"])
+def test_a_stop_while_the_ledger_is_locked_says_which_jobs_are_lost(tmp_path, write_rules,
+                                                                    daemon, catch_up):
+    # The stop line said at INFO that the burst waited in the ledger for the next start, which
+    # found none of it: it was never written.
+    watched, out, gate = tmp_path / "in", tmp_path / "out.jsonl", tmp_path / "gate"
+    watched.mkdir()
+    rule = {"name": "job", "paths": [str(watched)], "catch_up": catch_up,
+            "actions": [{"command": gated(out, gate)}]}
+    config = write_rules(json.dumps({"settings": {"workers": 1, "stop_grace": "100ms"},
+                                     "rules": [rule]}))
+    process = daemon(config)
+    make_files(watched, ["slow"])
+    wait_for(lambda: "slow" in runs_by_name(out))  # on disk: a worker took it
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "ledger.db",
+                                            isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            make_files(watched, burst_names())
+            process.wait_log(DEGRADED)
+            assert process.stop() == 0
+        finally:
+            other.execute("ROLLBACK")
+    (lost,) = log_lines(process, "lost at the stop")
+    assert f" ERROR {BURST} job(s) lost at the stop, not kept: the ledger could not be written " \
+           "(cannot write" in lost, lost
+    told = "its catch-up acts on what they changed at the next start" if catch_up else "not run"
+    assert f"{BURST} of rule 'job' ({told})" in lost, lost
+    (stopped,) = log_lines(process, " stopped")
+    assert f"; 1 job(s) wait in the ledger for the next start; {BURST} job(s) lost" in stopped
+    gate.touch()
+    daemon(config)
+    wait_for(lambda: not listed(config), what="the job the stop cut short run again")
+    runs = runs_by_name(out)
+    if catch_up:
+        wait_for(lambda: set(runs_by_name(out)) >= set(burst_names()), what="the burst caught up")
+        runs = runs_by_name(out)
+        assert all(runs[name][-1]["WATCHD_CAUGHT_UP"] == b"1" for name in burst_names())
+    assert set(runs) == {"slow", *(burst_names() if catch_up else [])}
 
 
 @pytest.mark.slow  # waits for the writer's next try: make test runs it, make check does not

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import marshal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from watchd.core.events import EVENT_BITS, FileEvent
 from watchd.core.job import Job
-from watchd.core.rules import RuleSet
+from watchd.core.rules import Root, Rule, RuleSet
 from watchd.ledger.store import QUEUED, JobRow
 
 
@@ -65,18 +65,38 @@ def _events_of(batch: bytes) -> tuple[FileEvent, ...]:
 def job_of(row: JobRow, ruleset: RuleSet) -> Job | str:
     """The job a row keeps, under the rules in force now; why not, if it cannot be (its
     rule, its root or its action is gone)."""
-    rule = next((rule for rule in ruleset.rules if rule.name == row.rule and rule.enabled), None)
-    if rule is None:
-        return f"its rule {row.rule!r} is gone or disabled"
-    root = ruleset.roots_by_path.get(row.root)
-    if root is None or rule not in root.rules:
-        return f"rule {row.rule!r} no longer watches {row.root.decode(errors='replace')}"
-    if row.step > len(rule.actions):
-        return f"rule {row.rule!r} has no action {row.step} now"
-    if row.batch and rule.batch is None:
+    found = _rule_and_root(ruleset, row.rule, row.root, row.step)
+    if isinstance(found, str):
+        return found
+    if row.batch and found[0].batch is None:
         # Its actions name one path ({path}, {name}…), a batch has none to give them.
         return f"rule {row.rule!r} no longer batches: a batch runs only under a rule with batch"
     event = FileEvent(row.path, row.event, EVENT_BITS.get(row.event, 0), row.is_dir,
                       row.src_path, caught_up=row.caught_up)
     batch = _events_of(row.batch) if row.batch else ()
-    return Job(rule, root, event, row.id, row.step, row.tries, batch)
+    return Job(*found, event, row.id, row.step, row.tries, batch)
+
+
+def under(ruleset: RuleSet, job: Job) -> Job | str:
+    """A job held in memory under the rules of a reload (``ruleset``): its rule's of the same
+    name now; why not, as ``job_of``."""
+    found = _rule_and_root(ruleset, job.rule.name, job.root.path, job.step)
+    if isinstance(found, str):
+        return found
+    rule, root = found
+    return replace(job, rule=rule, root=root)
+
+
+def _rule_and_root(ruleset: RuleSet, name: str, root_path: bytes,
+                   step: int) -> tuple[Rule, Root] | str:
+    """The rule named ``name`` and its root at ``root_path`` in ``ruleset``, able to run
+    action ``step``; why not, if they cannot be."""
+    rule = next((rule for rule in ruleset.rules if rule.name == name and rule.enabled), None)
+    if rule is None:
+        return f"its rule {name!r} is gone or disabled"
+    root = ruleset.roots_by_path.get(root_path)
+    if root is None or rule not in root.rules:
+        return f"rule {name!r} no longer watches {root_path.decode(errors='replace')}"
+    if step > len(rule.actions):
+        return f"rule {name!r} has no action {step} now"
+    return rule, root

@@ -12,7 +12,8 @@ When a commit fails (a full disk, a read-only or locked database) the operations
 memory, in order, and are tried again every ``RETRY_INTERVAL``: the daemon runs on, degraded
 and saying so, and loses nothing it can hold. Past ``MAX_PENDING`` held operations the
 records of what rules saw go first (a later catch-up may then act once more), then nothing:
-jobs themselves are also in the queue, which is bounded.
+jobs themselves are also in the queue, which is bounded. A close goes on trying until its
+timeout; what it could not write it says (``Unwritten``): the jobs among it are lost.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 from watchd.core.job import Job
 from watchd.core.journal import MessageId
@@ -47,6 +48,17 @@ BATCH_LIMIT = 2000
 # How long what nobody waits for (a job's end, a delivery acknowledged) may wait to be written
 # with what comes after it: a job queued is written at once, and takes these with it.
 LAZY_WINDOW = 0.05
+# While closing, how soon a write that failed is tried again (each try may also wait for
+# another process's lock: store.BUSY_TIMEOUT_MS).
+CLOSE_RETRY_INTERVAL = 0.2
+
+
+class Unwritten(NamedTuple):
+    """What a close could not write: how many operations, and the jobs among them kept new
+    and neither ended nor dead letters (they were to wait in the ledger, and are lost)."""
+
+    operations: int
+    jobs: list[Job]
 
 
 
@@ -71,6 +83,8 @@ class Ledger:
         self._last_id = 0
         self._committed = 0
         self._closing = False
+        self._close_by = 0.0  # while closing: when the writer gives up (monotonic)
+        self._writing: list[Operation] = []  # the batch the writer took, until written or held
         self._problem = ""  # why the ledger cannot be written now; "" when it can
         self._closed = threading.Event()  # wakes the writer from a wait between retries
         self._urgent = False  # a job waits to be on disk: commit now
@@ -254,9 +268,11 @@ class Ledger:
             while len(self._pending) > limit and not self._problem and not self._closing:
                 self._written.wait(0.5)
 
-    def close(self, timeout: float) -> int:
-        """Write what is held, stop; how many operations could not be written."""
+    def close(self, timeout: float) -> Unwritten:
+        """Write what is held, trying for up to ``timeout`` (the ledger may be let go of by
+        another process meanwhile), stop; what could not be written."""
         with self._changed:
+            self._close_by = time.monotonic() + timeout
             self._closing = True
             self._changed.notify_all()
             self._written.notify_all()
@@ -264,10 +280,10 @@ class Ledger:
         if self._thread.is_alive():
             self._thread.join(timeout)
         with self._changed:
-            left = len(self._pending)
+            left = self._writing + self._pending  # a write still under way may not end
         if self._connection is not None and not self._thread.is_alive():
             self._connection.close()
-        return left
+        return Unwritten(len(left), _jobs_lost(left))
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -354,7 +370,7 @@ class Ledger:
                         and self._taken >= self._flushing):
                     # Nobody waits for these (ends, retries, deliveries): many to a commit.
                     self._changed.wait(LAZY_WINDOW)
-                batch = self._pending[:BATCH_LIMIT]
+                batch = self._writing = self._pending[:BATCH_LIMIT]
                 del self._pending[:BATCH_LIMIT]
                 self._taken += 1
                 taken = self._taken
@@ -374,13 +390,18 @@ class Ledger:
             written = self._write(batch, upto) if self._connection is not None else False
             if written:
                 with self._changed:
+                    self._writing = []
                     self._written_batches = taken
                     self._written.notify_all()
             if not written:
                 self._hold(batch)
                 if closing:
-                    return
-                self._closed.wait(RETRY_INTERVAL)
+                    remaining = self._close_by - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    time.sleep(min(CLOSE_RETRY_INTERVAL, remaining))  # nothing wakes it now
+                else:
+                    self._closed.wait(RETRY_INTERVAL)
                 continue
             if closing:
                 with self._changed:
@@ -437,6 +458,7 @@ class Ledger:
                 self.counters.add(Count.LEDGER_DROPPED, amount=len(held) - len(kept))
                 held = kept[-MAX_PENDING:]
             self._pending = held
+            self._writing = []
 
     def _failed(self, problem: str) -> None:
         self.counters.add(Count.LEDGER_FAILURES)
@@ -480,6 +502,19 @@ def _has_urgent(operations: list[Operation]) -> bool:
         if kind == "delivery" and isinstance(value, tuple) and value[-1]:
             return True
     return False
+
+
+def _jobs_lost(operations: list[Operation]) -> list[Job]:
+    """The jobs kept new in ``operations`` that neither end nor are kept dead in them."""
+    added = {op[1]: op[2] for op in operations if op[0] == "add"}
+    for operation in operations:
+        if operation[0] == "end":
+            added.pop(operation[1], None)
+        elif operation[0] == "job":
+            row = cast(JobRow, operation[1])
+            if row.state == store.DEAD:
+                added.pop(row.id, None)
+    return [cast(Job, job) for job in added.values()]
 
 
 def _highest_job(batch: list[Operation], committed: int) -> int:

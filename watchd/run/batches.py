@@ -14,14 +14,14 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from watchd.core.argmax import argument_size
 from watchd.core.events import FileEvent
 from watchd.core.job import Job
 from watchd.core.rules import Root, Rule
-from watchd.run.deadlines import Deadlines
+from watchd.run.deadlines import Deadlines, Rebind
 
 # What the numbers of a run (its job's id, try and count, in its variables and maybe its
 # argv) may add to its exec once the batch is a job: they are not known while it collects.
@@ -81,7 +81,7 @@ class Batcher(Deadlines[BatchKey]):
             if batch is not None and path in batch.events:
                 batch.events[path] = job.event
                 return True
-            if self._held >= self.limit or self._stopping:
+            if self._held >= self.limit or self._stopped:
                 return False
             cost = argument_size(path)
             if batch is not None and batch.bytes + cost > batch.room:
@@ -100,12 +100,9 @@ class Batcher(Deadlines[BatchKey]):
 
     def _begin(self, key: BatchKey, job: Job) -> _Collecting:
         assert job.rule.batch is not None
-        due = time.monotonic() + job.rule.batch.window
-        rule, room = self._rooms.get(key, (None, 0.0))
-        if rule is not job.rule:
-            room = _room(job)
-            self._rooms[key] = (job.rule, room)
-        batch = self._batches[key] = _Collecting(job.rule, job.root, due, room)
+        due = time.monotonic() + _window(job.rule)
+        batch = self._batches[key] = _Collecting(job.rule, job.root, due,
+                                                 self._room_of(key, job))
         self._schedule(due, key)
         return batch
 
@@ -129,6 +126,39 @@ class Batcher(Deadlines[BatchKey]):
         self._batches.clear()
         self._held = 0
         return held
+
+    def _rebound(self, rebind: Rebind) -> tuple[list[tuple[Job, str]], list[Job]]:
+        ended: list[tuple[Job, str]] = []
+        singles: list[Job] = []
+        for key, batch in list(self._batches.items()):
+            current = rebind(batch.job())
+            if isinstance(current, str):
+                ended.append((self._take(key), current))
+            elif current.rule.batch is None:  # a rule no longer batching: a run per path
+                self._take(key)
+                singles += (replace(current, event=event, batch=()) for event in current.batch)
+            else:  # released the new rule's window after its first event
+                batch.due += _window(current.rule) - _window(batch.rule)
+                batch.rule, batch.root = current.rule, current.root
+                batch.room = self._room_of(key, current)
+        return ended, singles
+
+    def _room_of(self, key: BatchKey, job: Job) -> float:
+        """The room of a batch of ``job``'s rule at its root, worked out once for each rule
+        the key has had (a reload compiles new rules)."""
+        rule, room = self._rooms.get(key, (None, 0.0))
+        if rule is not job.rule:
+            room = _room(job)
+            self._rooms[key] = (job.rule, room)
+        return room
+
+    def _dues(self) -> Iterable[tuple[float, BatchKey]]:
+        return ((batch.due, key) for key, batch in self._batches.items())
+
+
+def _window(rule: Rule) -> float:
+    """A batch rule's window (a rule without ``batch`` holds nothing here)."""
+    return rule.batch.window if rule.batch is not None else 0.0
 
 
 def _room(job: Job) -> float:

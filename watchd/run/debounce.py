@@ -12,10 +12,11 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from watchd.core.job import Job, JobKey
-from watchd.run.deadlines import Deadlines
+from watchd.core.rules import Rule
+from watchd.run.deadlines import Deadlines, Rebind
 
 
 class Debouncer(Deadlines[JobKey]):
@@ -35,13 +36,13 @@ class Debouncer(Deadlines[JobKey]):
 
     def offer(self, job: Job) -> bool:
         """Hold ``job`` until its path is quiet; False if too many paths are pending."""
-        due = time.monotonic() + (job.rule.debounce or 0.0)
+        due = time.monotonic() + _quiet(job.rule)
         key = job.key
         with self._changed:
             if key in self._pending:
                 self._pending[key] = (job, due)  # its heap entry is moved on when it comes up
                 return True
-            if len(self._pending) >= self.limit:
+            if len(self._pending) >= self.limit or self._stopped:
                 return False
             self._pending[key] = (job, due)
             self._schedule(due, key)
@@ -63,3 +64,21 @@ class Debouncer(Deadlines[JobKey]):
         held = [job for job, _ in self._pending.values()]
         self._pending.clear()
         return held
+
+    def _rebound(self, rebind: Rebind) -> tuple[list[tuple[Job, str]], list[Job]]:
+        ended = []
+        for key, (job, due) in list(self._pending.items()):
+            current = rebind(job)
+            if isinstance(current, str):
+                del self._pending[key]
+                ended.append((job, current))
+            else:  # quiet since its last event for the new rule's debounce
+                self._pending[key] = (current, due - _quiet(job.rule) + _quiet(current.rule))
+        return ended, []
+
+    def _dues(self) -> Iterable[tuple[float, JobKey]]:
+        return ((due, key) for key, (_, due) in self._pending.items())
+
+
+def _quiet(rule: Rule) -> float:
+    return rule.debounce or 0.0

@@ -5,17 +5,21 @@ job, counts it, and asks the main loop to say so. A job goes through the stages 
 rule asks for, in this order: ``debounce`` (the path is quiet), ``settle`` (its size and
 mtime stay the same), ``batch`` (collected with others), then the queue. A rule with
 ``ignore_own_writes`` skips events on a path its own action is running for (see
-``watchd.run.ownwrites``).
+``watchd.run.ownwrites``). A reload's commit puts the jobs the stages hold under its rules;
+one whose rule it removed or disabled ends there, not run.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from watchd.core.events import FileEvent
 from watchd.core.job import Job
-from watchd.core.logs import escape
+from watchd.core.logs import escape, log
 from watchd.core.rules import Rule, RuleSet, Scope
 from watchd.core.stats import Count, Counters
 from watchd.core.trace import (
@@ -29,9 +33,11 @@ from watchd.core.trace import (
     SETTLING,
     tracing,
 )
+from watchd.ledger.rows import under
 from watchd.match.matcher import match
 from watchd.match.reasons import decisions
 from watchd.run.batches import Batcher, as_batch
+from watchd.run.deadlines import Deadlines
 from watchd.run.debounce import Debouncer
 from watchd.run.overlap import Overlap
 from watchd.run.ownwrites import OwnWrites
@@ -47,7 +53,7 @@ class Dispatcher:
         self.on_drop = on_drop
         self.own_writes = own_writes or OwnWrites()
         self.batcher = Batcher(self.queue, jobs.maxsize)
-        self.settler = Settler(self.collect, jobs.maxsize)
+        self.settler = Settler(self.collect, jobs.maxsize, self._end)
         self.debouncer = Debouncer(self.settle, jobs.maxsize)
         # While a catch-up runs: what it and the live events told (watchd.run.overlap).
         self.overlap: Overlap | None = None
@@ -122,11 +128,29 @@ class Dispatcher:
             size = ruleset.settings.queue_size
             self.jobs.maxsize = self.debouncer.limit = self.batcher.limit = size
             self.settler.limit = size
+            rebind = functools.partial(under, ruleset)
+            for state, stage in self._stages():
+                for job, why in stage.rebind(rebind):
+                    log(logging.WARNING, f"not run: {why} (it was {state} at the reload)",
+                        rule=job.rule.name, path=job.event.path, job=job.id or None,
+                        count=job.count if job.batch else None)
+                    self._end(job)
         return commit
+
+    def _end(self, job: Job) -> None:
+        """End a job held that will not run: its row, if the ledger keeps it (resumed)."""
+        if job.id and self.jobs.ledger is not None:
+            self.jobs.ledger.end(job.id)
+
+    def _stages(self) -> tuple[tuple[str, Deadlines[Any]], ...]:
+        """Each stage that holds jobs, with the state of what it holds, in the jobs' order."""
+        return (("debouncing", self.debouncer), ("settling", self.settler),
+                ("batching", self.batcher))
 
     def stop(self) -> list[Job]:
         """Release nothing more; the jobs of the events the stages still held (a batch rule's
-        event held before its batch is a batch of one)."""
+        event held before its batch is a batch of one). Each stage stops in the jobs' order,
+        once the one before has handed on what it was releasing."""
         held = self.debouncer.stop() + self.settler.stop()
         return [as_batch(job) for job in held] + self.batcher.stop()
 
@@ -144,8 +168,7 @@ class Dispatcher:
     def by_rule(self) -> dict[str, dict[str, int]]:
         """Each rule's jobs in the queue and paths held by each stage, by state."""
         figures = self.jobs.by_rule()
-        for state, stage in (("debouncing", self.debouncer), ("settling", self.settler),
-                             ("batching", self.batcher)):
+        for state, stage in self._stages():
             for rule, held in stage.by_rule().items():
                 figures.setdefault(rule, {})[state] = held
         return figures

@@ -15,6 +15,7 @@ import queue
 import select
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -28,6 +29,7 @@ from watchd.control.protocol import ProtocolError
 from watchd.control.protocol import socket_path as control_socket
 from watchd.control.server import ControlServer
 from watchd.core import logs
+from watchd.core.job import Job
 from watchd.core.journal import MessageId
 from watchd.core.logs import escape, log
 from watchd.core.problems import ConfigError
@@ -450,6 +452,7 @@ class Daemon:
 
     def _stop(self) -> None:
         grace = self.ruleset.settings.stop_grace
+        grace_ends = time.monotonic() + grace
         self.service.stopping(grace)
         if self.control is not None:
             self.control.stop(CONTROL_STOP_WAIT)
@@ -459,19 +462,28 @@ class Daemon:
         self.degraded.stop(CATCH_UP_STOP_WAIT)
         self.catch_up.stop(CATCH_UP_STOP_WAIT)
         held = self.dispatcher.stop()
-        for job in held:  # debounced, not yet queued: they wait in the ledger too
-            self.ledger.add(job)
+        for job in held:  # debounced, settling, batching: they wait in the ledger too
+            if not job.id:  # one resumed at the start keeps its row
+                self.ledger.add(job)
         waiting = len(held) + self.workers.stop(grace, self._asked_to_hurry) + self.workers.left
         self.deliveries.stop(DELIVERY_STOP_WAIT)
-        unwritten = self.ledger.close(LEDGER_STOP_WAIT)
+        # What the grace left, and LEDGER_STOP_WAIT: another process may let go of the ledger
+        # meanwhile (a backup, sqlite3); the stop takes no longer than the grace allowed it.
+        unwritten = self.ledger.close(max(0.0, grace_ends - time.monotonic()) + LEDGER_STOP_WAIT)
         self.others.close()
         self._report_drops()
+        lost = len(unwritten.jobs)
+        if lost:
+            _log_lost(unwritten.jobs, self.ledger)
+        waiting -= lost
         said = f"; {waiting} job(s) wait in the ledger for the next start" if waiting else ""
-        if unwritten:
-            said += f"; {unwritten} change(s) to the ledger could not be written"
+        if lost:
+            said += f"; {lost} job(s) lost: the ledger could not be written"
+        if unwritten.operations:
+            said += f"; {unwritten.operations} change(s) to the ledger could not be written"
         log(logging.INFO, "stopped" + said, message_id=MessageId.STOPPED,
-            fields={"waiting": waiting or None, "unwritten": unwritten or None,
-                    **self.counters.summary()})
+            fields={"waiting": waiting or None, "lost": lost or None,
+                    "unwritten": unwritten.operations or None, **self.counters.summary()})
 
     def _asked_to_hurry(self, timeout: float) -> bool:
         """During the stop grace: whether a second SIGTERM or SIGINT came within ``timeout``."""
@@ -488,6 +500,21 @@ class Daemon:
 
 def _wake_only(signum: int, frame: object) -> None:
     """The C-level handler has already written ``signum`` to the wakeup pipe."""
+
+
+def _log_lost(jobs: list[Job], ledger: Ledger) -> None:
+    """Say which jobs a stop lost, by rule: the ledger could not be written before it ended.
+    A rule with ``catch_up`` acts on what they changed at the next start (its records of
+    their paths were not written either)."""
+    by_rule = Counter(job.rule for job in jobs)
+    named = "; ".join(
+        f"{count} of rule {rule.name!r} (" + ("its catch-up acts on what they changed at the "
+                                              "next start" if rule.catch_up else "not run") + ")"
+        for rule, count in sorted(by_rule.items(), key=lambda item: item[0].name))
+    log(logging.ERROR, f"{len(jobs)} job(s) lost at the stop, not kept: the ledger could not be "
+        f"written ({ledger.problem or 'its last write did not end in time'}): {named}",
+        message_id=MessageId.LEDGER_DEGRADED, path=str(ledger.file), lost=len(jobs),
+        rule=",".join(sorted(rule.name for rule in by_rule)))
 
 
 def _log_load_problems(ruleset: RuleSet) -> None:
