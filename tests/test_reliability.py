@@ -232,6 +232,62 @@ def test_the_degraded_poll_tells_a_file_closed_once_its_writer_has_closed_it(
 
 
 @ROOT_ONLY
+def test_a_file_made_in_a_refused_directory_before_its_first_listing_is_acted_on(
+        tmp_path, write_rules, daemon):
+    # The first listing, a second after the refusal, only recorded what it found: a file
+    # written in between was taken for what was there at start, and never told.
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    (tree / "unwatched").mkdir(parents=True)
+    with inotify_limit("max_user_watches", root_inotify_usage()[1] + 2):  # its root, its state
+        process = daemon(write_rules(sizes_rule(tree, out)))
+        (tree / "unwatched" / "early").write_bytes(b"early")
+        process.wait_log("inotify watch limit reached")
+        wait_for(lambda: sizes_told(out), what="the degraded poll's run")
+        assert sizes_told(out) == ["early 5"]
+
+
+@ROOT_ONLY
+def test_a_subdirectory_still_refused_when_its_parent_is_watched_again_loses_nothing(
+        tmp_path, write_rules, daemon):
+    # Watched again in part, a tree's records were dropped, and the subdirectory still
+    # refused was listed afresh, only recording: what was written in it meanwhile was lost.
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    (tree / "deep" / "sub").mkdir(parents=True)
+    watches = root_inotify_usage()[1]
+    with inotify_limit("max_user_watches", watches + 2):  # its root, its state: not deep
+        process = daemon(write_rules(sizes_rule(tree, out)))
+        process.wait_log("inotify watch limit reached")
+        with inotify_limit("max_user_watches", watches + 3):  # deep, not deep/sub
+            wait_for(lambda: counters(process)["watches"] == 2, what="deep watched again")
+            (tree / "deep" / "sub" / "x").write_bytes(b"x")
+            wait_for(lambda: sizes_told(out), what="the degraded poll's run")
+            assert sizes_told(out) == ["x 1"]
+            assert counters(process)["unwatched"] == 1  # deep/sub, polled still
+
+
+@ROOT_ONLY
+def test_the_watch_limit_is_logged_once_while_it_lasts(tmp_path, write_rules, daemon):
+    # Each poll offers the refused directory a watch again; refused again, the only one, it
+    # made the ERROR be logged again at every poll.
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    (tree / "deep").mkdir(parents=True)
+    watches = root_inotify_usage()[1]
+    with inotify_limit("max_user_watches", watches + 2):
+        process = daemon(write_rules(sizes_rule(tree, out)))
+        process.wait_log("inotify watch limit reached")
+        wait_for(lambda: counters(process)["degraded_polled"] == 1, what="the tree listed")
+        for name in ("a", "b"):  # b is written once a's poll is over: two polls at least
+            (tree / "deep" / name).write_bytes(b"x")
+            wait_for(lambda name=name: f"{name} 1" in sizes_told(out), what=f"{name}'s run")
+        assert process.log().count("inotify watch limit reached") == 1
+        with inotify_limit("max_user_watches", watches + 3):
+            process.wait_log("watched again: 1 director")
+        # Nothing refused since: the next refusal is a new shortage, and said.
+        (tree / "new").mkdir()
+        process.wait_log("inotify watch limit reached", count=2)
+
+
+@ROOT_ONLY
 def test_no_inotify_instance_left_is_a_clear_fatal_error(tmp_path, write_rules, daemon):
     config = write_rules(f"rules: [{{name: x, paths: [{tmp_path}], actions: "
                          "[{command: [/bin/true]}]}]\n")

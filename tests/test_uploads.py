@@ -1,10 +1,12 @@
-"""Uploads through the real sftp-server: a rename by link() and unlink() is an arrival."""
+"""Uploads through the real sftp-server, and maildir deliveries: a rename by link() and
+unlink() is an arrival."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from conftest import env_of, recorder, records, wait_for
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
-pytestmark = pytest.mark.skipif(not (os.path.exists(SFTP_SERVER) and shutil.which("sftp")),
+needs_sftp = pytest.mark.skipif(not (os.path.exists(SFTP_SERVER) and shutil.which("sftp")),
                                 reason="needs openssh-sftp-server and openssh-client")
 SIZE = 200_000
 
@@ -45,6 +47,7 @@ def told(out: Path) -> list[tuple[str, str, str]]:
             for env in map(env_of, records(out))]
 
 
+@needs_sftp
 @pytest.mark.parametrize(("rename", "src"), [("rename -l", ".upload.tmp"),
                                              ("rename", ".upload.tmp")],
                          ids=["sftp-rename-as-link-and-unlink", "posix-rename"])
@@ -59,6 +62,7 @@ def test_an_upload_renamed_into_place_fires_once_with_its_final_name(
     assert [int(env["RECORD_SIZE"]) for env in map(env_of, records(out))] == [SIZE, SIZE]
 
 
+@needs_sftp
 def test_a_slow_direct_put_fires_once_complete(tmp_path, write_rules, daemon):
     _, out = drop_box(write_rules, daemon, tmp_path)
     sftp(tmp_path, "cd drop", "put upload.bin slow.bin", limit_kbit=800)  # about 2 s
@@ -68,6 +72,7 @@ def test_a_slow_direct_put_fires_once_complete(tmp_path, write_rules, daemon):
     assert int(env_of(record)["RECORD_SIZE"]) == SIZE
 
 
+@needs_sftp
 def test_a_file_made_in_place_is_not_taken_for_a_link(tmp_path, write_rules, daemon):
     """A hard link is an arrival; a file created and written is told by its close_write."""
     drop, out = drop_box(write_rules, daemon, tmp_path)
@@ -77,3 +82,75 @@ def test_a_file_made_in_place_is_not_taken_for_a_link(tmp_path, write_rules, dae
     wait_for(lambda: len(told(out)) == 2)
     assert sorted(told(out)) == [("close_write", "written.bin", ""),
                                  ("moved_to", "linked.bin", "")]
+
+
+def maildir(write_rules, daemon, tmp_path: Path) -> tuple[Path, Path, int]:
+    """The default rule (close_write, moved_to) on a maildir, recursive, its tmp/ excluded
+    (watched, not acted on); the daemon's pid."""
+    box, out = tmp_path / "box", tmp_path / "out.jsonl"
+    for sub in ("tmp", "new"):
+        (box / sub).mkdir(parents=True)
+    rule = {"name": "mail", "paths": [str(box)], "recursive": True, "exclude": ["tmp/"],
+            "actions": [{"command": recorder(out)}]}
+    process = daemon(write_rules(json.dumps({"settings": {"workers": 1}, "rules": [rule]})))
+    return box, out, process.pid
+
+
+def deliver(box: Path, name: str) -> None:
+    """A maildir delivery: written under tmp/, linked into new/, unlinked from tmp/; then a
+    sentinel, whose run comes after the delivery's (one worker)."""
+    (box / "tmp" / name).write_bytes(b"x" * 1000)
+    os.link(box / "tmp" / name, box / "new" / name)
+    os.unlink(box / "tmp" / name)
+    (box / f"sentinel-{name}").write_bytes(b"s")
+
+
+def all_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (a signal's stop is not at once)."""
+    return all(_task_state(task) == "T" for task in Path(f"/proc/{pid}/task").iterdir())
+
+
+def _task_state(task: Path) -> str:
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "T"  # ended: it runs no more either
+
+
+def told_in(box: Path, out: Path) -> list[tuple[str, str, str]]:
+    """Each run's event, path and source path, relative to ``box``."""
+    def relative(path: bytes) -> str:
+        return os.path.relpath(path, bytes(box)).decode() if path else ""
+    return [(env["WATCHD_EVENT"].decode(), relative(env["WATCHD_PATH"]),
+             relative(env["WATCHD_SRC_PATH"])) for env in map(env_of, records(out))]
+
+
+def test_a_link_rename_from_a_sibling_directory_is_an_arrival(tmp_path, write_rules, daemon):
+    """Read late (the daemon stopped while the mail is delivered), the old name is gone
+    before its close_write is read, and its delete is in another directory's watch."""
+    box, out, pid = maildir(write_rules, daemon, tmp_path)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: all_stopped(pid), what="every thread of the daemon stopped")
+        deliver(box, "m1")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: len(told_in(box, out)) == 2, what="the delivery and the sentinel")
+    assert told_in(box, out) == [("moved_to", "new/m1", "tmp/m1"),
+                                 ("close_write", "sentinel-m1", "")]
+
+
+def test_a_link_rename_from_a_sibling_directory_is_an_arrival_while_idle(
+        tmp_path, write_rules, daemon):
+    """Read as it comes, the records are split across reads wherever the daemon wakes."""
+    box, out, _ = maildir(write_rules, daemon, tmp_path)
+    deliveries = 30
+    for index in range(deliveries):
+        deliver(box, f"m{index}")
+        runs = 2 * (index + 1)
+        wait_for(lambda runs=runs: len(told_in(box, out)) == runs, what=f"delivery {index}")
+    expected = []
+    for index in range(deliveries):
+        expected += [("moved_to", f"new/m{index}", f"tmp/m{index}"),
+                     ("close_write", f"sentinel-m{index}", "")]
+    assert told_in(box, out) == expected

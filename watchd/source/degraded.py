@@ -3,16 +3,18 @@ once watches are to be had.
 
 The watch table notes each directory the kernel refused a watch for (ENOSPC: the limit,
 ``fs.inotify.max_user_watches``), with the scope it would have had; below it nothing is
-watched either. Soon after a refusal its tree is listed, to know what is there (for a
-directory that appeared while the daemon ran, what it holds is told, as a watched new
-directory's would be); then every ``settings.degraded_poll`` seconds each such tree is first
-offered a watch again (the limit may have been raised, or watches freed by a tree that
-went), then listed and compared with what was there (``watchd.source.snapshot.compare``):
-each difference is told as the event inotify would have told (``create``, and
-``close_write`` for a regular file; ``close_write`` for a changed one; ``delete``), marked
-found by scan. A file someone still has open for writing is told closed by the first poll
-after its writer closed it. A tree watched again is compared one last time, after its
-watches are in place, and left to inotify.
+watched either. Soon after a refusal its tree is listed, to know what is there: what was
+changed since the refusal (by its ctime, less a margin for coarse timestamps) is told; for
+a directory that appeared while the daemon ran, all it holds is, as a watched new
+directory's would be; a directory still refused below a tree watched again is compared with
+what that tree's last listing held of it. Then every ``settings.degraded_poll`` seconds each
+such tree is first offered a watch again (the limit may have been raised, or watches freed
+by a tree that went), then listed and compared with what was there
+(``watchd.source.snapshot.compare``): each difference is told as the event inotify would
+have told (``create``, and ``close_write`` for a regular file; ``close_write`` for a changed
+one; ``delete``), marked found by scan. A file someone still has open for writing is told
+closed by the first poll after its writer closed it. A tree watched again is compared one
+last time, after its watches are in place, and left to inotify.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import EMPTY_SCOPE, EventSink, RuleSet, Scope
 from watchd.core.stats import Count, Counters
+from watchd.source.notifier import TIMESTAMP_MARGIN_NS
 from watchd.source.snapshot import (
     DIRECTORY,
     UNSEEN,
@@ -35,6 +38,7 @@ from watchd.source.snapshot import (
     Created,
     Deleted,
     DirState,
+    FileState,
     compare,
     looked_at,
     looking_in,
@@ -98,24 +102,21 @@ class DegradedPoll:
     def _turn(self) -> None:
         with self.table.lock:
             refused = dict(self.table.refused)
-            new, self.table.refused_new = self.table.refused_new, set()
-            self._trees = {path: tree for path, tree in self._trees.items() if path in refused}
+            since, self.table.refused_since = self.table.refused_since, {}
+        last, self._trees = self._trees, {}
         for path, scope in refused.items():
-            if path not in self._trees:
-                # What was there at start is not news (the catch-up's to tell); what is in a
-                # directory that appeared while running is, as a watched one's would be.
-                self._trees[path] = dict(self._listed(path, scope, {}, tell=path in new))
+            self._trees[path] = (last[path] if path in last else
+                                 self._first_listing(path, scope, last, since.get(path, 0)))
         if time.monotonic() < self._next_poll:
             return
         self._next_poll = time.monotonic() + self.interval
         watched_again = self._watch_again(refused)
         self._told = 0
         for path, scope in refused.items():
-            if path in self._trees:
-                before = self._trees[path]
-                after = dict(self._listed(path, scope, before, tell=True))
-                self._tell_gone(before, after, scope)
-                self._trees[path] = after
+            before = self._trees[path]
+            after = dict(self._listed(path, scope, before))
+            self._tell_gone(before, after, scope)
+            self._trees[path] = after
         if self._told:
             log(logging.INFO, "degraded poll: changes in directories the inotify watch limit "
                 "left unwatched", message_id=MessageId.POLLED, events=self._told,
@@ -138,20 +139,34 @@ class DegradedPoll:
                     pass
                 if path in self.table.by_path and not self._refused_below(path):
                     again.append(path)
+            self.table.refusals_walked()
         if again:
             log(logging.INFO, f"watched again: {len(again)} director(y|ies) the inotify watch "
                 "limit had refused", message_id=MessageId.WATCHED_AGAIN,
                 unwatched=self.table.refused_for_limit)
         return again
 
+    def _first_listing(self, top: bytes, scope: Scope, last: dict[bytes, Tree],
+                       since_ns: int) -> Tree:
+        """A tree newly refused, as listed now. Below a tree watched again in part, what its
+        last listing held of it is compared with (the tree's records pass to it); else
+        what changed since ``since_ns`` (its refusal, less a margin for coarse timestamps; 0
+        for a directory that appeared while running) is told: what was there before is not
+        news (the catch-up's to tell)."""
+        handed = _records_below(last, top)
+        if handed:
+            return dict(self._listed(top, scope, handed))
+        return dict(self._listed(top, scope, {}, max(since_ns - TIMESTAMP_MARGIN_NS, 0)))
+
     def _refused_below(self, path: bytes) -> bool:
         prefix = path + b"/"
         return any(other.startswith(prefix) for other in self.table.refused)
 
     def _listed(self, top: bytes, scope: Scope, before: Tree,
-                tell: bool) -> Iterator[tuple[bytes, DirState]]:
-        """Each directory of the tree at ``top`` with what it holds now; with ``tell``, each
-        difference from ``before`` told as an event."""
+                since_ns: int = 0) -> Iterator[tuple[bytes, DirState]]:
+        """Each directory of the tree at ``top`` with what it holds now, each difference from
+        ``before`` told as an event; with ``since_ns``, a name new to it only if it is not a
+        directory and its ctime is ``since_ns`` or later (else it is only recorded)."""
         stack = [(top, scope)]
         while stack:
             directory, here = stack.pop()
@@ -168,13 +183,14 @@ class DegradedPoll:
                 path = directory + b"/" + change.name
                 if isinstance(change, Deleted):
                     state.pop(change.name, None)
-                    if tell:
-                        self._tell(path, "delete", change.is_dir, here)
+                    self._tell(path, "delete", change.is_dir, here)
                     continue
                 state[change.name] = found
-                if tell and isinstance(change, Created):
+                if since_ns and not _changed_since(path, found, since_ns):
+                    continue
+                if isinstance(change, Created):
                     self._tell(path, "create", found == DIRECTORY, here)
-                if (tell and found != DIRECTORY and isinstance(change, Created | Changed)
+                if (found != DIRECTORY and isinstance(change, Created | Changed)
                         and not self._tell(path, "close_write", False, here)):
                     state[change.name] = UNSEEN  # still being written: looked at next time
             for entry in entries:
@@ -204,3 +220,24 @@ class DegradedPoll:
             self.sink.submit(FileEvent(path, event, EVENT_BITS[event], is_dir, synthetic=True),
                              scope)
         return True
+
+
+def _records_below(trees: dict[bytes, Tree], top: bytes) -> Tree:
+    """What the tree holding ``top`` last listed of it and below it (none: empty)."""
+    prefix = top + b"/"
+    for path, tree in trees.items():
+        if top in tree and top.startswith(path + b"/"):
+            return {directory: held for directory, held in tree.items()
+                    if directory == top or directory.startswith(prefix)}
+    return {}
+
+
+def _changed_since(path: bytes, found: FileState, since_ns: int) -> bool:
+    """Whether an entry listed first is news: not a directory (its ctime is that of its
+    names), and changed at ``since_ns`` or later."""
+    if found == DIRECTORY:
+        return False
+    try:
+        return os.lstat(path).st_ctime_ns >= since_ns
+    except OSError:
+        return False  # gone since the listing: what removed it is the next poll's to tell

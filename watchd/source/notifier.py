@@ -19,9 +19,9 @@ What pyinotify 0.9.6 gets wrong, and what this subclass does instead:
   and directory listings never follow links;
 - ``Event.isSet()`` warns on every turn of its loop: that one warning is
   filtered, by module;
-- a rename made by ``link()`` and ``unlink()`` (sftp-server's) is a create and a
-  delete to inotify: the create of a link to a complete file is told as ``moved_to``
-  (``watchd.source.arrivals``).
+- a rename made by ``link()`` and ``unlink()`` (sftp-server's, a maildir delivery's) is
+  a create and a delete to inotify: the create of a link to a complete file is told as
+  ``moved_to`` (``watchd.source.arrivals``).
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ _HEADER = struct.Struct("iIII")
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
 _MOVE_SETTLE_MS = 5
 # After an overflow, a file changed this long before the last complete read counts as changed
-# during it: the margin covers file-system timestamp granularity.
-_OVERFLOW_MARGIN_NS = 1_000_000_000
+# during it (and one changed this long before its directory was refused a watch, as changed
+# after: watchd.source.degraded): the margin covers file-system timestamp granularity.
+TIMESTAMP_MARGIN_NS = 1_000_000_000
 # An overflow's rescan waits while the kernel's queue keeps filling: made at once under a
 # burst, it holds the reader back long enough for the queue to overflow again, and every
 # directory is listed again (a 400,000-file burst overflowed five times). It waits until a
@@ -153,7 +154,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
         self._told: set[tuple[int, bytes]] = set()
         self._unmounted: set[int] = set()
         self._opened: dict[bytes, int] = {}  # watchd's own opens whose open event was read
-        self.arrivals = Arrivals(self.table.open_for_writing, self._read_more)
+        self.arrivals = Arrivals(self.table.open_for_writing, self._read_more, self.table.by_wd)
         # What another thread lists (the main thread finding a root again) is settled by this
         # one's next read, and an idle notifier reads nothing: this wakes it (in pyinotify's
         # poll, beside the inotify descriptor and the stop pipe).
@@ -316,10 +317,11 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
                 self._told_while_owed(entry, entry.files, mask, name, is_dir)
             state = _state_after(mask, path, is_dir)
             self.table.remember(entry, name, state)
-        if mask & (IN_DELETE | IN_MOVED_FROM) and not is_dir:
+        if mask & (IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO) and not is_dir:
             self.arrivals.gone(path)
         elif mask & IN_CLOSE_WRITE and name and entry.scope.mask & IN_MOVED_TO:
-            self.arrivals.closed(path)
+            # The snapshot's lstat says which inode the name holds (past its limit, none is).
+            self.arrivals.closed(path, state if entry.files is not None else UNSEEN)
         move = self._pair(mask, cookie, path, is_dir) if mask & _MOVES else None
         src_path = move.path if move is not None else b""
         if mask & IN_CREATE and name and not is_dir and entry.scope.mask & IN_MOVED_TO:
@@ -505,7 +507,7 @@ class Notifier(pyinotify.ThreadedNotifier):  # type: ignore[misc]  # pyinotify h
             overflows=self.counters.overflows)
         self._told.clear()  # what was told before may have changed during the loss
         if self._rescan_since is None:
-            self._rescan_since = self._previous_read_at - _OVERFLOW_MARGIN_NS
+            self._rescan_since = self._previous_read_at - TIMESTAMP_MARGIN_NS
             self._rescan_by = time.monotonic_ns() + _RESCAN_WAIT_NS
 
     def _told_while_owed(self, entry: WatchedDir, files: DirState, mask: int, name: bytes,

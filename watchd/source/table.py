@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -131,10 +132,14 @@ class WatchTable:
         # Directories not watched for want of inotify watches, with the scope each would have
         # had: polled meanwhile, and watched once watches are to be had (watchd.source.degraded).
         self.refused: dict[bytes, Scope] = {}
-        # Those of them that appeared while the daemon ran: their first listing tells what
-        # they hold, as a new directory's does (taken by the degraded poll).
-        self.refused_new: set[bytes] = set()
+        # Each refused since the degraded poll last took them, with the time (time_ns) from
+        # which what it holds is news to its first listing: that of the refusal; 0 for one
+        # that appeared while the daemon ran (all it holds is news, as a new directory's).
+        self.refused_since: dict[bytes, int] = {}
         self.on_refused: Callable[[], None] = lambda: None  # told of each (never waits)
+        # Whether the watch limit's ERROR was said since nothing was last refused: it is said
+        # once while the limit lasts, not at each poll that offers a watch again.
+        self._limit_told = False
         self.snapshot_size = 0  # names held by every directory's snapshot
         self._walked: set[int] | None = None  # during a rewatch: the descriptors its walk got
         self.snapshot_full = False
@@ -467,6 +472,13 @@ class WatchTable:
             if root.path not in in_place:
                 self.establish(root, report=root.path in arrived)
         self._keep_link_dirs()  # of roots kept in place, whose links may be new
+        self.refusals_walked()
+
+    def refusals_walked(self) -> None:
+        """Every refused directory was offered a watch again: if none is refused now, the
+        watch limit's ERROR is said again at the next refusal."""
+        if not self.refused:
+            self._limit_told = False
 
     # -- walking ---------------------------------------------------------------------------
 
@@ -500,7 +512,7 @@ class WatchTable:
     def _watch_walked(self, path: bytes, scope: Scope, new: bool) -> WatchedDir | None:
         watched = self.watch(path, scope)
         if watched is None and new and path in self.refused:
-            self.refused_new.add(path)  # what it holds appeared while running: it is news
+            self.refused_since[path] = 0  # what it holds appeared while running: it is news
         return watched
 
     def reading(self, path: bytes) -> None:
@@ -618,8 +630,10 @@ class WatchTable:
             return  # gone already: its parent's events tell the rest
         if error.errno == errno.ENOSPC and scope is not None:
             self.refused[path] = scope
+            self.refused_since.setdefault(path, time.time_ns())
             self.on_refused()
-            if len(self.refused) == 1:
+            if not self._limit_told:
+                self._limit_told = True
                 log(logging.ERROR, "inotify watch limit reached: raise fs.inotify.max_user_watches "
                     "(sysctl -w fs.inotify.max_user_watches=N); some directories are not watched",
                     message_id=MessageId.WATCH_LIMIT, path=path,
