@@ -260,6 +260,33 @@ def test_changes_made_while_down_are_caught_up_with_while_the_ledger_is_locked(w
     assert_caught_up_once(watched, locked)
 
 
+@pytest.mark.parametrize("shape", [{"debounce": "3s"}, {"settle": "3s"},
+                                   {"batch": "{window: 3s}"}], ids=["debounce", "settle", "batch"])
+def test_a_change_the_catch_up_found_held_by_a_stage_outlives_a_kill(watched, shape):
+    # The catch-up recorded the file as found while its event waited on the stage: after a
+    # kill -9 then, the next start found it as recorded ("caught up: nothing changed"), and
+    # it was never acted on.
+    watched.configure(**shape)
+    watched.start()
+    watched.process.wait_log("first start: what is there is recorded, not acted on")
+    watched.stop()
+    write(watched.dir / "f")
+    watched.start()
+    assert watched.caught_up() == {"close_write": "1"}
+
+    def recorded() -> bool:
+        return bool(watched.ledger("SELECT 1 FROM seen WHERE name = CAST('f' AS BLOB)"))
+
+    deadline = time.monotonic() + 1.0  # a record written at once is on disk well within it
+    while not recorded() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not records(watched.out)
+    watched.kill()
+    watched.start()
+    # The only file: any run is its (a batch's run names no single path in its environment).
+    wait_for(lambda: records(watched.out), what="the run for the file the killed daemon held")
+
+
 def test_a_file_renamed_over_another_while_down_is_a_move(watched):
     """``mv b c`` with c there: inotify tells moved_from b and moved_to c (c's old content is
     gone with it), not a write of c; a rule that asks for close_write only acts on neither."""

@@ -513,6 +513,11 @@ class Walk:
                 # refused, as a live event's is).
                 if self.up.sink.submit(event, self.scope) and self._takes(state, path):
                     self.told[name] += 1
+                if self.up.sink.holding(self.rule.name, self.root.path, path):
+                    # Held by debounce, settle or a batch: no job yet, nothing on disk. Its
+                    # job's record is written when it is queued; recorded now, a crash before
+                    # then would leave the change recorded and never acted on.
+                    return False
         return True
 
     def _takes(self, state: FileState, path: bytes) -> bool:
