@@ -452,7 +452,6 @@ class Daemon:
 
     def _stop(self) -> None:
         grace = self.ruleset.settings.stop_grace
-        grace_ends = time.monotonic() + grace
         self.service.stopping(grace)
         if self.control is not None:
             self.control.stop(CONTROL_STOP_WAIT)
@@ -467,9 +466,10 @@ class Daemon:
                 self.ledger.add(job)
         waiting = len(held) + self.workers.stop(grace, self._asked_to_hurry) + self.workers.left
         self.deliveries.stop(DELIVERY_STOP_WAIT)
-        # What the grace left, and LEDGER_STOP_WAIT: another process may let go of the ledger
-        # meanwhile (a backup, sqlite3); the stop takes no longer than the grace allowed it.
-        unwritten = self.ledger.close(max(0.0, grace_ends - time.monotonic()) + LEDGER_STOP_WAIT)
+        # LEDGER_STOP_WAIT, tried again meanwhile: another process may let go of the ledger (a
+        # backup, sqlite3). Not the whole grace too: a ledger on a full or read-only disk
+        # would make every stop that long.
+        unwritten = self.ledger.close(LEDGER_STOP_WAIT)
         self.others.close()
         self._report_drops()
         lost = len(unwritten.jobs)
