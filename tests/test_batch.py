@@ -198,6 +198,7 @@ def test_a_batch_held_at_a_stop_runs_whole_at_the_next_start(tmp_path, write_rul
     assert sorted(argv_of(run)) == [os.fsencode(watched / name) for name in ("a", "b", "c")]
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_batch_whose_rule_no_longer_batches_is_a_dead_letter_that_says_why(
         tmp_path, write_rules, daemon):
     # It ran under the rule's new {path} action: "action failed: internal error" (KeyError:

@@ -239,6 +239,7 @@ def test_changes_made_after_a_kill_are_acted_on_once(watched):
     assert_caught_up_once(watched)
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_changes_made_while_down_are_caught_up_with_while_the_ledger_is_locked(watched):
     # The catch-up opened the ledger to write, waited on the lock and was skipped: "catch-up
     # skipped: ... database is locked"; what changed was acted on only after another restart.
@@ -260,6 +261,7 @@ def test_changes_made_while_down_are_caught_up_with_while_the_ledger_is_locked(w
     assert_caught_up_once(watched, locked)
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 @pytest.mark.parametrize("shape", [{"debounce": "3s"}, {"settle": "3s"},
                                    {"batch": "{window: 3s}"}], ids=["debounce", "settle", "batch"])
 def test_a_change_the_catch_up_found_held_by_a_stage_outlives_a_kill(watched, shape):
@@ -426,6 +428,7 @@ def test_a_recursive_rule_catches_up_with_new_and_removed_directories(watched):
     ])
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_name_that_holds_another_kind_of_entry_is_told_deleted_then_created(watched):
     """A file replaced by a directory, a directory by a file, a file by a symlink while down:
     each old entry deleted and the new one created, in that order, as inotify tells them."""

@@ -389,6 +389,7 @@ def fix_the_rule(write_rules, watched: Path, out: Path, state: Path | None = Non
     return one_rule(write_rules, watched, recorder(out), settings=state_dir(state))
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 @pytest.mark.parametrize("daemon_runs", [True, False], ids=["through the daemon", "directly"])
 def test_a_dead_letter_whose_rule_is_gone_is_not_queued_again(tmp_path, write_rules, daemon,
                                                               daemon_runs):
@@ -670,6 +671,7 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused(tmp_path, write_
     assert third.stop() == 0
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 @ROOT_ONLY
 def test_a_second_daemon_on_a_read_only_state_directory_is_refused(
         tmpfs_state, tmp_path, write_rules, daemon):
@@ -895,6 +897,7 @@ def test_watchd_jobs_on_a_corrupt_ledger_says_so_without_a_traceback(tmp_path, w
         assert "cannot read the ledger" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_damaged_row_of_queued_jobs_is_said_and_skipped_and_the_rest_run(
         tmp_path, write_rules, daemon):
     # The start died on "ValueError: bad marshal data", and watchd jobs list with a traceback.

@@ -298,6 +298,7 @@ def test_a_file_swapped_for_a_symlink_before_its_action_is_skipped(tmp_path, wri
     assert len(records(out)) == 1  # only "first" ran
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 @ROOT_ONLY
 @pytest.mark.parametrize("shape", ["one path", "a batch"])
 def test_a_directory_swapped_for_a_symlink_before_the_action_is_refused(

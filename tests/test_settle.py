@@ -145,6 +145,7 @@ def stop_line_when_debounce_hands_on(tmp_path: Path, write_rules, daemon, attemp
     return [line for line in process.log().splitlines() if " stopped" in line][-1]
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_stop_while_debounce_hands_paths_to_settle_keeps_every_job(tmp_path, write_rules,
                                                                      daemon):
     # The debouncer's thread hands what is due to settle outside its lock; the stop stopped
@@ -155,6 +156,7 @@ def test_a_stop_while_debounce_hands_paths_to_settle_keeps_every_job(tmp_path, w
         assert f"; {files} job(s) wait in the ledger" in stopped, stopped
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 @pytest.mark.parametrize("change", [{"enabled": False}, {"name": "other"}],
                          ids=["disabled", "removed"])
 def test_a_reload_that_removes_a_rule_ends_its_settling_paths(tmp_path, write_rules, daemon,

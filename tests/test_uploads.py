@@ -140,6 +140,7 @@ def test_a_link_rename_from_a_sibling_directory_is_an_arrival(tmp_path, write_ru
                                  ("close_write", "sentinel-m1", "")]
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_a_link_rename_from_a_sibling_directory_is_an_arrival_while_idle(
         tmp_path, write_rules, daemon):
     """Read as it comes, the records are split across reads wherever the daemon wakes."""

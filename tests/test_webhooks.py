@@ -524,6 +524,7 @@ def test_a_certificate_that_does_not_verify_is_refused_not_retried(tmp_path, wri
         server.close()
 
 
+@pytest.mark.slow  # seconds: make test runs it, make check does not
 def test_an_unwritable_state_directory_degrades_and_loses_nothing(tmp_path, write_rules, daemon,
                                                                   receiver, watched):
     (tmp_path / "state").write_text("a file where the directory should be")
