@@ -140,3 +140,30 @@ def test_a_share_that_cannot_be_read_for_a_while_is_not_told_deleted_nor_new(
         server.kill()
         server.wait()
         subprocess.run(["fusermount", "-u", "-z", str(mount)], check=False, timeout=30)
+
+
+@pytest.mark.slow  # several polls: make test runs it, make check does not
+def test_a_share_unmounted_for_a_while_is_not_told_deleted_nor_new(
+        tmp_path, write_rules, daemon, fuse_mount):
+    """``umount`` of the share, then mounted again: the polls in between walked the empty
+    directory under the mount point, told every file deleted, and every one new once the
+    share was back."""
+    under, mount = fuse_mount
+    out = tmp_path / "out.jsonl"
+    for name in ("a", "b"):
+        (under / name).write_bytes(b"kept")
+    rule = {"name": "share", "paths": [str(mount)], "poll": "1s",
+            "events": ["close_write", "moved_to", "delete"],
+            "actions": [{"command": recorder(out)}]}
+    process = daemon(write_rules(json.dumps({"rules": [rule]})))
+    process.wait_log("first start: what is there is recorded")
+    subprocess.run(["fusermount", "-u", str(mount)], check=True, timeout=30)
+    process.wait_log("not polled: the tree is on another file system")
+    now = polls(process)
+    wait_for(lambda: polls(process) >= now + 2, what="two polls of the mount point alone")
+    subprocess.run(["bindfs", str(under), str(mount)], check=True, timeout=30)
+    process.wait_log("polled again: the tree is on the file system the polls before walked")
+    (under / "new").write_bytes(b"written past inotify")
+    wait_for(lambda: told(out), what="the poll's run for the new file")
+    assert told(out) == [("close_write", "new", "", "1")]
+    assert process.log().count("not polled") == 1

@@ -78,6 +78,10 @@ class CatchUp:
         # (rule, root) of a rule without catch_up polled since start: its first poll is the
         # one that records what is there, whatever changed while the daemon was down.
         self.polled: set[tuple[str, bytes]] = set()
+        # The file system (st_dev) each (rule, root) was last walked on, and those a poll
+        # found on another, not walked (watchd.run.catchup.Walk._on_another_file_system).
+        self.devices: dict[tuple[str, bytes], int] = {}
+        self.elsewhere: set[tuple[str, bytes]] = set()
         # (rule, directory) the last walk of the rule's tree could not read: said once.
         self.unreadable: set[tuple[str, bytes]] = set()
         self._due: list[Pair] = []
@@ -262,6 +266,8 @@ class Walk:
 
     def run(self) -> None:
         started = time.monotonic()
+        if self._on_another_file_system():
+            return
         self.known = self._known_dirs()
         unreadable: dict[bytes, OSError] = {}
         for directory, entries, descriptor in _walk(self.root.path, self.rule.recursive,
@@ -291,6 +297,35 @@ class Walk:
                 + ": what is there is recorded, not acted on (existing: ignore)",
                 message_id=MessageId.CAUGHT_UP, rule=self.rule.name, path=self.root.path,
                 duration_ms=duration_ms)
+
+    def _on_another_file_system(self) -> bool:
+        """For a poll: whether the tree's root is on another file system than the walk before
+        found (a share unmounted from it, or another mounted over it); it is then not walked,
+        which would tell every file deleted, and every one new once the share is back. Said
+        when that begins and ends. The first walk since the start is the one compared with."""
+        key = (self.rule.name, self.root.path)
+        try:
+            device = os.stat(self.root.path).st_dev
+        except OSError:
+            return False  # the walk says what it finds
+        walked_on = self.up.devices.setdefault(key, device)
+        elsewhere = self.up.elsewhere
+        if device == walked_on or not self.polling:
+            self.up.devices[key] = device
+            if key in elsewhere:
+                elsewhere.discard(key)
+                log(logging.INFO, "polled again: the tree is on the file system the polls "
+                    "before walked", message_id=MessageId.POLLED, rule=self.rule.name,
+                    path=self.root.path)
+            return False
+        if key not in elsewhere:
+            elsewhere.add(key)
+            log(logging.WARNING, "not polled: the tree is on another file system than the last "
+                "poll walked (a share unmounted, or another mounted over it); nothing is told "
+                "deleted or new, and it is polled again once that file system is back (or "
+                "after a restart, which walks what is there)", message_id=MessageId.POLLED,
+                rule=self.rule.name, path=self.root.path)
+        return True
 
     def _keep_unreadable(self, unreadable: dict[bytes, OSError]) -> None:
         """Keep the records of the directories that could not be read, and of all below them,
