@@ -78,10 +78,10 @@ class CatchUp:
         # (rule, root) of a rule without catch_up polled since start: its first poll is the
         # one that records what is there, whatever changed while the daemon was down.
         self.polled: set[tuple[str, bytes]] = set()
-        # The file system (st_dev) each (rule, root) was last walked on, and those a poll
-        # found on another, not walked (watchd.run.catchup.Walk._on_another_file_system).
-        self.devices: dict[tuple[str, bytes], int] = {}
-        self.elsewhere: set[tuple[str, bytes]] = set()
+        # (rule, root) whose root was a mount point at its last walk, and those a poll found
+        # unmounted since, not walked (watchd.run.catchup.Walk._share_unmounted).
+        self.mount_points: set[tuple[str, bytes]] = set()
+        self.unmounted: set[tuple[str, bytes]] = set()
         # (rule, directory) the last walk of the rule's tree could not read: said once.
         self.unreadable: set[tuple[str, bytes]] = set()
         self._due: list[Pair] = []
@@ -266,7 +266,7 @@ class Walk:
 
     def run(self) -> None:
         started = time.monotonic()
-        if self._on_another_file_system():
+        if self._share_unmounted():
             return
         self.known = self._known_dirs()
         unreadable: dict[bytes, OSError] = {}
@@ -298,33 +298,36 @@ class Walk:
                 message_id=MessageId.CAUGHT_UP, rule=self.rule.name, path=self.root.path,
                 duration_ms=duration_ms)
 
-    def _on_another_file_system(self) -> bool:
-        """For a poll: whether the tree's root is on another file system than the walk before
-        found (a share unmounted from it, or another mounted over it); it is then not walked,
-        which would tell every file deleted, and every one new once the share is back. Said
-        when that begins and ends. The first walk since the start is the one compared with."""
+    def _share_unmounted(self) -> bool:
+        """For a poll: whether the tree's root was a mount point at the walk before and is not
+        now (a share unmounted: what is left is the mount point's own directory); it is then
+        not walked, which would tell every file deleted, and every one new once the share is
+        back. Said when that begins and ends. (A share mounted again has a new device number:
+        what is compared is whether the root is on another file system than its parent.)"""
         key = (self.rule.name, self.root.path)
         try:
-            device = os.stat(self.root.path).st_dev
+            mounted = (os.stat(self.root.path).st_dev
+                       != os.stat(os.path.dirname(self.root.path.rstrip(b"/")) or b"/").st_dev)
         except OSError:
             return False  # the walk says what it finds
-        walked_on = self.up.devices.setdefault(key, device)
-        elsewhere = self.up.elsewhere
-        if device == walked_on or not self.polling:
-            self.up.devices[key] = device
-            if key in elsewhere:
-                elsewhere.discard(key)
-                log(logging.INFO, "polled again: the tree is on the file system the polls "
-                    "before walked", message_id=MessageId.POLLED, rule=self.rule.name,
+        unmounted = self.up.unmounted
+        if mounted or not self.polling or key not in self.up.mount_points:
+            if mounted:
+                self.up.mount_points.add(key)
+            else:
+                self.up.mount_points.discard(key)
+            if key in unmounted:
+                unmounted.discard(key)
+                log(logging.INFO, "polled again: a file system is mounted at the tree's root "
+                    "again", message_id=MessageId.POLLED, rule=self.rule.name,
                     path=self.root.path)
             return False
-        if key not in elsewhere:
-            elsewhere.add(key)
-            log(logging.WARNING, "not polled: the tree is on another file system than the last "
-                "poll walked (a share unmounted, or another mounted over it); nothing is told "
-                "deleted or new, and it is polled again once that file system is back (or "
-                "after a restart, which walks what is there)", message_id=MessageId.POLLED,
-                rule=self.rule.name, path=self.root.path)
+        if key not in unmounted:
+            unmounted.add(key)
+            log(logging.WARNING, "not polled: the tree's root was a mount point and is not now "
+                "(a share unmounted); nothing is told deleted or new, and it is polled again "
+                "once a file system is mounted there (or after a restart, which walks what is "
+                "there)", message_id=MessageId.POLLED, rule=self.rule.name, path=self.root.path)
         return True
 
     def _keep_unreadable(self, unreadable: dict[bytes, OSError]) -> None:
