@@ -202,7 +202,7 @@ class SystemdRun:
     def room(self, job: Job, user: RunAs | None) -> int | None:
         """Bytes of ``{paths}`` one run of ``job`` can carry in the client's argv (see
         ``Command.room``): it runs with the variables only, named in its options."""
-        if PATHS_ALONE not in self.command.argv:
+        if PATHS_ALONE not in self.command.argv or not job.batch:
             return None
         values = job.values()
         env = variables(job, self.command, user, values)
