@@ -322,17 +322,17 @@ def in_parts(job: Job, step: int, room: int | None, run: Callable[[Job], Outcome
 
 def _fits_whole(job: Job, room: int) -> bool:
     """Whether a batch's paths fit in ``room`` as they are, as the batcher cut them (the
-    common case), told from their join and its split at C speed rather than path by path: n
-    paths joined by NULs are their bytes and n - 1 NULs; in an argv, each has a NUL and a
-    pointer."""
+    common case), told from their join and its split at C speed rather than path by path.
+    In an argv each path has a NUL and a pointer (``argument_size``); joined, the n paths
+    have n - 1 NULs: the argv's share is the join, one NUL and n pointers."""
     joined = job.values()["paths"]
-    return (len(joined) + (POINTER + 1) * len(job.batch) - (len(job.batch) - 1) <= room
+    return (len(joined) + 1 + POINTER * len(job.batch) <= room
             and max(map(len, joined.split(b"\0"))) < MAX_ARG_STRLEN)
 
 
 def cut_to_fit(job: Job, room: int) -> tuple[list[Job], list[FileEvent]]:
-    """A batch as jobs whose paths each fit in ``room`` bytes of argv, in order (the batch
-    itself when it fits); the events whose path fits in none."""
+    """A batch that does not fit in ``room`` bytes of argv as jobs whose paths each do, in
+    order; the events whose path fits in none."""
     parts: list[list[FileEvent]] = [[]]
     unfit: list[FileEvent] = []
     used = 0
@@ -346,8 +346,6 @@ def cut_to_fit(job: Job, room: int) -> tuple[list[Job], list[FileEvent]]:
             used = 0
         parts[-1].append(event)
         used += size
-    if not unfit and len(parts) == 1:
-        return [job], []
     return [replace(job, event=part[-1], batch=tuple(part)) for part in parts if part], unfit
 
 

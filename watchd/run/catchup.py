@@ -37,6 +37,7 @@ from watchd.run.dispatch import Dispatcher
 from watchd.run.overlap import GONE, Overlap, state_now
 from watchd.run.poll import Poller
 from watchd.run.queue import JobQueue
+from watchd.source.mounts import at_or_below
 from watchd.source.notifier import Notifier
 from watchd.source.snapshot import (
     DIRECTORY,
@@ -335,27 +336,24 @@ class Walk:
         as they are: a share that does not answer for a while is not every file deleted,
         and when it answers again, not every file new. Said when that begins and ends."""
         for top in unreadable:
-            prefix = top + b"/"
-            for directory in [d for d in self.known if d == top or d.startswith(prefix)]:
+            for directory in [d for d in self.known if at_or_below(d, top)]:
                 del self.known[directory]
         noted = self.up.unreadable
         mine = {(self.rule.name, directory) for directory in unreadable}
-        root = self.root.path.rstrip(b"/") + b"/"
-        before = {key for key in noted if key[0] == self.rule.name
-                  and (key[1] == self.root.path or key[1].startswith(root))}
+        before = {key for key in noted
+                  if key[0] == self.rule.name and at_or_below(key[1], self.root.path)}
         began, ended = mine - before, before - mine
         if began:
             directory = min(directory for _, directory in began)
-            log(logging.WARNING, f"{len(began)} director{'y' if len(began) == 1 else 'ies'} of "
-                f"the tree cannot be read: {unreadable[directory].strerror}; what "
+            log(logging.WARNING, f"{_directories(len(began))} of the tree cannot be read: "
+                f"{unreadable[directory].strerror}; what "
                 f"{'it holds' if len(began) == 1 else 'they hold'} is kept as recorded, not "
                 "told deleted, and looked at again at the next walk",
                 message_id=MessageId.POLLED if self.polling else MessageId.CAUGHT_UP,
                 rule=self.rule.name, path=directory)
         if ended:
-            log(logging.INFO, f"{len(ended)} director{'y' if len(ended) == 1 else 'ies'} of the "
-                "tree can be read again", rule=self.rule.name,
-                path=min(directory for _, directory in ended))
+            log(logging.INFO, f"{_directories(len(ended))} of the tree can be read again",
+                rule=self.rule.name, path=min(directory for _, directory in ended))
         noted.difference_update(ended)
         noted.update(began)
 
@@ -456,9 +454,7 @@ class Walk:
     def _gone_below(self, top: bytes) -> None:
         """A directory replaced by another kind of entry: what it held, as recorded, told
         deleted at once, each directory's after what was in it, as inotify tells it."""
-        prefix = top + b"/"
-        below = [directory for directory in self.known
-                 if directory == top or directory.startswith(prefix)]
+        below = [directory for directory in self.known if at_or_below(directory, top)]
         for directory in sorted(below, key=len, reverse=True):  # a child's path is longer
             dir_id = self.known.pop(directory)
             self.up.unchanged.pop(dir_id, None)
@@ -575,6 +571,10 @@ class Walk:
         jobs = self.up.jobs
         while len(jobs) > jobs.maxsize * QUEUE_ROOM and not self.up.stopping.wait(0.05):
             pass
+
+
+def _directories(count: int) -> str:
+    return f"{count} director{'y' if count == 1 else 'ies'}"
 
 
 Listed = tuple[bytes, list[os.DirEntry[bytes]], int]  # a directory, its entries, a descriptor

@@ -30,6 +30,7 @@ from watchd.core.journal import MessageId
 from watchd.core.logs import log
 from watchd.core.rules import EMPTY_SCOPE, EventSink, RuleSet, Scope
 from watchd.core.stats import Count, Counters
+from watchd.source.mounts import at_or_below
 from watchd.source.notifier import TIMESTAMP_MARGIN_NS
 from watchd.source.snapshot import (
     DIRECTORY,
@@ -224,11 +225,10 @@ class DegradedPoll:
 
 def _records_below(trees: dict[bytes, Tree], top: bytes) -> Tree:
     """What the tree holding ``top`` last listed of it and below it (none: empty)."""
-    prefix = top + b"/"
     for path, tree in trees.items():
         if top in tree and top.startswith(path + b"/"):
             return {directory: held for directory, held in tree.items()
-                    if directory == top or directory.startswith(prefix)}
+                    if at_or_below(directory, top)}
     return {}
 
 
